@@ -1,0 +1,131 @@
+// Package envconfig reads typed settings from an environment, collecting every
+// problem so that a service can report all bad variables at once, each named.
+package envconfig
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Reader reads variables through a lookup function and remembers every error.
+type Reader struct {
+	lookup func(string) (string, bool)
+	errs   []error
+}
+
+// New returns a Reader over lookup; nil means os.LookupEnv.
+func New(lookup func(string) (string, bool)) *Reader {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	return &Reader{lookup: lookup}
+}
+
+// FromMap returns a Reader over a fixed map, for tests and flags.
+func FromMap(m map[string]string) *Reader {
+	return New(func(k string) (string, bool) { v, ok := m[k]; return v, ok })
+}
+
+// Err joins every problem seen so far, or nil.
+func (r *Reader) Err() error { return errors.Join(r.errs...) }
+
+// Fail records a problem with a variable found by a caller's own validation.
+func (r *Reader) Fail(name, format string, args ...any) {
+	r.errs = append(r.errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+}
+
+func (r *Reader) raw(name string) (string, bool) {
+	v, ok := r.lookup(name)
+	if !ok {
+		return "", false
+	}
+	v = strings.TrimSpace(v)
+	return v, v != ""
+}
+
+// String returns the variable or def when unset or empty.
+func (r *Reader) String(name, def string) string {
+	if v, ok := r.raw(name); ok {
+		return v
+	}
+	return def
+}
+
+// Duration parses Go syntax ("30s", "200ms") or plain seconds ("30", "0.5").
+// Negative durations are refused.
+func (r *Reader) Duration(name string, def time.Duration) time.Duration {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	d, err := ParseDuration(v)
+	if err != nil {
+		r.Fail(name, "%v", err)
+		return def
+	}
+	return d
+}
+
+// ParseDuration parses Go duration syntax or plain (fractional) seconds.
+func ParseDuration(v string) (time.Duration, error) {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		if f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f > float64(math.MaxInt64)/float64(time.Second) {
+			return 0, fmt.Errorf("invalid duration %q: must be a non-negative number of seconds", v)
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q: use Go syntax (30s, 200ms) or seconds (30, 0.5)", v)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("invalid duration %q: must not be negative", v)
+	}
+	return d, nil
+}
+
+// Int parses a decimal integer within [lo, hi].
+func (r *Reader) Int(name string, def, lo, hi int64) int64 {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		r.Fail(name, "invalid integer %q", v)
+		return def
+	}
+	if n < lo || n > hi {
+		r.Fail(name, "%d is out of range [%d, %d]", n, lo, hi)
+		return def
+	}
+	return n
+}
+
+// Bool parses true/false, 1/0, yes/no, on/off.
+func (r *Reader) Bool(name string, def bool) bool {
+	v, ok := r.raw(name)
+	if !ok {
+		return def
+	}
+	switch strings.ToLower(v) {
+	case "1", "true", "t", "yes", "y", "on":
+		return true
+	case "0", "false", "f", "no", "n", "off":
+		return false
+	}
+	r.Fail(name, "invalid boolean %q: use true or false", v)
+	return def
+}
+
+// Positive records an error when d is not greater than zero.
+func (r *Reader) Positive(name string, d time.Duration) {
+	if d <= 0 {
+		r.Fail(name, "must be greater than zero")
+	}
+}

@@ -1,0 +1,166 @@
+// Package natsconn connects to NATS the way every AniVault process must:
+// reconnecting forever, named, with credentials from the environment, and
+// logging disconnects and reconnects through an injected logger.
+package natsconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/anivault/anivault/pkg/envconfig"
+	"github.com/nats-io/nats.go"
+)
+
+// Config holds the connection settings of the contract's environment.
+type Config struct {
+	// URL is one or more comma-separated server URLs (NATS_URL).
+	URL string
+	// Creds is a credentials file (NATS_CREDS).
+	Creds string
+	// User and Password authenticate with a user name (NATS_USER, NATS_PASSWORD).
+	User, Password string
+	// Token authenticates with a token (NATS_TOKEN).
+	Token string
+	// NKey is an nkey seed file (NATS_NKEY).
+	NKey string
+	// CA, Cert and Key configure TLS (NATS_CA, NATS_CERT, NATS_KEY).
+	CA, Cert, Key string
+}
+
+// DefaultURL is NATS_URL's default.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// FromEnv reads the NATS_* variables.
+func FromEnv(r *envconfig.Reader) Config {
+	c := Config{
+		URL:      r.String("NATS_URL", DefaultURL),
+		Creds:    r.String("NATS_CREDS", ""),
+		User:     r.String("NATS_USER", ""),
+		Password: r.String("NATS_PASSWORD", ""),
+		Token:    r.String("NATS_TOKEN", ""),
+		NKey:     r.String("NATS_NKEY", ""),
+		CA:       r.String("NATS_CA", ""),
+		Cert:     r.String("NATS_CERT", ""),
+		Key:      r.String("NATS_KEY", ""),
+	}
+	if err := c.Validate(); err != nil {
+		r.Fail("NATS_*", "%v", err)
+	}
+	return c
+}
+
+// Validate reports inconsistent settings.
+func (c Config) Validate() error {
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("NATS_URL: must not be empty"))
+	}
+	if (c.Cert == "") != (c.Key == "") {
+		errs = append(errs, errors.New("NATS_CERT and NATS_KEY: set both or neither"))
+	}
+	if c.Password != "" && c.User == "" {
+		errs = append(errs, errors.New("NATS_PASSWORD: set NATS_USER too"))
+	}
+	return errors.Join(errs...)
+}
+
+// String masks secrets, so a Config can be logged.
+func (c Config) String() string {
+	mask := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return "****"
+	}
+	u := c.URL
+	if p, err := url.Parse(c.URL); err == nil && p.User != nil {
+		p.User = url.User(p.User.Username())
+		u = p.String()
+	}
+	return fmt.Sprintf("url=%s creds=%s user=%s password=%s token=%s nkey=%s tls=%t",
+		u, c.Creds, c.User, mask(c.Password), mask(c.Token), c.NKey, c.Cert != "" || c.CA != "")
+}
+
+// LogValue implements slog.LogValuer with secrets masked.
+func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
+
+// Connect dials NATS with name and the settings in c. The connection retries
+// the first connect until ctx is done, reconnects forever afterwards and logs
+// every disconnect and reconnect on log.
+func Connect(ctx context.Context, c Config, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("nats config: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.ReconnectBufSize(-1), // never report a publish as sent while it only sits in a client buffer
+		nats.Timeout(2 * time.Second),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { log.Info("NATS connection closed") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subj := ""
+			if sub != nil {
+				subj = sub.Subject
+			}
+			log.Error("NATS async error", "subject", subj, "error", err)
+		}),
+	}
+	if c.Creds != "" {
+		opts = append(opts, nats.UserCredentials(c.Creds))
+	}
+	if c.User != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	}
+	if c.Token != "" {
+		opts = append(opts, nats.Token(c.Token))
+	}
+	if c.NKey != "" {
+		o, err := nats.NkeyOptionFromSeed(c.NKey)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey %s: %w", c.NKey, err)
+		}
+		opts = append(opts, o)
+	}
+	if c.CA != "" {
+		opts = append(opts, nats.RootCAs(c.CA))
+	}
+	if c.Cert != "" {
+		opts = append(opts, nats.ClientCert(c.Cert, c.Key))
+	}
+	opts = append(opts, extra...)
+
+	var lastErr error
+	for {
+		nc, err := nats.Connect(c.URL, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		lastErr = err
+		if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) {
+			return nil, fmt.Errorf("nats connect: %w", err)
+		}
+		log.Warn("NATS not reachable yet, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("nats connect: %w", errors.Join(lastErr, ctx.Err()))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

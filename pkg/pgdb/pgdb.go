@@ -1,0 +1,122 @@
+// Package pgdb opens PostgreSQL through bun and pgdriver with pool limits and
+// short network deadlines, and runs idempotent migrations under an advisory
+// lock so that several processes may start at once.
+package pgdb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+	"github.com/uptrace/bun/driver/pgdriver"
+)
+
+// Config configures a pool.
+type Config struct {
+	// DSN is a postgres:// URL.
+	DSN string
+	// DialTimeout bounds connecting (pgdriver's default of 5 s is too long for probes).
+	DialTimeout time.Duration
+	// ReadTimeout and WriteTimeout bound each network read and write.
+	ReadTimeout, WriteTimeout time.Duration
+	// MaxOpenConns and MaxIdleConns limit the pool.
+	MaxOpenConns, MaxIdleConns int
+	// ConnMaxLifetime recycles connections, so a failover is followed promptly.
+	ConnMaxLifetime time.Duration
+	// AppName is reported to PostgreSQL as application_name.
+	AppName string
+}
+
+// DefaultDSN is DATABASE_URL's default.
+const DefaultDSN = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+func (c *Config) setDefaults() {
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 2 * time.Second
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 5 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 5 * time.Second
+	}
+	if c.MaxOpenConns <= 0 {
+		c.MaxOpenConns = 16
+	}
+	if c.MaxIdleConns <= 0 {
+		c.MaxIdleConns = c.MaxOpenConns
+	}
+	if c.ConnMaxLifetime <= 0 {
+		c.ConnMaxLifetime = 5 * time.Minute
+	}
+}
+
+// Open returns a bun.DB for cfg. It does not touch the network: a database
+// that is down at start is reported by the first query, not here.
+func Open(cfg Config) (*bun.DB, error) {
+	if cfg.DSN == "" {
+		return nil, errors.New("open postgres: empty DSN")
+	}
+	cfg.setDefaults()
+	opts := []pgdriver.Option{
+		pgdriver.WithDSN(cfg.DSN),
+		pgdriver.WithDialTimeout(cfg.DialTimeout),
+		pgdriver.WithReadTimeout(cfg.ReadTimeout),
+		pgdriver.WithWriteTimeout(cfg.WriteTimeout),
+	}
+	if cfg.AppName != "" {
+		opts = append(opts, pgdriver.WithApplicationName(cfg.AppName))
+	}
+	connector := pgdriver.NewConnector(opts...)
+	sqldb := sql.OpenDB(connector)
+	sqldb.SetMaxOpenConns(cfg.MaxOpenConns)
+	sqldb.SetMaxIdleConns(cfg.MaxIdleConns)
+	sqldb.SetConnMaxLifetime(cfg.ConnMaxLifetime)
+	sqldb.SetConnMaxIdleTime(time.Minute)
+	return bun.NewDB(sqldb, pgdialect.New()), nil
+}
+
+// Ping runs SELECT 1 with its own deadline.
+func Ping(ctx context.Context, db bun.IDB, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var one int
+	if err := db.NewRaw("SELECT 1").Scan(ctx, &one); err != nil {
+		return fmt.Errorf("select 1: %w", err)
+	}
+	return nil
+}
+
+// Migration is one idempotent step.
+type Migration struct {
+	Name string
+	SQL  string
+}
+
+// Migrate applies steps in order inside one transaction holding a
+// transaction-level advisory lock keyed by lockKey, so that processes starting
+// together serialise and each step runs at most once in effect. Every step
+// must be idempotent (CREATE ... IF NOT EXISTS and the like).
+func Migrate(ctx context.Context, db *bun.DB, lockKey int64, steps []Migration) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migrate begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(?)", lockKey); err != nil {
+		return fmt.Errorf("migrate lock: %w", err)
+	}
+	for _, s := range steps {
+		if _, err := tx.ExecContext(ctx, s.SQL); err != nil {
+			return fmt.Errorf("migrate %s: %w", s.Name, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("migrate commit: %w", err)
+	}
+	return nil
+}

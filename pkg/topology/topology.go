@@ -1,0 +1,180 @@
+// Package topology creates AniVault's JetStream streams, durable consumers and
+// KV bucket explicitly, with the contract's names. It is a domain package: it
+// knows the events package's names. Every process calls the parts it needs at
+// start; creation is idempotent (CreateOrUpdate), so they may race safely.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/anivault/anivault/events"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// BufferLimits bound the durable write buffer. The stream refuses new writes
+// (DiscardNew) when a limit is reached, so a full buffer is visible to clients
+// as 503 rather than a silent loss of old writes.
+type BufferLimits struct {
+	// MaxMsgs is the most buffer messages (each holds one or more writes).
+	MaxMsgs int64
+	// MaxBytes is the most bytes the buffer holds.
+	MaxBytes int64
+	// Replicas is the stream's replication factor (1 for a single server).
+	Replicas int
+}
+
+// DefaultBufferLimits returns the limits used where a field is zero.
+func DefaultBufferLimits() BufferLimits {
+	return BufferLimits{MaxMsgs: 1_000_000, MaxBytes: 1 << 30, Replicas: 1}
+}
+
+func (l BufferLimits) withDefaults() BufferLimits {
+	def := DefaultBufferLimits()
+	if l.MaxMsgs <= 0 {
+		l.MaxMsgs = def.MaxMsgs
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = def.MaxBytes
+	}
+	if l.Replicas <= 0 {
+		l.Replicas = 1
+	}
+	return l
+}
+
+// MaxBufferMsgBytes is the largest buffer message (a group-committed batch).
+const MaxBufferMsgBytes = 1 << 20
+
+// Topology holds the subject namer and a JetStream handle.
+type Topology struct {
+	JS       jetstream.JetStream
+	Subjects events.Subjects
+}
+
+// New returns a Topology.
+func New(js jetstream.JetStream, subj events.Subjects) (*Topology, error) {
+	if js == nil {
+		return nil, errors.New("topology: nil jetstream")
+	}
+	return &Topology{JS: js, Subjects: subj}, nil
+}
+
+// EnsureEvents creates the events stream (db.*, mode.*, replay.*) and the mode KV bucket.
+func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error) {
+	s := t.Subjects
+	_, err := t.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              s.Name(events.StreamEvents),
+		Description:       "AniVault events: database health, mode changes, replay reports",
+		Subjects:          []string{s.Of("db.>"), s.Of("mode.>"), s.Of("replay.>")},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxAge:            7 * 24 * time.Hour,
+		MaxMsgsPerSubject: 10_000,
+		MaxBytes:          256 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", events.StreamEvents, err)
+	}
+	kv, err := t.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      s.Name(events.BucketName),
+		Description: "AniVault current mode (key mode)",
+		History:     16,
+		Storage:     jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensure kv %s: %w", events.BucketName, err)
+	}
+	return kv, nil
+}
+
+// EnsureManagerConsumers creates the recovery-manager's durable consumers.
+func (t *Topology) EnsureManagerConsumers(ctx context.Context) error {
+	s := t.Subjects
+	for _, c := range []jetstream.ConsumerConfig{
+		{Durable: s.Name(events.ConsumerManagerDB), FilterSubjects: []string{s.Of(events.SubjectDBUnhealthy), s.Of(events.SubjectDBRecovered)}},
+		{Durable: s.Name(events.ConsumerManagerReplay), FilterSubjects: []string{s.Of(events.SubjectReplayCompleted)}},
+	} {
+		c.AckPolicy = jetstream.AckExplicitPolicy
+		c.AckWait = 30 * time.Second
+		c.MaxDeliver = -1
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+		if _, err := t.JS.CreateOrUpdateConsumer(ctx, s.Name(events.StreamEvents), c); err != nil {
+			return fmt.Errorf("ensure consumer %s: %w", c.Durable, err)
+		}
+	}
+	return nil
+}
+
+// EnsureWrites creates the metadata stream, the write buffer, the poison stream
+// and the cache-nodes' shared durable consumers.
+func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error {
+	s := t.Subjects
+	limits = limits.withDefaults()
+	streams := []jetstream.StreamConfig{
+		{
+			Name:        s.Name(events.StreamMetadata),
+			Description: "Producers' metadata.upsert and metadata.delete, applied once by the cache-nodes",
+			Subjects:    []string{s.Of(events.SubjectMetadataUpsert), s.Of(events.SubjectMetadataDelete)},
+			Retention:   jetstream.WorkQueuePolicy,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgs:     1_000_000,
+			MaxBytes:    1 << 30,
+			MaxMsgSize:  events.MaxRecordBytes + 4<<10,
+			Replicas:    limits.Replicas,
+		},
+		{
+			Name:        s.Name(events.StreamBuffer),
+			Description: "Durable write buffer: writes accepted while the database is unavailable",
+			Subjects:    []string{s.Of(events.SubjectBufferWrites)},
+			Retention:   jetstream.WorkQueuePolicy,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgs:     limits.MaxMsgs,
+			MaxBytes:    limits.MaxBytes,
+			MaxMsgSize:  MaxBufferMsgBytes,
+			Replicas:    limits.Replicas,
+		},
+		{
+			Name:        s.Name(events.StreamPoison),
+			Description: "Messages that failed permanently (invalid payloads), for inspection",
+			Subjects:    []string{s.Of("poison.>")},
+			Retention:   jetstream.LimitsPolicy,
+			Discard:     jetstream.DiscardOld,
+			MaxAge:      7 * 24 * time.Hour,
+			MaxMsgs:     100_000,
+			Replicas:    limits.Replicas,
+		},
+	}
+	for _, sc := range streams {
+		sc.Storage = jetstream.FileStorage
+		if _, err := t.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	consumers := []struct {
+		stream string
+		cfg    jetstream.ConsumerConfig
+	}{
+		{s.Name(events.StreamMetadata), jetstream.ConsumerConfig{
+			Durable: s.Name(events.ConsumerMetadataWriter), Description: "shared by all cache-nodes: each write applied once",
+			MaxAckPending: 1024,
+		}},
+		{s.Name(events.StreamBuffer), jetstream.ConsumerConfig{
+			Durable: s.Name(events.ConsumerReplay), Description: "shared by all cache-nodes: replay of buffered writes",
+			MaxAckPending: 10_000,
+		}},
+	}
+	for _, c := range consumers {
+		c.cfg.AckPolicy = jetstream.AckExplicitPolicy
+		c.cfg.AckWait = 30 * time.Second
+		c.cfg.MaxDeliver = -1
+		c.cfg.DeliverPolicy = jetstream.DeliverAllPolicy
+		if _, err := t.JS.CreateOrUpdateConsumer(ctx, c.stream, c.cfg); err != nil {
+			return fmt.Errorf("ensure consumer %s: %w", c.cfg.Durable, err)
+		}
+	}
+	return nil
+}
