@@ -112,6 +112,7 @@ func FromStream(ts time.Time) int64 {
 // makes versions run ahead of the wall clock until the rate drops.
 //
 // Clock is safe for concurrent use; it is lock-free (a single atomic word).
+// Create it with New; the zero Clock is not usable.
 type Clock struct {
 	node uint8
 	now  func() time.Time

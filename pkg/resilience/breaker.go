@@ -160,8 +160,8 @@ func (b *Breaker) Name() string { return b.name }
 // Execute runs fn unless the breaker is open (or half-open with its probe
 // budget in use), in which case it returns at once with an error wrapping
 // ErrUnavailable (and gobreaker.ErrOpenState or ErrTooManyRequests).
-// Otherwise it returns fn's error unchanged. A panic in fn counts as a
-// failure and is re-raised.
+// Otherwise it returns fn's error unchanged. A panic in fn is re-raised; it
+// is a bug, not an outage, so it does not count towards opening the breaker.
 func (b *Breaker) Execute(fn func() error) error {
 	ran := false
 	_, err := b.cb.Execute(func() (struct{}, error) {

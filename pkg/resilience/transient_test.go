@@ -90,8 +90,9 @@ func realPGError(t *testing.T, severity, code string) error {
 	)
 	conn.Config().Dialer = func(context.Context, string, string) (net.Conn, error) { return client, nil }
 	c, err := conn.Connect(t.Context())
-	if c != nil {
+	if err == nil {
 		_ = c.Close()
+		t.Fatal("Connect succeeded against a server that only sends errors")
 	}
 	if serr := <-done; serr != nil {
 		t.Fatalf("fake postgres server: %v", serr)

@@ -1,0 +1,68 @@
+// Package svckit holds the few things every AniVault process does the same
+// way at start: building its slog logger from LOG_LEVEL and LOG_FORMAT, and
+// running until SIGINT or SIGTERM.
+package svckit
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// NewLogger builds a logger writing to w. level is debug, info, warn or
+// error; format is json or text.
+func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(strings.ToUpper(strings.TrimSpace(level)))); err != nil {
+		return nil, fmt.Errorf("LOG_LEVEL: invalid level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(strings.TrimSpace(format)) {
+	case "", "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("LOG_FORMAT: invalid format %q: use json or text", format)
+	}
+}
+
+// Main is the body of every service's main: it builds the logger from the
+// environment, runs run until SIGINT/SIGTERM cancels its context, and exits
+// non-zero when run fails or the logging settings are bad.
+func Main(service string, run func(ctx context.Context, log *slog.Logger) error) {
+	log, err := NewLogger(os.Stderr, envOr("LOG_LEVEL", "info"), envOr("LOG_FORMAT", "json"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", service, err)
+		os.Exit(2)
+	}
+	log = log.With("service", service)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log); err != nil {
+		log.Error("exiting", "error", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func envOr(k, def string) string {
+	if v, ok := os.LookupEnv(k); ok && strings.TrimSpace(v) != "" {
+		return v
+	}
+	return def
+}
+
+// DefaultNodeID is the host name plus the process id.
+func DefaultNodeID() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "node"
+	}
+	return fmt.Sprintf("%s-%d", h, os.Getpid())
+}

@@ -1,0 +1,168 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/topology"
+)
+
+// ErrBufferFull is returned when the buffer stream refuses a write because a limit was reached.
+var ErrBufferFull = errors.New("write buffer full")
+
+// HeaderWrites carries the number of writes in a buffer message.
+const HeaderWrites = "AniVault-Writes"
+
+// buffer appends writes to the durable JetStream buffer with group commit:
+// writes arriving together are gathered for up to window (or max writes) into
+// one message, and every waiting writer is answered only after JetStream
+// acknowledged that message. The stream fsyncs before acknowledging when the
+// server runs with sync_interval: always, so an acknowledged write survives a
+// NATS restart or power loss.
+type buffer struct {
+	js      jetstream.JetStream
+	subject string
+	window  time.Duration
+	max     int
+	timeout time.Duration
+	reqs    chan bufReq
+	done    chan struct{}
+}
+
+type bufReq struct {
+	w    events.BufferedWrite
+	size int
+	res  chan error
+}
+
+// flushers is the number of batches that may be in flight at once.
+const flushers = 4
+
+func newBuffer(js jetstream.JetStream, subject string, window time.Duration, max int, timeout time.Duration) (*buffer, error) {
+	if js == nil || subject == "" || max < 1 || timeout <= 0 {
+		return nil, errors.New("buffer: invalid arguments")
+	}
+	return &buffer{js: js, subject: subject, window: window, max: max, timeout: timeout,
+		reqs: make(chan bufReq), done: make(chan struct{})}, nil
+}
+
+// append blocks until w is durably buffered or it failed.
+func (b *buffer) append(ctx context.Context, w events.BufferedWrite) error {
+	enc, err := json.Marshal(w)
+	if err != nil {
+		return fmt.Errorf("encode buffered write: %w", err)
+	}
+	req := bufReq{w: w, size: len(enc), res: make(chan error, 1)}
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	select {
+	case b.reqs <- req:
+	case <-b.done:
+		return errors.New("buffer closed")
+	case <-ctx.Done():
+		return fmt.Errorf("buffer append: %w", ctx.Err())
+	}
+	// Once handed over, wait for the verdict even past ctx: the write may be
+	// durable, and the caller must not answer 503 for a write that was kept.
+	return <-req.res
+}
+
+func (b *buffer) run(ctx context.Context) {
+	sem := make(chan struct{}, flushers)
+	for {
+		var first bufReq
+		select {
+		case <-ctx.Done():
+			b.drainRefuse()
+			return
+		case first = <-b.reqs:
+		}
+		batch := []bufReq{first}
+		bytes := first.size
+		timer := time.NewTimer(b.window)
+	gather:
+		for len(batch) < b.max && bytes < topology.MaxBufferMsgBytes/2 {
+			select {
+			case r := <-b.reqs:
+				batch = append(batch, r)
+				bytes += r.size
+			case <-timer.C:
+				break gather
+			}
+		}
+		timer.Stop()
+		sem <- struct{}{}
+		go func(batch []bufReq) {
+			defer func() { <-sem }()
+			err := b.publish(batch)
+			for _, r := range batch {
+				r.res <- err
+			}
+		}(batch)
+	}
+}
+
+func (b *buffer) drainRefuse() {
+	close(b.done)
+	for {
+		select {
+		case r := <-b.reqs:
+			r.res <- errors.New("buffer closed")
+		default:
+			return
+		}
+	}
+}
+
+func (b *buffer) close(context.Context) {}
+
+func (b *buffer) publish(batch []bufReq) error {
+	bb := events.BufferBatch{Writes: make([]events.BufferedWrite, len(batch))}
+	for i, r := range batch {
+		bb.Writes[i] = r.w
+	}
+	data, err := json.Marshal(bb)
+	if err != nil {
+		return fmt.Errorf("encode buffer batch: %w", err)
+	}
+	msg := &nats.Msg{Subject: b.subject, Data: data, Header: nats.Header{}}
+	msg.Header.Set(HeaderWrites, strconv.Itoa(len(batch)))
+	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+	defer cancel()
+	// The message id lets JetStream drop a duplicate if the client retries the publish.
+	_, err = b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(watermill.NewUUID()), jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
+	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == 10077 || apiErr.ErrorCode == 10047 || apiErr.ErrorCode == 10028) {
+			return fmt.Errorf("%w: %v", ErrBufferFull, err)
+		}
+		return fmt.Errorf("buffer publish: %w", err)
+	}
+	return nil
+}
+
+// decodeBatch decodes one buffer message.
+func decodeBatch(data []byte) (events.BufferBatch, error) {
+	var bb events.BufferBatch
+	if err := json.Unmarshal(data, &bb); err != nil {
+		return bb, fmt.Errorf("decode buffer batch: %w", err)
+	}
+	for _, w := range bb.Writes {
+		if w.TMDBID <= 0 || w.Version <= 0 {
+			return bb, fmt.Errorf("decode buffer batch: bad write %d v%d", w.TMDBID, w.Version)
+		}
+		if !w.Deleted && w.Record == nil {
+			return bb, fmt.Errorf("decode buffer batch: upsert of %d without record", w.TMDBID)
+		}
+	}
+	return bb, nil
+}

@@ -1,0 +1,117 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/anivault/anivault/pkg/envconfig"
+	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/svckit"
+	"github.com/anivault/anivault/pkg/topology"
+)
+
+// Config is the cache-node's configuration, read once from the environment.
+type Config struct {
+	NATS          natsconn.Config
+	DatabaseURL   string
+	HTTPAddr      string
+	NodeID        string
+	SubjectPrefix string
+
+	// CacheMaxSize and CacheMaxMemoryMB bound the cache (CACHE_MAX_SIZE, CACHE_MAX_MEMORY_MB).
+	CacheMaxSize     int
+	CacheMaxMemoryMB int
+	// CacheDisabled turns the cache off (CACHE_DISABLED), so every read goes to the
+	// database: for benchmarks that compare the two paths.
+	CacheDisabled bool
+
+	// DBTimeout is the whole budget of one request's database work, retries
+	// included (DB_TIMEOUT, default HEALTH_CHECK_TIMEOUT): no request waits on
+	// the database longer than this.
+	DBTimeout time.Duration
+	// DBMaxConns limits the pool (DB_MAX_CONNS).
+	DBMaxConns int
+
+	BreakerFailureThreshold int
+	BreakerOpenTimeout      time.Duration
+	RetryMaxAttempts        int
+	RetryBaseDelay          time.Duration
+	RetryMaxDelay           time.Duration
+
+	// Buffer limits (BUFFER_MAX_MSGS, BUFFER_MAX_BYTES, BUFFER_REPLICAS) and
+	// group commit (BUFFER_GROUP_COMMIT_WINDOW, BUFFER_GROUP_COMMIT_MAX).
+	Buffer            topology.BufferLimits
+	GroupCommitWindow time.Duration
+	GroupCommitMax    int
+	BufferTimeout     time.Duration
+
+	// ReplayBatchSize and ReplayBatchInterval pace the replay so that a database
+	// that just came back is not flattened.
+	ReplayBatchSize     int
+	ReplayBatchInterval time.Duration
+
+	// StatusInterval is how often the node publishes node.status (NODE_STATUS_INTERVAL).
+	StatusInterval time.Duration
+}
+
+// LoadConfig reads the environment through r.
+func LoadConfig(r *envconfig.Reader) (Config, error) {
+	healthTimeout := r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second)
+	c := Config{
+		NATS:             natsconn.FromEnv(r),
+		DatabaseURL:      r.String("DATABASE_URL", pgdb.DefaultDSN),
+		HTTPAddr:         r.String("HTTP_ADDR", ":8080"),
+		NodeID:           r.String("NODE_ID", svckit.DefaultNodeID()),
+		SubjectPrefix:    r.String("SUBJECT_PREFIX", ""),
+		CacheMaxSize:     int(r.Int("CACHE_MAX_SIZE", 1000, 1, 1<<31-1)),
+		CacheMaxMemoryMB: int(r.Int("CACHE_MAX_MEMORY_MB", 100, 1, 1<<20)),
+		CacheDisabled:    r.Bool("CACHE_DISABLED", false),
+		DBTimeout:        r.Duration("DB_TIMEOUT", healthTimeout),
+		DBMaxConns:       int(r.Int("DB_MAX_CONNS", 16, 1, 1000)),
+
+		BreakerFailureThreshold: int(r.Int("BREAKER_FAILURE_THRESHOLD", 5, 1, 1000)),
+		BreakerOpenTimeout:      r.Duration("BREAKER_OPEN_TIMEOUT", 5*time.Second),
+		RetryMaxAttempts:        int(r.Int("RETRY_MAX_ATTEMPTS", 3, 1, 20)),
+		RetryBaseDelay:          r.Duration("RETRY_BASE_DELAY", 50*time.Millisecond),
+		RetryMaxDelay:           r.Duration("RETRY_MAX_DELAY", time.Second),
+
+		Buffer: topology.BufferLimits{
+			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
+			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
+			Replicas: int(r.Int("BUFFER_REPLICAS", 1, 1, 5)),
+		},
+		GroupCommitWindow: r.Duration("BUFFER_GROUP_COMMIT_WINDOW", time.Millisecond),
+		GroupCommitMax:    int(r.Int("BUFFER_GROUP_COMMIT_MAX", 256, 1, 10_000)),
+		BufferTimeout:     r.Duration("BUFFER_TIMEOUT", 5*time.Second),
+
+		ReplayBatchSize:     int(r.Int("REPLAY_BATCH_SIZE", 500, 1, 100_000)),
+		ReplayBatchInterval: r.Duration("REPLAY_BATCH_INTERVAL", 10*time.Millisecond),
+		StatusInterval:      r.Duration("NODE_STATUS_INTERVAL", time.Second),
+	}
+	r.Positive("HEALTH_CHECK_TIMEOUT", healthTimeout)
+	r.Positive("DB_TIMEOUT", c.DBTimeout)
+	r.Positive("BREAKER_OPEN_TIMEOUT", c.BreakerOpenTimeout)
+	r.Positive("NODE_STATUS_INTERVAL", c.StatusInterval)
+	r.Positive("BUFFER_TIMEOUT", c.BufferTimeout)
+	if c.HTTPAddr == "" {
+		r.Fail("HTTP_ADDR", "must not be empty")
+	}
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the settings that depend on each other.
+func (c Config) Validate() error {
+	var errs []error
+	if c.RetryBaseDelay > c.RetryMaxDelay {
+		errs = append(errs, errors.New("RETRY_BASE_DELAY: must not exceed RETRY_MAX_DELAY"))
+	}
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("NODE_ID: must not be empty"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,254 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/anivault/anivault/events"
+)
+
+// retryAfterSeconds is the Retry-After sent with 503.
+const retryAfterSeconds = "5"
+
+func (n *Node) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/anime/{tmdb_id}", n.handleHTTPGet)
+	mux.HandleFunc("PUT /v1/anime/{tmdb_id}", n.handleHTTPPut)
+	mux.HandleFunc("DELETE /v1/anime/{tmdb_id}", n.handleHTTPDelete)
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, n.status())
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !n.ready.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "mode not known yet"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "mode": string(n.currentMode())})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.registry, promhttp.HandlerOpts{}))
+	return n.metrics.instrument(mux)
+}
+
+type httpError struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (n *Node) fail(w http.ResponseWriter, err error) {
+	var ve *events.ValidationError
+	switch {
+	case errors.Is(err, events.ErrTooLarge):
+		n.metrics.invalid.WithLabelValues("http").Inc()
+		writeJSON(w, http.StatusRequestEntityTooLarge, httpError{Error: err.Error(), Field: "body"})
+	case errors.As(err, &ve):
+		n.metrics.invalid.WithLabelValues("http").Inc()
+		field := ve.Field
+		if field == "" {
+			field = "body"
+		}
+		writeJSON(w, http.StatusBadRequest, httpError{Error: ve.Error(), Field: field})
+	case errors.Is(err, ErrNotFound):
+		writeJSON(w, http.StatusNotFound, httpError{Error: err.Error()})
+	case errors.Is(err, ErrUnavailable):
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeJSON(w, http.StatusServiceUnavailable, httpError{Error: err.Error()})
+	default:
+		n.log.Error("request failed", "error", err)
+		writeJSON(w, http.StatusInternalServerError, httpError{Error: err.Error()})
+	}
+}
+
+func pathID(r *http.Request) (int64, error) {
+	raw := r.PathValue("tmdb_id")
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, &events.ValidationError{Field: "tmdb_id", Message: fmt.Sprintf("must be an integer greater than 0, got %q", raw)}
+	}
+	return id, nil
+}
+
+func (n *Node) requestCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	// The database budget plus the buffer's: a request never hangs on a dead dependency.
+	return context.WithTimeout(r.Context(), n.cfg.DBTimeout+n.cfg.BufferTimeout)
+}
+
+func (n *Node) handleHTTPGet(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-AniVault-Mode", string(n.currentMode()))
+	id, err := pathID(r)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	ctx, cancel := n.requestCtx(r)
+	defer cancel()
+	body, src, err := n.read(ctx, id)
+	w.Header().Set("X-AniVault-Source", string(src))
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+func (n *Node) handleHTTPPut(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-AniVault-Mode", string(n.currentMode()))
+	id, err := pathID(r)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, events.MaxRecordBytes+1))
+	if err != nil {
+		n.fail(w, &events.ValidationError{Field: "body", Message: "could not read the request body: " + err.Error()})
+		return
+	}
+	rec, err := events.DecodeRecord(body)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	if rec.TMDBID != id {
+		n.fail(w, &events.ValidationError{Field: "tmdb_id", Message: fmt.Sprintf("%d in the body differs from %d in the path", rec.TMDBID, id)})
+		return
+	}
+	ctx, cancel := n.requestCtx(r)
+	defer cancel()
+	n.respondWrite(w, ctx, Write{TMDBID: id, Record: rec})
+}
+
+func (n *Node) handleHTTPDelete(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-AniVault-Mode", string(n.currentMode()))
+	id, err := pathID(r)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	ctx, cancel := n.requestCtx(r)
+	defer cancel()
+	n.respondWrite(w, ctx, Write{TMDBID: id})
+}
+
+func (n *Node) respondWrite(w http.ResponseWriter, ctx context.Context, wr Write) {
+	res, err := n.write(ctx, wr)
+	if err != nil {
+		n.fail(w, err)
+		return
+	}
+	code := http.StatusOK
+	if res.Status == "buffered" {
+		code = http.StatusAccepted
+	}
+	writeJSON(w, code, res)
+}
+
+// statusLoop publishes this node's report on node.status and refreshes the buffer figures.
+func (n *Node) statusLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		n.refreshBufferStatus(ctx)
+		ns := n.nodeStatus()
+		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), ns); err != nil {
+			n.log.Debug("publish node.status failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) refreshBufferStatus(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st := events.BufferStatus{
+		ReplayedTotal: n.replayedTotal.Load(), AcceptedTotal: n.acceptedTotal.Load(), SkippedStaleTotal: n.staleTotal.Load(),
+	}
+	s, err := n.js.Stream(ctx, n.subj.Name(events.StreamBuffer))
+	if err == nil {
+		info := s.CachedInfo()
+		st.Pending = int64(info.State.Msgs)
+		if info.State.Msgs > 0 && !info.State.FirstTime.IsZero() {
+			st.OldestPendingAgeSeconds = time.Since(info.State.FirstTime).Seconds()
+		}
+	} else {
+		prev := n.bufStatus.Load()
+		st.Pending, st.OldestPendingAgeSeconds = prev.Pending, prev.OldestPendingAgeSeconds
+	}
+	n.bufStatus.Store(&st)
+}
+
+func (n *Node) nodeStatus() events.NodeStatus {
+	mc, _ := n.mode.get()
+	now := time.Now().UTC()
+	return events.NodeStatus{
+		Envelope:            events.Envelope{OccurredAt: now, Source: n.cfg.NodeID},
+		ID:                  n.cfg.NodeID,
+		Mode:                n.currentMode(),
+		Epoch:               mc.Epoch,
+		CircuitBreakerState: n.breaker.State(),
+		CacheStatistics:     n.cacheStats(),
+		Buffer:              *n.bufStatus.Load(),
+		LastSeen:            now,
+		RetryStatistics:     n.retryStats(),
+		ReplayedEpoch:       n.replay.completedEpoch(),
+		HTTPAddr:            n.cfg.HTTPAddr,
+	}
+}
+
+func (n *Node) cacheStats() events.CacheStatistics {
+	s := n.cache.Stats()
+	return events.CacheStatistics{
+		Hits: int64(s.Hits), Misses: int64(s.Misses), Evictions: int64(s.Evictions), TotalRequests: int64(s.TotalRequests),
+		CacheSize: int64(s.CacheSize), MemoryUsageBytes: s.MemoryUsageBytes, HitRate: s.HitRate,
+	}
+}
+
+func (n *Node) retryStats() events.RetryStatistics {
+	s := n.retrier.Stats()
+	return events.RetryStatistics{
+		TotalAttempts: int64(s.TotalAttempts), SuccessfulRetries: int64(s.SuccessfulRetries),
+		FailedAfterRetries: int64(s.FailedAfterRetries), NonRetriableFailures: int64(s.NonRetriableFailures),
+		SuccessRate: s.SuccessRate,
+	}
+}
+
+// status is this node's view for GET /v1/status.
+func (n *Node) status() events.SystemStatus {
+	mc, _ := n.mode.get()
+	mode := n.currentMode()
+	return events.SystemStatus{
+		IsOperational:       true,
+		Mode:                mode,
+		Epoch:               mc.Epoch,
+		CacheOnlyMode:       mode == events.ModeCacheOnly,
+		CacheOnlyReason:     mc.Reason,
+		HealthStatus:        events.HealthUnknown,
+		HealthStatistics:    events.HealthStatistics{CurrentStatus: events.HealthUnknown},
+		CircuitBreakerState: n.breaker.State(),
+		RetryStatistics:     n.retryStats(),
+		CacheStatistics:     n.cacheStats(),
+		Buffer:              *n.bufStatus.Load(),
+		NodeID:              n.cfg.NodeID,
+	}
+}

@@ -1,0 +1,101 @@
+package node
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/anivault/anivault/events"
+)
+
+// metrics are the node's Prometheus metrics, on a registry of its own.
+type metrics struct {
+	registry    *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	writes      *prometheus.CounterVec
+	invalid     *prometheus.CounterVec
+	breakerTx   *prometheus.CounterVec
+	mode        *prometheus.GaugeVec
+	epoch       prometheus.Gauge
+	replayed    prometheus.Counter
+	replayStale prometheus.Counter
+}
+
+func newMetrics(n *Node) *metrics {
+	reg := prometheus.NewRegistry()
+	m := &metrics{
+		registry: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_http_requests_total", Help: "HTTP requests by method and status code."}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "anivault_http_request_duration_seconds", Help: "HTTP request latency.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"method"}),
+		writes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_writes_total", Help: "Writes by outcome: committed, buffered, failed."}, []string{"outcome"}),
+		invalid:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_invalid_requests_total", Help: "Rejected bad input by transport."}, []string{"transport"}),
+		breakerTx:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_circuit_breaker_transitions_total", Help: "Circuit breaker state changes."}, []string{"from", "to"}),
+		mode:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "anivault_mode", Help: "1 for the node's current mode."}, []string{"mode"}),
+		epoch:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "anivault_mode_epoch", Help: "Epoch of the node's current mode."}),
+		replayed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_replay_applied_total", Help: "Buffered writes applied by replay."}),
+		replayStale: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_replay_skipped_stale_total", Help: "Buffered writes skipped on replay because the row was newer."}),
+	}
+	stat := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+	}
+	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.mode, m.epoch, m.replayed, m.replayStale,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		stat("anivault_cache_entries", "Entries in the cache.", func() float64 { return float64(n.cache.Len()) }),
+		stat("anivault_cache_bytes", "Bytes of encoded records in the cache.", func() float64 { return float64(n.cache.Bytes()) }),
+		stat("anivault_cache_hits", "Cache hits.", func() float64 { return float64(n.cache.Stats().Hits) }),
+		stat("anivault_cache_misses", "Cache misses.", func() float64 { return float64(n.cache.Stats().Misses) }),
+		stat("anivault_cache_evictions", "Cache evictions.", func() float64 { return float64(n.cache.Stats().Evictions) }),
+		stat("anivault_buffer_pending", "Messages waiting in the write buffer.", func() float64 { return float64(n.bufStatus.Load().Pending) }),
+		stat("anivault_circuit_breaker_open", "1 when the breaker is open, 0.5 half-open, 0 closed.", func() float64 {
+			switch n.breaker.State() {
+			case "open":
+				return 1
+			case "half_open":
+				return 0.5
+			}
+			return 0
+		}),
+	)
+	return m
+}
+
+// breakerChanged runs inside the breaker's lock: it only counts.
+func (m *metrics) breakerChanged(from, to string) {
+	m.breakerTx.WithLabelValues(from, to).Inc()
+}
+
+func (m *metrics) setMode(mode events.Mode, epoch int64) {
+	for _, md := range []events.Mode{events.ModeNormal, events.ModeCacheOnly, events.ModeRecovering} {
+		v := 0.0
+		if md == mode {
+			v = 1
+		}
+		m.mode.WithLabelValues(string(md)).Set(v)
+	}
+	m.epoch.Set(float64(epoch))
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (m *metrics) instrument(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		m.requests.WithLabelValues(r.Method, strconv.Itoa(rec.code)).Inc()
+		m.latency.WithLabelValues(r.Method).Observe(time.Since(start).Seconds())
+	})
+}

@@ -1,0 +1,183 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/hlc"
+	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/wmnats"
+)
+
+// newRouter wires the watermill router: producers' writes from the shared
+// durable consumer, and metadata.changed from every other node.
+func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
+	jsPub, err := wmnats.NewJetStreamPublisher(n.nc, n.wmLog)
+	if err != nil {
+		return nil, err
+	}
+	n.jsPub = jsPub
+	router, err := wmnats.NewRouter(wmnats.RouterConfig{
+		PoisonPublisher: jsPub, PoisonTopic: n.subj.Of(events.SubjectPoison),
+		Retry: 3, RetryInitial: 200 * time.Millisecond, RetryMaxTimeout: 10 * time.Second,
+	}, n.wmLog)
+	if err != nil {
+		return nil, err
+	}
+	// Subscribers drain their connection on close, so each gets its own.
+	writerConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-writes-"+n.cfg.NodeID, n.log)
+	if err != nil {
+		return nil, err
+	}
+	writes, err := wmnats.NewDurableSubscriber(writerConn, n.subj.Name(events.StreamMetadata), n.subj.Name(events.ConsumerMetadataWriter), time.Second, n.wmLog)
+	if err != nil {
+		return nil, err
+	}
+	router.AddNoPublisherHandler("metadata_writes", n.subj.Of("metadata.writes"), writes, n.handleProducerWrite)
+
+	changedConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-changed-"+n.cfg.NodeID, n.log)
+	if err != nil {
+		return nil, err
+	}
+	changed, err := wmnats.NewCoreSubscriber(changedConn, n.wmLog)
+	if err != nil {
+		return nil, err
+	}
+	router.AddNoPublisherHandler("metadata_changed", n.subj.Of(events.SubjectMetadataChanged), changed, n.handleChanged)
+	return router, nil
+}
+
+// handleProducerWrite applies one metadata.upsert or metadata.delete. Its
+// version comes from the message's stream timestamp, so whichever node applies
+// it, and however often it is redelivered, writes keep their publish order per key.
+func (n *Node) handleProducerWrite(msg *message.Message) error {
+	subject := n.subj.Base(msg.Metadata.Get(wmnats.MetaSubject))
+	tsNanos, err := strconv.ParseInt(msg.Metadata.Get(wmnats.MetaTimestamp), 10, 64)
+	if err != nil {
+		return &wmnats.Permanent{Err: fmt.Errorf("message without stream timestamp: %w", err)}
+	}
+	version := hlc.FromStream(time.Unix(0, tsNanos))
+	var w Write
+	switch subject {
+	case events.SubjectMetadataUpsert:
+		rec, err := events.DecodeRecord(msg.Payload)
+		if err != nil {
+			n.metrics.invalid.WithLabelValues("nats").Inc()
+			n.log.Warn("invalid metadata.upsert sent to the poison queue", "error", err)
+			return &wmnats.Permanent{Err: err}
+		}
+		w = Write{TMDBID: rec.TMDBID, Record: rec, Version: version}
+	case events.SubjectMetadataDelete:
+		d, err := events.DecodeDelete(msg.Payload)
+		if err != nil {
+			n.metrics.invalid.WithLabelValues("nats").Inc()
+			n.log.Warn("invalid metadata.delete sent to the poison queue", "error", err)
+			return &wmnats.Permanent{Err: err}
+		}
+		w = Write{TMDBID: d.TMDBID, Version: version}
+	default:
+		return &wmnats.Permanent{Err: fmt.Errorf("unexpected subject %q", subject)}
+	}
+	_, err = n.write(msg.Context(), w)
+	return err // an unavailable write is retried, then nacked and redelivered: never lost
+}
+
+// handleChanged refreshes the cache from another node's committed or buffered write.
+func (n *Node) handleChanged(msg *message.Message) error {
+	var ev events.MetadataChanged
+	if err := json.Unmarshal(msg.Payload, &ev); err != nil {
+		n.log.Warn("ignoring undecodable metadata.changed", "error", err)
+		return nil
+	}
+	if ev.Source == n.cfg.NodeID || ev.TMDBID <= 0 || ev.Version <= 0 {
+		return nil
+	}
+	n.clock.Observe(ev.Version)
+	switch {
+	case ev.Deleted:
+		n.cacheSet(ev.TMDBID, entry{version: ev.Version, deleted: true})
+	case ev.Record != nil && ev.Record.TMDBID == ev.TMDBID:
+		n.applyLocal(ev.TMDBID, ev.Version, false, ev.Record)
+	default:
+		// No record to serve: drop the stale copy so the next read goes to the database.
+		if e, ok := n.cache.Peek(ev.TMDBID); ok && e.version < ev.Version {
+			n.cache.Remove(ev.TMDBID)
+		}
+	}
+	return nil
+}
+
+// publishEvent publishes a JetStream-backed event and waits for the stream's acknowledgement.
+func (n *Node) publishEvent(_ context.Context, subject string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", subject, err)
+	}
+	if err := n.jsPub.Publish(subject, message.NewMessage(watermill.NewUUID(), b)); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// addMicroService answers metadata.get in the cache-nodes' queue group and
+// makes the node visible to `nats micro ls`.
+func (n *Node) addMicroService() (micro.Service, error) {
+	svc, err := micro.AddService(n.nc, micro.Config{
+		Name:        events.ServiceCacheNode,
+		Version:     "1.0.0",
+		Description: "AniVault cache-node: anime metadata reads",
+		QueueGroup:  events.QueueMetadataGet,
+		Metadata:    map[string]string{"node_id": n.cfg.NodeID},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("micro service: %w", err)
+	}
+	err = svc.AddEndpoint("get", micro.HandlerFunc(n.handleGet),
+		micro.WithEndpointSubject(n.subj.Of(events.SubjectMetadataGet)),
+		micro.WithEndpointQueueGroup(events.QueueMetadataGet))
+	if err != nil {
+		return nil, fmt.Errorf("micro endpoint: %w", err)
+	}
+	return svc, nil
+}
+
+func (n *Node) handleGet(req micro.Request) {
+	g, err := events.DecodeGet(req.Data())
+	if err != nil {
+		n.metrics.invalid.WithLabelValues("nats").Inc()
+		respondError(req, 400, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.DBTimeout+time.Second)
+	defer cancel()
+	body, _, err := n.read(ctx, g.TMDBID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		respondError(req, 404, err)
+	case errors.Is(err, ErrUnavailable):
+		respondError(req, 503, err)
+	case err != nil:
+		respondError(req, 500, err)
+	default:
+		_ = req.Respond(body)
+	}
+}
+
+func respondError(req micro.Request, code int, err error) {
+	rep := events.ErrorReply{Error: err.Error(), Code: code}
+	var ve *events.ValidationError
+	if errors.As(err, &ve) {
+		rep.Field = ve.Field
+	}
+	b, _ := json.Marshal(rep)
+	_ = req.Error(strconv.Itoa(code), err.Error(), b)
+}

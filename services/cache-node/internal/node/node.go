@@ -1,0 +1,320 @@
+// Package node is the cache-node: it serves anime metadata from its cache and
+// PostgreSQL, writes through a circuit breaker and retry, buffers writes
+// durably in JetStream while the database is unavailable, and replays them
+// when the recovery-manager announces recovery.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/cache"
+	"github.com/anivault/anivault/pkg/envconfig"
+	"github.com/anivault/anivault/pkg/hlc"
+	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/resilience"
+	"github.com/anivault/anivault/pkg/topology"
+	"github.com/anivault/anivault/pkg/wmnats"
+)
+
+// Run reads the configuration from the environment and runs a cache-node until ctx is done.
+func Run(ctx context.Context, log *slog.Logger) error {
+	cfg, err := LoadConfig(envconfig.New(nil))
+	if err != nil {
+		return err
+	}
+	log = log.With("node", cfg.NodeID)
+	log.Info("starting cache-node", "nats", cfg.NATS, "http_addr", cfg.HTTPAddr, "prefix", cfg.SubjectPrefix)
+	n, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return n.Run(ctx)
+}
+
+// entry is a cached record: its encoded JSON (version and updated_at
+// included), or a tombstone.
+type entry struct {
+	version int64
+	deleted bool
+	body    []byte
+}
+
+func (e entry) size() int64 { return int64(len(e.body)) + 64 }
+
+// Node is one cache-node process.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	subj  events.Subjects
+	clock *hlc.Clock
+	cache *cache.Cache[int64, entry]
+
+	breaker *resilience.Breaker
+	retrier *resilience.Retrier
+	metrics *metrics
+
+	// Set up in Run.
+	db        *bun.DB
+	store     *metastore.Store
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	kv        jetstream.KeyValue
+	buffer    *buffer
+	corePub   message.Publisher
+	jsPub     message.Publisher
+	wmLog     watermill.LoggerAdapter
+	ready     atomic.Bool
+	mode      modeState
+	replay    replayState
+	bufStatus atomic.Pointer[events.BufferStatus]
+
+	acceptedTotal atomic.Int64
+	replayedTotal atomic.Int64
+	staleTotal    atomic.Int64
+}
+
+// New builds a node from cfg without touching the network.
+func New(cfg Config, log *slog.Logger) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c, err := cache.New[int64, entry](cache.Config{MaxEntries: cfg.CacheMaxSize, MaxBytes: int64(cfg.CacheMaxMemoryMB) << 20})
+	if err != nil {
+		return nil, fmt.Errorf("cache: %w", err)
+	}
+	n := &Node{
+		cfg:   cfg,
+		log:   log,
+		subj:  events.NewSubjects(cfg.SubjectPrefix),
+		clock: hlc.New(cfg.NodeID, nil),
+		cache: c,
+	}
+	n.metrics = newMetrics(n)
+	n.breaker, err = resilience.NewBreaker(resilience.BreakerConfig{
+		Name:             "postgres",
+		FailureThreshold: uint32(cfg.BreakerFailureThreshold),
+		OpenTimeout:      cfg.BreakerOpenTimeout,
+		OnStateChange:    n.metrics.breakerChanged,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("breaker: %w", err)
+	}
+	n.retrier, err = resilience.NewRetrier(resilience.RetryConfig{
+		MaxAttempts: cfg.RetryMaxAttempts, BaseDelay: cfg.RetryBaseDelay, MaxDelay: cfg.RetryMaxDelay,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("retry: %w", err)
+	}
+	n.bufStatus.Store(&events.BufferStatus{})
+	return n, nil
+}
+
+// Run connects, provisions, serves and blocks until ctx is done, then shuts down in order.
+func (n *Node) Run(ctx context.Context) error {
+	var err error
+	n.db, err = pgdb.Open(pgdb.Config{
+		DSN: n.cfg.DatabaseURL, AppName: "anivault-cache-node",
+		DialTimeout: min(n.cfg.DBTimeout, 2*time.Second), ReadTimeout: n.cfg.DBTimeout, WriteTimeout: n.cfg.DBTimeout,
+		MaxOpenConns: n.cfg.DBMaxConns,
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = n.db.Close() }()
+	n.store, err = metastore.New(n.db)
+	if err != nil {
+		return err
+	}
+
+	n.nc, err = natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-"+n.cfg.NodeID, n.log)
+	if err != nil {
+		return err
+	}
+	defer n.nc.Close()
+	n.js, err = jetstream.New(n.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := n.provision(ctx); err != nil {
+		return err
+	}
+	// The database may be down at start: migrate in the background until it works.
+	go n.migrateLoop(ctx)
+
+	n.buffer, err = newBuffer(n.js, n.subj.Of(events.SubjectBufferWrites), n.cfg.GroupCommitWindow, n.cfg.GroupCommitMax, n.cfg.BufferTimeout)
+	if err != nil {
+		return err
+	}
+	n.wmLog = wmnats.Logger(n.log)
+	n.corePub, err = wmnats.NewCorePublisher(n.nc, n.wmLog)
+	if err != nil {
+		return err
+	}
+
+	router, err := n.newRouter(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := n.addMicroService()
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", n.cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	n.log.Info("HTTP listening", "addr", ln.Addr().String())
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { return router.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { n.buffer.run(gctx); return nil })
+	g.Go(func() error { n.watchMode(gctx); return nil })
+	g.Go(func() error { n.statusLoop(gctx); return nil })
+	g.Go(func() error {
+		<-gctx.Done()
+		n.ready.Store(false)
+		n.log.Info("shutting down")
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = srv.Shutdown(sctx)
+		_ = router.Close()
+		_ = svc.Stop()
+		n.replay.stop()
+		return nil
+	})
+	err = g.Wait()
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	n.buffer.close(dctx)
+	_ = n.nc.Drain()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func (n *Node) provision(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	top, err := topology.New(n.js, n.subj)
+	if err != nil {
+		return err
+	}
+	for {
+		kv, err := top.EnsureEvents(pctx)
+		if err == nil {
+			err = top.EnsureWrites(pctx, n.cfg.Buffer)
+		}
+		if err == nil {
+			n.kv = kv
+			return nil
+		}
+		n.log.Warn("JetStream provisioning failed, retrying", "error", err)
+		select {
+		case <-pctx.Done():
+			return fmt.Errorf("provision jetstream: %w", err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (n *Node) migrateLoop(ctx context.Context) {
+	delay := 250 * time.Millisecond
+	for {
+		mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := metastore.Migrate(mctx, n.db)
+		cancel()
+		if err == nil {
+			return
+		}
+		n.log.Warn("database migration failed, will retry", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// publishChanged tells every node about a committed or buffered write.
+func (n *Node) publishChanged(id, version int64, deleted, buffered bool, rec *events.Record) {
+	ev := events.MetadataChanged{
+		Envelope: events.Envelope{OccurredAt: time.Now().UTC(), Source: n.cfg.NodeID},
+		TMDBID:   id, Version: version, Deleted: deleted, Buffered: buffered, Record: rec,
+	}
+	if err := n.publishCore(n.subj.Of(events.SubjectMetadataChanged), ev); err != nil {
+		n.log.Warn("publish metadata.changed failed", "tmdb_id", id, "error", err)
+	}
+}
+
+func (n *Node) publishCore(subject string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", subject, err)
+	}
+	return n.corePub.Publish(subject, message.NewMessage(watermill.NewUUID(), b))
+}
+
+// modeState is the node's view of the system mode, only ever moving to newer epochs.
+type modeState struct {
+	mu    sync.RWMutex
+	cur   events.ModeChanged
+	known bool
+}
+
+func (m *modeState) get() (events.ModeChanged, bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.cur, m.known
+}
+
+// set stores mc when it is newer and returns the previous value.
+func (m *modeState) set(mc events.ModeChanged) (prev events.ModeChanged, wasKnown, changed bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.known && mc.Epoch <= m.cur.Epoch {
+		return m.cur, true, false
+	}
+	prev, wasKnown = m.cur, m.known
+	m.cur, m.known = mc, true
+	return prev, wasKnown, true
+}
+
+// currentMode is the mode that decides the read and write paths; unknown counts as normal.
+func (n *Node) currentMode() events.Mode {
+	mc, ok := n.mode.get()
+	if !ok {
+		return events.ModeNormal
+	}
+	return mc.Mode
+}

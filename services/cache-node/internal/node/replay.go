@@ -1,0 +1,204 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/metastore"
+)
+
+// replayState tracks the replay running for one recovering epoch.
+type replayState struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+	epoch  int64
+	// completed is the newest epoch this node reported replay.completed for.
+	completed int64
+}
+
+func (r *replayState) stop() {
+	r.mu.Lock()
+	cancel, done := r.cancel, r.done
+	r.cancel, r.done = nil, nil
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+func (r *replayState) completedEpoch() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.completed
+}
+
+// startReplay drains the shared buffer for epoch in the background.
+func (n *Node) startReplay(epoch int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	n.replay.mu.Lock()
+	n.replay.cancel, n.replay.done, n.replay.epoch = cancel, done, epoch
+	n.replay.mu.Unlock()
+	go func() {
+		defer close(done)
+		n.replayLoop(ctx, epoch)
+	}()
+}
+
+type replayCounts struct {
+	replayed, stale, failed int64
+}
+
+// replayLoop drains the buffer into PostgreSQL, retrying with backoff after a
+// database failure for as long as the mode stays recovering at epoch. Buffer
+// messages are acknowledged only after their batch committed.
+func (n *Node) replayLoop(ctx context.Context, epoch int64) {
+	start := time.Now()
+	n.log.Info("Recovery started: replaying buffered writes", "epoch", epoch)
+	var total replayCounts
+	backoff := 250 * time.Millisecond
+	for ctx.Err() == nil {
+		done, err := n.replayDrain(ctx, &total)
+		if err == nil && done {
+			break
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			n.log.Warn("replay stopped by an error, will retry", "epoch", epoch, "error", err, "replayed", total.replayed)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	ev := events.ReplayCompleted{
+		Envelope: events.Envelope{OccurredAt: time.Now().UTC(), Source: n.cfg.NodeID},
+		Epoch:    epoch, Replayed: total.replayed, SkippedStale: total.stale, Failed: total.failed,
+		DurationMS: time.Since(start).Milliseconds(),
+	}
+	for ctx.Err() == nil {
+		if err := n.publishEvent(ctx, n.subj.Of(events.SubjectReplayCompleted), ev); err == nil {
+			break
+		} else {
+			n.log.Warn("publish replay.completed failed, retrying", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	n.replay.mu.Lock()
+	if epoch > n.replay.completed {
+		n.replay.completed = epoch
+	}
+	n.replay.mu.Unlock()
+	n.log.Info("Replay completed", "epoch", epoch, "replayed", total.replayed, "skipped_stale", total.stale,
+		"failed", total.failed, "duration_ms", ev.DurationMS)
+}
+
+// replayDrain applies batches until the buffer is empty (done) or an error.
+func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, error) {
+	cons, err := n.js.Consumer(ctx, n.subj.Name(events.StreamBuffer), n.subj.Name(events.ConsumerReplay))
+	if err != nil {
+		return false, err
+	}
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(n.cfg.ReplayBatchSize, jetstream.FetchMaxWait(500*time.Millisecond))
+		if err != nil {
+			return false, err
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
+			return false, err
+		}
+		if len(msgs) == 0 {
+			info, err := cons.Info(ctx)
+			if err != nil {
+				return false, err
+			}
+			// Empty means nothing pending and nothing in flight at any node; a
+			// dead node's unacknowledged messages come back after AckWait.
+			if info.NumPending == 0 && info.NumAckPending == 0 {
+				return true, nil
+			}
+			continue
+		}
+		if err := n.replayBatch(ctx, msgs, total); err != nil {
+			for _, m := range msgs {
+				_ = m.NakWithDelay(time.Second)
+			}
+			return false, err
+		}
+		if n.cfg.ReplayBatchInterval > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(n.cfg.ReplayBatchInterval):
+			}
+		}
+	}
+	return false, ctx.Err()
+}
+
+func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *replayCounts) error {
+	var writes []metastore.Write
+	var good []jetstream.Msg
+	for _, m := range msgs {
+		bb, err := decodeBatch(m.Data())
+		if err != nil {
+			// A message that can never be applied is terminated and counted, not retried forever.
+			n.log.Error("terminating undecodable buffer message", "error", err)
+			_ = m.Term()
+			total.failed++
+			continue
+		}
+		for _, w := range bb.Writes {
+			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
+		}
+		good = append(good, m)
+	}
+	if len(writes) > 0 {
+		var res metastore.Result
+		err := n.dbCall(ctx, func(ctx context.Context) error {
+			var err error
+			res, err = n.store.ApplyBatch(ctx, writes)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		total.replayed += int64(res.Applied)
+		total.stale += int64(res.Stale)
+		n.replayedTotal.Add(int64(res.Applied))
+		n.staleTotal.Add(int64(res.Stale))
+		n.metrics.replayed.Add(float64(res.Applied))
+		n.metrics.replayStale.Add(float64(res.Stale))
+	}
+	for _, m := range good {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := m.DoubleAck(actx)
+		cancel()
+		if err != nil {
+			// The batch is committed; a redelivery is harmless (versions make it stale).
+			n.log.Warn("ack of replayed buffer message failed", "error", err)
+		}
+	}
+	return nil
+}
