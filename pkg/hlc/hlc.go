@@ -173,18 +173,27 @@ func (c *Clock) compose(phys, counter int64) int64 {
 	return phys<<LogicalBits | counter<<NodeBits | int64(c.node)
 }
 
+// MaxDrift is how far ahead of the local wall clock an observed version may
+// be. A version further ahead comes from a broken clock or a forged message;
+// adopting it would drag every later version (and, near the end of the
+// version space, exhaust it), so Observe ignores it and returns false.
+const MaxDrift = time.Hour
+
 // Observe records a version seen elsewhere (another node, a stream message,
 // a database row) so that the next Now returns a greater one; this is what
-// makes versions causal across nodes. Values outside [0, MaxVersion] are not
-// versions and are ignored.
-func (c *Clock) Observe(v int64) {
+// makes versions causal across nodes. Values outside [0, MaxVersion], or more
+// than MaxDrift ahead of the wall clock, are ignored (Observe returns false).
+func (c *Clock) Observe(v int64) bool {
 	if v < 0 || v > MaxVersion {
-		return
+		return false
+	}
+	if wall := c.now().UnixMilli() - EpochMillis; v>>LogicalBits > wall+MaxDrift.Milliseconds() {
+		return false
 	}
 	for {
 		last := c.last.Load()
 		if v <= last || c.last.CompareAndSwap(last, v) {
-			return
+			return true
 		}
 	}
 }

@@ -89,7 +89,7 @@ func TestObserve(t *testing.T) {
 		name     string
 		observed func(local int64) int64
 	}{
-		{name: "far future", observed: func(int64) int64 { return hlc.FromStream(base.Add(10 * 365 * 24 * time.Hour)) }},
+		{name: "future within drift", observed: func(int64) int64 { return hlc.FromStream(base.Add(59 * time.Minute)) }},
 		{name: "same ms higher logical", observed: func(local int64) int64 { return local | 0xFFF }},
 		{name: "same ms max counter other node", observed: func(local int64) int64 { return local&^0xFFF | 0xF00 }},
 		{name: "past value is harmless", observed: func(local int64) int64 { return local - 1<<20 }},
@@ -120,8 +120,10 @@ func TestObserveIgnoresInvalid(t *testing.T) {
 	fake := &fakeNow{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	c := hlc.New("n", fake.Now)
 	first := c.Now()
-	for _, v := range []int64{-1, hlc.MaxVersion + 1} {
-		c.Observe(v)
+	for _, v := range []int64{-1, hlc.MaxVersion + 1, hlc.MaxVersion - 1, hlc.FromStream(fake.t.Add(2 * hlc.MaxDrift))} {
+		if c.Observe(v) {
+			t.Errorf("Observe(%d) accepted a version beyond the drift bound", v)
+		}
 	}
 	if got := c.Last(); got != first {
 		t.Fatalf("Last() = %d after invalid Observe, want %d", got, first)

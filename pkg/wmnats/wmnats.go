@@ -211,11 +211,11 @@ func NewRouter(cfg RouterConfig, log watermill.LoggerAdapter) (*message.Router, 
 			cfg.RetryMaxTimeout = 5 * time.Second
 		}
 		retry := middleware.Retry{
-			MaxRetries:      cfg.Retry,
-			InitialInterval: cfg.RetryInitial,
-			MaxInterval:     time.Second,
-			Multiplier:      2,
-			MaxElapsedTime:  cfg.RetryMaxTimeout,
+			MaxRetries:          cfg.Retry,
+			InitialInterval:     cfg.RetryInitial,
+			MaxInterval:         time.Second,
+			Multiplier:          2,
+			MaxElapsedTime:      cfg.RetryMaxTimeout,
 			RandomizationFactor: 0.5,
 			ShouldRetry: func(p middleware.RetryParams) bool {
 				return !IsPermanent(p.Err)

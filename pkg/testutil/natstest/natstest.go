@@ -1,0 +1,28 @@
+// Package natstest starts throw-away embedded NATS servers for tests.
+package natstest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/anivault/anivault/pkg/natsembed"
+)
+
+// Start starts an embedded NATS server with JetStream (file storage in
+// t.TempDir(), fsync on every write, random port) and shuts it down in
+// t.Cleanup. It fails the test if the server cannot start.
+func Start(t testing.TB) *natsembed.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := natsembed.Start(ctx, natsembed.Options{
+		StoreDir:   t.TempDir(),
+		SyncAlways: true,
+	})
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv
+}

@@ -1,0 +1,241 @@
+// Package monitor is the health-monitor: it probes PostgreSQL with SELECT 1 on
+// an interval, under a hard deadline, and publishes db.health on every check
+// and db.unhealthy / db.recovered when the thresholds are crossed.
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/envconfig"
+	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/svckit"
+	"github.com/anivault/anivault/pkg/topology"
+	"github.com/anivault/anivault/pkg/wmnats"
+)
+
+// Config is the health-monitor's configuration.
+type Config struct {
+	NATS              natsconn.Config
+	DatabaseURL       string
+	Interval          time.Duration
+	Timeout           time.Duration
+	FailureThreshold  int
+	RecoveryThreshold int
+	NodeID            string
+	SubjectPrefix     string
+}
+
+// LoadConfig reads the environment.
+func LoadConfig(r *envconfig.Reader) (Config, error) {
+	c := Config{
+		NATS:              natsconn.FromEnv(r),
+		DatabaseURL:       r.String("DATABASE_URL", pgdb.DefaultDSN),
+		Interval:          r.Duration("HEALTH_CHECK_INTERVAL", 30*time.Second),
+		Timeout:           r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second),
+		FailureThreshold:  int(r.Int("HEALTH_FAILURE_THRESHOLD", 3, 1, 1000)),
+		RecoveryThreshold: int(r.Int("HEALTH_RECOVERY_THRESHOLD", 2, 1, 1000)),
+		NodeID:            r.String("NODE_ID", svckit.DefaultNodeID()),
+		SubjectPrefix:     r.String("SUBJECT_PREFIX", ""),
+	}
+	r.Positive("HEALTH_CHECK_INTERVAL", c.Interval)
+	r.Positive("HEALTH_CHECK_TIMEOUT", c.Timeout)
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return c, nil
+}
+
+// Run reads the configuration and monitors until ctx is done.
+func Run(ctx context.Context, log *slog.Logger) error {
+	cfg, err := LoadConfig(envconfig.New(nil))
+	if err != nil {
+		return err
+	}
+	log = log.With("node", cfg.NodeID)
+	log.Info("starting health-monitor", "nats", cfg.NATS, "interval", cfg.Interval, "timeout", cfg.Timeout,
+		"failure_threshold", cfg.FailureThreshold, "recovery_threshold", cfg.RecoveryThreshold)
+	m, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return m.Run(ctx)
+}
+
+// Monitor probes the database and publishes what it finds.
+type Monitor struct {
+	cfg     Config
+	log     *slog.Logger
+	subj    events.Subjects
+	checker *Checker
+	pub     message.Publisher
+	// pending holds transition events not yet acknowledged by JetStream: a
+	// db.unhealthy must not be lost because NATS was briefly away.
+	pending []outgoing
+}
+
+type outgoing struct {
+	subject string
+	payload any
+}
+
+// New builds a monitor.
+func New(cfg Config, log *slog.Logger) (*Monitor, error) {
+	if cfg.Interval <= 0 || cfg.Timeout <= 0 {
+		return nil, errors.New("monitor: interval and timeout must be positive")
+	}
+	return &Monitor{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix),
+		checker: NewChecker(cfg.FailureThreshold, cfg.RecoveryThreshold)}, nil
+}
+
+// Run probes every interval until ctx is done.
+func (m *Monitor) Run(ctx context.Context) error {
+	nc, err := natsconn.Connect(ctx, m.cfg.NATS, "anivault-health-monitor-"+m.cfg.NodeID, m.log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	top, err := topology.New(js, m.subj)
+	if err != nil {
+		return err
+	}
+	if err := retryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
+		_, err := top.EnsureEvents(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	m.pub, err = wmnats.NewJetStreamPublisher(nc, wmnats.Logger(m.log))
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(m.cfg.Interval)
+	defer t.Stop()
+	for {
+		m.check(ctx)
+		select {
+		case <-ctx.Done():
+			m.checker.SetMonitoring(false)
+			_ = nc.Drain()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// probe runs SELECT 1 on a fresh connection with the check's deadline, so a
+// server that accepts connections and never answers fails within the
+// timeout, and a broken pooled connection never hides a healthy server.
+func (m *Monitor) probe(ctx context.Context) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	defer cancel()
+	db, err := pgdb.Open(pgdb.Config{
+		DSN: m.cfg.DatabaseURL, AppName: "anivault-health-monitor",
+		DialTimeout: m.cfg.Timeout, ReadTimeout: m.cfg.Timeout, WriteTimeout: m.cfg.Timeout,
+		MaxOpenConns: 1, MaxIdleConns: 1,
+	})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- pgdb.Ping(ctx, db, m.cfg.Timeout) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		// The driver should honour the deadline; this guard makes the bound hard.
+		err = fmt.Errorf("select 1: %w", ctx.Err())
+	}
+	lat := time.Since(start)
+	go func() { <-done; _ = db.Close() }()
+	return lat, err
+}
+
+func (m *Monitor) check(ctx context.Context) {
+	lat, err := m.probe(ctx)
+	if ctx.Err() != nil {
+		return
+	}
+	now := time.Now().UTC()
+	errText := ""
+	if err != nil {
+		errText = err.Error()
+		m.log.Warn("Database health check failed", "error", err, "latency_ms", ms(lat),
+			"consecutive_failures", m.checker.Stats().ConsecutiveFailures+1)
+	} else {
+		m.log.Debug("Database health check succeeded", "latency_ms", ms(lat))
+	}
+	tr := m.checker.Record(err == nil, errText, now)
+	st := m.checker.Stats()
+	env := events.Envelope{OccurredAt: now, Source: m.cfg.NodeID}
+	switch tr {
+	case BecameUnhealthy:
+		m.log.Error("database declared unhealthy", "consecutive_failures", st.ConsecutiveFailures, "last_error", errText)
+		m.pending = append(m.pending, outgoing{m.subj.Of(events.SubjectDBUnhealthy), events.DBUnhealthy{
+			Envelope: env, Reason: fmt.Sprintf("%d consecutive health checks failed", st.ConsecutiveFailures),
+			ConsecutiveFailures: st.ConsecutiveFailures, LastError: errText,
+		}})
+	case Recovered:
+		down := m.checker.Downtime(now)
+		m.log.Info("database recovered", "consecutive_successes", st.ConsecutiveSuccesses, "downtime_seconds", down.Seconds())
+		m.pending = append(m.pending, outgoing{m.subj.Of(events.SubjectDBRecovered), events.DBRecovered{
+			Envelope: env, ConsecutiveSuccesses: st.ConsecutiveSuccesses, DowntimeSeconds: down.Seconds(),
+		}})
+	case BecameHealthy:
+		m.log.Info("database healthy", "consecutive_successes", st.ConsecutiveSuccesses)
+	}
+	status := st.CurrentStatus
+	health := events.DBHealth{Envelope: env, Status: status, LatencyMS: ms(lat), Error: errText, Statistics: st}
+	// Transitions first, in order; db.health is best effort (the next check sends another).
+	for len(m.pending) > 0 {
+		if err := m.publish(m.pending[0].subject, m.pending[0].payload); err != nil {
+			m.log.Warn("publish failed, will retry on the next check", "subject", m.pending[0].subject, "error", err)
+			break
+		}
+		m.pending = m.pending[1:]
+	}
+	if err := m.publish(m.subj.Of(events.SubjectDBHealth), health); err != nil {
+		m.log.Debug("publish db.health failed", "error", err)
+	}
+}
+
+func (m *Monitor) publish(subject string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", subject, err)
+	}
+	return m.pub.Publish(subject, message.NewMessage(watermill.NewUUID(), b))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func retryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) error {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+" failed, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, errors.Join(err, ctx.Err()))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
