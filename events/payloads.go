@@ -86,6 +86,22 @@ type ModeChanged struct {
 	// Manual is true when an operator entered cache-only mode; automatic
 	// recovery never leaves such a mode (an extension of the contract).
 	Manual bool `json:"manual,omitempty"`
+	// Counters are the recovery-manager's outage counters, kept with the mode
+	// so that one compare-and-swap moves both and a restarted manager resumes
+	// them (an extension of the contract).
+	Counters *ManagerCounters `json:"counters,omitempty"`
+}
+
+// ManagerCounters are the recovery-manager's persistent counters.
+type ManagerCounters struct {
+	TotalFailures    int64      `json:"total_failures"`
+	TotalRecoveries  int64      `json:"total_recoveries"`
+	RecoveryAttempts int64      `json:"recovery_attempts"`
+	LastFailureTime  *time.Time `json:"last_failure_time"`
+	LastRecoveryTime *time.Time `json:"last_recovery_time"`
+	// InOutage is true from a failure until the next normal mode, so that
+	// each outage counts one failure and one recovery however often it flaps.
+	InOutage bool `json:"in_outage"`
 }
 
 // ReplayCompleted is published by a cache-node after it replayed its share of the buffer for Epoch.

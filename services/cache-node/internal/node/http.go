@@ -166,6 +166,7 @@ func (n *Node) statusLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		n.refreshBufferStatus(ctx)
+		go n.backgroundDrain(ctx)
 		ns := n.nodeStatus()
 		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), ns); err != nil {
 			n.log.Debug("publish node.status failed", "error", err)

@@ -87,6 +87,9 @@ type Node struct {
 	replay    replayState
 	bufStatus atomic.Pointer[events.BufferStatus]
 
+	// drainMu lets one drain of the buffer run at a time in this node.
+	drainMu sync.Mutex
+
 	acceptedTotal atomic.Int64
 	replayedTotal atomic.Int64
 	staleTotal    atomic.Int64

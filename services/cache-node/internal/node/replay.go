@@ -65,7 +65,9 @@ func (n *Node) replayLoop(ctx context.Context, epoch int64) {
 	var total replayCounts
 	backoff := 250 * time.Millisecond
 	for ctx.Err() == nil {
+		n.drainMu.Lock()
 		done, err := n.replayDrain(ctx, &total)
+		n.drainMu.Unlock()
 		if err == nil && done {
 			break
 		}
@@ -201,4 +203,26 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 		}
 	}
 	return nil
+}
+
+// backgroundDrain replays writes buffered in normal mode by the fast path (a
+// transient database error too short for the monitor to declare an outage):
+// without it they would wait for the next outage's recovery.
+func (n *Node) backgroundDrain(ctx context.Context) {
+	if n.currentMode() != events.ModeNormal || n.breaker.State() != "closed" || n.bufStatus.Load().Pending == 0 {
+		return
+	}
+	if !n.drainMu.TryLock() {
+		return
+	}
+	defer n.drainMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var total replayCounts
+	if _, err := n.replayDrain(ctx, &total); err != nil && ctx.Err() == nil {
+		n.log.Warn("background drain of the write buffer stopped", "error", err)
+	}
+	if total.replayed+total.stale > 0 {
+		n.log.Info("drained writes buffered in normal mode", "replayed", total.replayed, "skipped_stale", total.stale)
+	}
 }

@@ -1,0 +1,446 @@
+// Package manager is the recovery-manager: the one owner of the system's mode.
+// The mode lives in the KV bucket anivault, key mode, and moves only by
+// compare-and-swap on the key's revision, so two managers can never both
+// advance it and a restarted manager resumes where it was.
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/envconfig"
+	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/svckit"
+	"github.com/anivault/anivault/pkg/topology"
+	"github.com/anivault/anivault/pkg/wmnats"
+)
+
+// Config is the recovery-manager's configuration.
+type Config struct {
+	NATS                  natsconn.Config
+	DatabaseURL           string
+	AutoRecovery          bool
+	RecoveryCheckInterval time.Duration
+	CheckTimeout          time.Duration
+	NodeTimeout           time.Duration
+	EvalInterval          time.Duration
+	NodeID                string
+	SubjectPrefix         string
+	Buffer                topology.BufferLimits
+}
+
+// LoadConfig reads the environment.
+func LoadConfig(r *envconfig.Reader) (Config, error) {
+	c := Config{
+		NATS:                  natsconn.FromEnv(r),
+		DatabaseURL:           r.String("DATABASE_URL", pgdb.DefaultDSN),
+		AutoRecovery:          r.Bool("AUTO_RECOVERY_ENABLED", true),
+		RecoveryCheckInterval: r.Duration("RECOVERY_CHECK_INTERVAL", 60*time.Second),
+		CheckTimeout:          r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second),
+		NodeTimeout:           r.Duration("NODE_TIMEOUT", 5*time.Second),
+		EvalInterval:          r.Duration("MODE_EVAL_INTERVAL", 250*time.Millisecond),
+		NodeID:                r.String("NODE_ID", svckit.DefaultNodeID()),
+		SubjectPrefix:         r.String("SUBJECT_PREFIX", ""),
+		Buffer: topology.BufferLimits{
+			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
+			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
+			Replicas: int(r.Int("BUFFER_REPLICAS", 1, 1, 5)),
+		},
+	}
+	for name, d := range map[string]time.Duration{
+		"RECOVERY_CHECK_INTERVAL": c.RecoveryCheckInterval, "HEALTH_CHECK_TIMEOUT": c.CheckTimeout,
+		"NODE_TIMEOUT": c.NodeTimeout, "MODE_EVAL_INTERVAL": c.EvalInterval,
+	} {
+		r.Positive(name, d)
+	}
+	if err := r.Err(); err != nil {
+		return Config{}, fmt.Errorf("configuration: %w", err)
+	}
+	return c, nil
+}
+
+// Run reads the configuration and manages the mode until ctx is done.
+func Run(ctx context.Context, log *slog.Logger) error {
+	cfg, err := LoadConfig(envconfig.New(nil))
+	if err != nil {
+		return err
+	}
+	log = log.With("node", cfg.NodeID)
+	log.Info("starting recovery-manager", "nats", cfg.NATS, "auto_recovery", cfg.AutoRecovery,
+		"recovery_check_interval", cfg.RecoveryCheckInterval)
+	m, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return m.Run(ctx)
+}
+
+// Manager owns the mode.
+type Manager struct {
+	cfg  Config
+	log  *slog.Logger
+	subj events.Subjects
+
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	kv    jetstream.KeyValue
+	jsPub message.Publisher
+	wmLog watermill.LoggerAdapter
+
+	inputs chan input
+
+	// Owned by the loop goroutine.
+	health     *events.DBHealth
+	nodes      map[string]nodeSeen
+	lastStatus events.ModeChanged
+}
+
+type nodeSeen struct {
+	status events.NodeStatus
+	seen   time.Time
+}
+
+// input is one thing for the loop to do; reply receives its result.
+type input struct {
+	do    func(ctx context.Context) (any, error)
+	reply chan result
+}
+
+type result struct {
+	v   any
+	err error
+}
+
+// New builds a manager.
+func New(cfg Config, log *slog.Logger) (*Manager, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("manager: empty node id")
+	}
+	return &Manager{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix),
+		inputs: make(chan input), nodes: map[string]nodeSeen{}}, nil
+}
+
+// Run serves until ctx is done.
+func (m *Manager) Run(ctx context.Context) error {
+	var err error
+	m.nc, err = natsconn.Connect(ctx, m.cfg.NATS, "anivault-recovery-manager-"+m.cfg.NodeID, m.log)
+	if err != nil {
+		return err
+	}
+	defer m.nc.Close()
+	m.js, err = jetstream.New(m.nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	top, err := topology.New(m.js, m.subj)
+	if err != nil {
+		return err
+	}
+	if err := retryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
+		kv, err := top.EnsureEvents(ctx)
+		if err != nil {
+			return err
+		}
+		m.kv = kv
+		if err := top.EnsureWrites(ctx, m.cfg.Buffer); err != nil {
+			return err
+		}
+		return top.EnsureManagerConsumers(ctx)
+	}); err != nil {
+		return err
+	}
+	m.wmLog = wmnats.Logger(m.log)
+	m.jsPub, err = wmnats.NewJetStreamPublisher(m.nc, m.wmLog)
+	if err != nil {
+		return err
+	}
+	if cur, _, err := m.readMode(ctx); err == nil {
+		m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
+	}
+	router, err := m.newRouter(ctx)
+	if err != nil {
+		return err
+	}
+	svc, err := m.addMicroService()
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return router.Run(gctx) })
+	g.Go(func() error { m.loop(gctx); return nil })
+	g.Go(func() error {
+		<-gctx.Done()
+		_ = svc.Stop()
+		_ = router.Close()
+		return nil
+	})
+	err = g.Wait()
+	_ = m.nc.Drain()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// submit runs do on the loop goroutine and waits for its result.
+func (m *Manager) submit(ctx context.Context, do func(ctx context.Context) (any, error)) (any, error) {
+	in := input{do: do, reply: make(chan result, 1)}
+	select {
+	case m.inputs <- in:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case r := <-in.reply:
+		return r.v, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// loop serialises every decision of this manager.
+func (m *Manager) loop(ctx context.Context) {
+	eval := time.NewTicker(m.cfg.EvalInterval)
+	defer eval.Stop()
+	check := time.NewTicker(m.cfg.RecoveryCheckInterval)
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case in := <-m.inputs:
+			v, err := in.do(ctx)
+			in.reply <- result{v, err}
+		case <-eval.C:
+			m.evaluate(ctx)
+		case <-check.C:
+			m.periodicCheck(ctx)
+		}
+	}
+}
+
+// readMode returns the current mode and its KV revision (0 when the key is absent).
+func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	e, err := m.kv.Get(ctx, events.KeyMode)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return events.ModeChanged{Mode: events.ModeNormal, Epoch: 0, Counters: &events.ManagerCounters{}}, 0, nil
+	}
+	if err != nil {
+		return events.ModeChanged{}, 0, fmt.Errorf("read mode: %w", err)
+	}
+	var mc events.ModeChanged
+	if err := json.Unmarshal(e.Value(), &mc); err != nil || !mc.Mode.Valid() {
+		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %v", e.Revision(), err)
+	}
+	m.lastStatus = mc
+	return mc, e.Revision(), nil
+}
+
+// transition applies f to the current mode with compare-and-swap, retrying
+// when another manager moved the mode first. It returns the mode in force.
+func (m *Manager) transition(ctx context.Context, f func(cur events.ModeChanged) (events.ModeChanged, bool)) (events.ModeChanged, error) {
+	for attempt := 0; attempt < 10; attempt++ {
+		cur, rev, err := m.readMode(ctx)
+		if err != nil {
+			return events.ModeChanged{}, err
+		}
+		next, changed := f(cur)
+		if !changed {
+			return cur, nil
+		}
+		next.Envelope = events.Envelope{OccurredAt: time.Now().UTC(), Source: m.cfg.NodeID}
+		b, err := json.Marshal(next)
+		if err != nil {
+			return cur, fmt.Errorf("encode mode: %w", err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if rev == 0 {
+			_, err = m.kv.Create(wctx, events.KeyMode, b)
+		} else {
+			_, err = m.kv.Update(wctx, events.KeyMode, b, rev)
+		}
+		cancel()
+		if err != nil {
+			if isCASConflict(err) {
+				m.log.Info("mode moved by another manager, re-reading", "epoch", cur.Epoch)
+				continue
+			}
+			return cur, fmt.Errorf("write mode: %w", err)
+		}
+		m.lastStatus = next
+		m.announce(cur, next)
+		return next, nil
+	}
+	return events.ModeChanged{}, errors.New("write mode: too many concurrent updates")
+}
+
+func isCASConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// announce logs the contract's phrases and publishes the mode event.
+func (m *Manager) announce(prev, next events.ModeChanged) {
+	attrs := []any{"from", prev.Mode, "to", next.Mode, "epoch", next.Epoch}
+	switch next.Mode {
+	case events.ModeCacheOnly:
+		m.log.Warn("Cache-only mode enabled", append(attrs, "reason", next.Reason, "manual", next.Manual)...)
+	case events.ModeRecovering:
+		if prev.Mode == events.ModeCacheOnly {
+			m.log.Info("Cache-only mode disabled", attrs...)
+		}
+		m.log.Info("Recovery started", append(attrs, "reason", next.Reason)...)
+	case events.ModeNormal:
+		m.log.Info("Recovery completed", append(attrs, "total_recoveries", counters(next).TotalRecoveries)...)
+	}
+	b, err := json.Marshal(next)
+	if err != nil {
+		return
+	}
+	subject := m.subj.Of(next.Mode.Subject())
+	// The KV holds the truth; the event is published until JetStream takes it.
+	go func() {
+		for i := 0; i < 20; i++ {
+			if err := m.jsPub.Publish(subject, message.NewMessage(watermill.NewUUID(), b)); err == nil {
+				return
+			} else {
+				m.log.Warn("publish mode event failed, retrying", "subject", subject, "error", err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}()
+}
+
+// evaluate finishes a recovery once every live node replayed and the buffer is empty.
+func (m *Manager) evaluate(ctx context.Context) {
+	cur, _, err := m.readMode(ctx)
+	if err != nil || cur.Mode != events.ModeRecovering {
+		return
+	}
+	// A fresh unhealthy verdict during replay sends the system back to cache-only.
+	if h := m.health; h != nil && h.Status == events.HealthUnhealthy && h.OccurredAt.After(cur.Since) {
+		m.onUnhealthy(ctx, "health check failed during recovery: "+h.Error)
+		return
+	}
+	live := m.liveNodes(time.Now())
+	for _, n := range live {
+		if n.status.ReplayedEpoch < cur.Epoch {
+			return
+		}
+	}
+	pending, err := m.bufferPending(ctx)
+	if err != nil || pending > 0 {
+		return
+	}
+	if _, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
+		return OnReplayDone(c, cur.Epoch, time.Now())
+	}); err != nil {
+		m.log.Error("finishing recovery failed", "error", err)
+	}
+}
+
+func (m *Manager) bufferPending(ctx context.Context) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	s, err := m.js.Stream(ctx, m.subj.Name(events.StreamBuffer))
+	if err != nil {
+		return 0, err
+	}
+	return s.CachedInfo().State.Msgs, nil
+}
+
+func (m *Manager) liveNodes(now time.Time) []nodeSeen {
+	var out []nodeSeen
+	for id, n := range m.nodes {
+		if now.Sub(n.seen) > m.cfg.NodeTimeout {
+			if now.Sub(n.seen) > 10*m.cfg.NodeTimeout {
+				delete(m.nodes, id)
+			}
+			continue
+		}
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].status.ID < out[j].status.ID })
+	return out
+}
+
+// periodicCheck makes sure a lost db.recovered cannot strand the system in cache-only mode.
+func (m *Manager) periodicCheck(ctx context.Context) {
+	cur, _, err := m.readMode(ctx)
+	if err != nil || cur.Mode != events.ModeCacheOnly || cur.Manual || !m.cfg.AutoRecovery {
+		return
+	}
+	if err := m.checkDB(ctx); err != nil {
+		m.log.Info("periodic recovery check: database still unavailable", "error", err)
+		return
+	}
+	m.log.Info("periodic recovery check: database healthy")
+	if _, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
+		return OnRecovered(c, m.cfg.AutoRecovery, time.Now())
+	}); err != nil {
+		m.log.Error("starting recovery failed", "error", err)
+	}
+}
+
+// checkDB runs SELECT 1 on a fresh connection within the health-check timeout.
+func (m *Manager) checkDB(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.CheckTimeout)
+	defer cancel()
+	db, err := pgdb.Open(pgdb.Config{DSN: m.cfg.DatabaseURL, AppName: "anivault-recovery-manager",
+		DialTimeout: m.cfg.CheckTimeout, ReadTimeout: m.cfg.CheckTimeout, WriteTimeout: m.cfg.CheckTimeout, MaxOpenConns: 1})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- pgdb.Ping(ctx, db, m.cfg.CheckTimeout) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("select 1: %w", ctx.Err())
+	}
+	go func() { <-done; _ = db.Close() }()
+	return err
+}
+
+func (m *Manager) onUnhealthy(ctx context.Context, reason string) {
+	if _, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
+		return OnUnhealthy(c, reason, time.Now())
+	}); err != nil {
+		m.log.Error("entering cache-only mode failed", "error", err)
+	}
+}
+
+func retryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) error {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+" failed, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, errors.Join(err, ctx.Err()))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
