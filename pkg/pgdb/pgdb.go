@@ -120,3 +120,12 @@ func Migrate(ctx context.Context, db *bun.DB, lockKey int64, steps []Migration) 
 	}
 	return nil
 }
+
+// DropIdle closes every idle pooled connection, keeping the idle limit. After
+// a connection-class error (the server restarted, a proxy cut the link) the
+// idle connections are all dead, and each would fail one more request with
+// EOF before database/sql discarded it.
+func DropIdle(db *bun.DB, maxIdle int) {
+	db.SetMaxIdleConns(0)
+	db.SetMaxIdleConns(maxIdle)
+}

@@ -170,6 +170,11 @@ func (s *System) proc(name, bin string, env map[string]string) *procs.Proc {
 		_ = p.Stop(10 * time.Second)
 		if s.t.Failed() {
 			s.t.Logf("---- %s output (tail) ----\n%s", name, tail(p.Output(), 60))
+			if dir := os.Getenv("ANIVAULT_E2E_LOGS"); dir != "" {
+				d := filepath.Join(dir, strings.ReplaceAll(s.t.Name(), "/", "_"))
+				_ = os.MkdirAll(d, 0o755)
+				_ = os.WriteFile(filepath.Join(d, name+".log"), []byte(p.Output()), 0o644)
+			}
 		}
 	})
 	return p
@@ -201,6 +206,7 @@ func (s *System) StartNode(id string, extra map[string]string) *Node {
 		"NODE_ID": id, "HTTP_ADDR": addr, "NODE_STATUS_INTERVAL": "200ms",
 		"DB_TIMEOUT": "1500ms", "BREAKER_OPEN_TIMEOUT": "500ms", "BREAKER_FAILURE_THRESHOLD": "3",
 		"RETRY_BASE_DELAY": "20ms", "RETRY_MAX_DELAY": "200ms", "REPLAY_BATCH_INTERVAL": "0",
+		"CACHE_MAX_SIZE": "20000",
 	})
 	for k, v := range extra {
 		env[k] = v

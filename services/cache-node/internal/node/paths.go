@@ -9,6 +9,7 @@ import (
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/resilience"
 )
 
@@ -79,9 +80,17 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 func (n *Node) dbCall(ctx context.Context, fn func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.DBTimeout)
 	defer cancel()
-	return n.retrier.Do(ctx, func(ctx context.Context) error {
-		return n.breaker.Execute(func() error { return fn(ctx) })
+	err := n.retrier.Do(ctx, func(ctx context.Context) error {
+		err := n.breaker.Execute(func() error { return fn(ctx) })
+		if err != nil && resilience.IsTransient(err) {
+			pgdb.DropIdle(n.db, n.cfg.DBMaxConns)
+		}
+		return err
 	})
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, metastore.ErrNotFound) {
+		n.log.Debug("database call failed", "error", err, "breaker", n.breaker.State())
+	}
+	return err
 }
 
 // cacheSet stores e unless the cache holds a newer version of id.
