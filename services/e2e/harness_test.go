@@ -337,11 +337,17 @@ func (s *System) ModeKV() (events.ModeChanged, error) {
 	return mc, json.Unmarshal(e.Value(), &mc)
 }
 
-// Versions returns the table's versions.
+// Versions returns the table's versions, retrying once on a fresh connection
+// (after a restart of PostgreSQL the pooled ones are dead).
 func (s *System) Versions() (map[int64]metastore.Version, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return s.store.Versions(ctx)
+	v, err := s.store.Versions(ctx)
+	if err != nil {
+		pgdb.DropIdle(s.store.DB(), 2)
+		v, err = s.store.Versions(ctx)
+	}
+	return v, err
 }
 
 // HTTP helpers.

@@ -42,7 +42,7 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	router.AddNoPublisherHandler("metadata_writes", n.subj.Of("metadata.writes"), writes, n.handleProducerWrite)
+	router.AddConsumerHandler("metadata_writes", n.subj.Of("metadata.writes"), writes, n.handleProducerWrite)
 
 	changedConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-changed-"+n.cfg.NodeID, n.log)
 	if err != nil {
@@ -52,7 +52,7 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	router.AddNoPublisherHandler("metadata_changed", n.subj.Of(events.SubjectMetadataChanged), changed, n.handleChanged)
+	router.AddConsumerHandler("metadata_changed", n.subj.Of(events.SubjectMetadataChanged), changed, n.handleChanged)
 	return router, nil
 }
 

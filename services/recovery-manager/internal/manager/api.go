@@ -36,7 +36,7 @@ func (m *Manager) newRouter(ctx context.Context) (*message.Router, error) {
 		if err != nil {
 			return err
 		}
-		router.AddNoPublisherHandler(name, m.subj.Of(name), sub, h)
+		router.AddConsumerHandler(name, m.subj.Of(name), sub, h)
 		return nil
 	}
 	if err := durable("db_events", events.ConsumerManagerDB, m.handleDBEvent); err != nil {
@@ -60,7 +60,7 @@ func (m *Manager) newRouter(ctx context.Context) (*message.Router, error) {
 		if err != nil {
 			return nil, err
 		}
-		router.AddNoPublisherHandler(c.subject, m.subj.Of(c.subject), sub, c.h)
+		router.AddConsumerHandler(c.subject, m.subj.Of(c.subject), sub, c.h)
 	}
 	return router, nil
 }

@@ -283,7 +283,9 @@ func (m *Manager) transition(ctx context.Context, f func(cur events.ModeChanged)
 			return cur, fmt.Errorf("write mode: %w", err)
 		}
 		m.lastStatus = next
-		m.announce(cur, next)
+		if next.Epoch != cur.Epoch {
+			m.announce(cur, next) // a counters-only update is not a mode change
+		}
 		return next, nil
 	}
 	return events.ModeChanged{}, errors.New("write mode: too many concurrent updates")
