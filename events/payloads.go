@@ -81,7 +81,7 @@ type ModeChanged struct {
 	Envelope
 	Mode   Mode      `json:"mode"`
 	Epoch  int64     `json:"epoch"`
-	Reason string    `json:"reason,omitempty"`
+	Reason string    `json:"reason"`
 	Since  time.Time `json:"since"`
 	// Manual is true when an operator entered cache-only mode; automatic
 	// recovery never leaves such a mode (an extension of the contract).
@@ -227,7 +227,7 @@ type SystemStatus struct {
 	LastRecoveryTime    *time.Time       `json:"last_recovery_time"`
 	AutoRecoveryEnabled bool             `json:"auto_recovery_enabled"`
 	Buffer              BufferStatus     `json:"buffer"`
-	Nodes               []NodeStatus     `json:"nodes,omitempty"`
+	Nodes               []NodeStatus     `json:"nodes"`
 	// NodeID is set on a single node's status (GET /v1/status).
 	NodeID string `json:"node_id,omitempty"`
 }

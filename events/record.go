@@ -146,7 +146,10 @@ func decodeStrict(data []byte, v any) error {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return invalid("", "unexpected data after the JSON object")
 	}
-	return nil
+	if err := checkKeys(data, v); err != nil {
+		return err
+	}
+	return checkReencodes(v)
 }
 
 func jsonError(err error) *ValidationError {
@@ -154,7 +157,7 @@ func jsonError(err error) *ValidationError {
 	var syntaxErr *json.SyntaxError
 	switch {
 	case errors.As(err, &typeErr):
-		field := typeErr.Field
+		field := strings.TrimPrefix(typeErr.Field, "Envelope.")
 		if field == "" {
 			field = typeErr.Struct
 		}
@@ -223,8 +226,9 @@ func (r *Record) Validate() error {
 		if d.v == nil {
 			continue
 		}
-		if _, err := time.Parse(DateLayout, *d.v); err != nil || len(*d.v) != len(DateLayout) {
-			return invalid(d.name, "must be a date as YYYY-MM-DD or null, got %q", *d.v)
+		t, err := time.Parse(DateLayout, *d.v)
+		if err != nil || len(*d.v) != len(DateLayout) || t.Year() < 1 {
+			return invalid(d.name, "must be a date as YYYY-MM-DD (year 0001 to 9999) or null, got %q", *d.v)
 		}
 	}
 	for _, list := range []struct {
@@ -258,10 +262,10 @@ func (r *Record) Validate() error {
 		if len(raw) == 0 || raw[0] != '{' || !json.Valid(raw) {
 			return invalid("raw_data", "must be a JSON object")
 		}
-		// PostgreSQL's jsonb cannot hold a NUL character; refuse it here rather
-		// than accept a write that could never reach the database.
-		if bytes.Contains(raw, []byte(`\u0000`)) {
-			return invalid("raw_data", "must not contain a NUL character (\\u0000)")
+		// Refuse here what PostgreSQL's jsonb would refuse later: a write
+		// accepted now must be able to reach the database after an outage.
+		if err := checkRawData(raw); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -280,7 +284,7 @@ func checkString(field, s string) error {
 // EncodedSize returns the size in bytes of the record's JSON encoding, the
 // measure the cache's memory bound uses.
 func (r *Record) EncodedSize() int64 {
-	b, err := json.Marshal(r)
+	b, err := Marshal(r)
 	if err != nil {
 		return 0
 	}

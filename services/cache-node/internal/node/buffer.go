@@ -57,7 +57,7 @@ func newBuffer(js jetstream.JetStream, subject string, window time.Duration, max
 
 // append blocks until w is durably buffered or it failed.
 func (b *buffer) append(ctx context.Context, w events.BufferedWrite) error {
-	enc, err := json.Marshal(w)
+	enc, err := events.Marshal(w)
 	if err != nil {
 		return fmt.Errorf("encode buffered write: %w", err)
 	}
@@ -78,21 +78,31 @@ func (b *buffer) append(ctx context.Context, w events.BufferedWrite) error {
 
 func (b *buffer) run(ctx context.Context) {
 	sem := make(chan struct{}, flushers)
+	var carry *bufReq
 	for {
 		var first bufReq
-		select {
-		case <-ctx.Done():
-			b.drainRefuse()
-			return
-		case first = <-b.reqs:
+		if carry != nil {
+			first, carry = *carry, nil
+		} else {
+			select {
+			case <-ctx.Done():
+				b.drainRefuse()
+				return
+			case first = <-b.reqs:
+			}
 		}
 		batch := []bufReq{first}
 		bytes := first.size
 		timer := time.NewTimer(b.window)
 	gather:
-		for len(batch) < b.max && bytes < topology.MaxBufferMsgBytes/2 {
+		for len(batch) < b.max {
 			select {
 			case r := <-b.reqs:
+				// A write that would push the message past the limit opens the next batch.
+				if bytes+r.size+64 > maxBatchBytes {
+					carry = &r
+					break gather
+				}
 				batch = append(batch, r)
 				bytes += r.size
 			case <-timer.C:
@@ -110,6 +120,11 @@ func (b *buffer) run(ctx context.Context) {
 		}(batch)
 	}
 }
+
+// maxBatchBytes keeps a group-committed message under the stream's message
+// size limit with room for the JSON envelope. One record re-encodes to at most
+// twice MaxRecordBytes (U+2028 escapes), so a single write always fits.
+const maxBatchBytes = topology.MaxBufferMsgBytes - 16<<10
 
 func (b *buffer) drainRefuse() {
 	close(b.done)
@@ -130,7 +145,7 @@ func (b *buffer) publish(batch []bufReq) error {
 	for i, r := range batch {
 		bb.Writes[i] = r.w
 	}
-	data, err := json.Marshal(bb)
+	data, err := events.Marshal(bb)
 	if err != nil {
 		return fmt.Errorf("encode buffer batch: %w", err)
 	}

@@ -118,7 +118,7 @@ func (n *Node) handleChanged(msg *message.Message) error {
 
 // publishEvent publishes a JetStream-backed event and waits for the stream's acknowledgement.
 func (n *Node) publishEvent(_ context.Context, subject string, v any) error {
-	b, err := json.Marshal(v)
+	b, err := events.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", subject, err)
 	}
@@ -178,6 +178,6 @@ func respondError(req micro.Request, code int, err error) {
 	if errors.As(err, &ve) {
 		rep.Field = ve.Field
 	}
-	b, _ := json.Marshal(rep)
+	b, _ := events.Marshal(rep)
 	_ = req.Error(strconv.Itoa(code), err.Error(), b)
 }

@@ -6,7 +6,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -281,7 +280,7 @@ func (n *Node) publishChanged(id, version int64, deleted, buffered bool, rec *ev
 }
 
 func (n *Node) publishCore(subject string, v any) error {
-	b, err := json.Marshal(v)
+	b, err := events.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", subject, err)
 	}

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -67,7 +66,7 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 		n.cacheSet(id, entry{version: rec.Version, deleted: true})
 		return nil, SourceDatabase, ErrNotFound
 	}
-	body, err := json.Marshal(rec)
+	body, err := events.Marshal(rec)
 	if err != nil {
 		return nil, SourceDatabase, fmt.Errorf("encode tmdb:%d: %w", id, err)
 	}
@@ -169,7 +168,7 @@ func (n *Node) applyLocal(id, version int64, deleted bool, rec *events.Record) {
 		n.cacheSet(id, entry{version: version, deleted: true})
 		return
 	}
-	body, err := json.Marshal(rec)
+	body, err := events.Marshal(rec)
 	if err != nil {
 		n.log.Error("encode record for cache", "tmdb_id", id, "error", err)
 		n.cache.Remove(id)
