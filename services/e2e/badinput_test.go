@@ -146,6 +146,8 @@ func TestBadInputHTTP(t *testing.T) {
 		{"genres as string", "PUT", "/v1/anime/5000", jsonBody(t, with(base, "genres", "Animation")), 400, "genres"},
 		{"tmdb_id as string", "PUT", "/v1/anime/5000", jsonBody(t, with(base, "tmdb_id", "5000")), 400, "tmdb_id"},
 		{"unknown field", "PUT", "/v1/anime/5000", jsonBody(t, with(base, "studio", "Sunrise")), 400, "studio"},
+		{"field name in another case", "PUT", "/v1/anime/5000", []byte(`{"tmdb_id": 5000, "Title": "Cowboy Bebop"}`), 400, "Title"},
+		{"duplicate key", "PUT", "/v1/anime/5000", []byte(`{"tmdb_id": 5000, "title": "Cowboy Bebop", "tmdb_id": 5001}`), 400, "tmdb_id"},
 		{"tmdb_id 0 in path and body", "PUT", "/v1/anime/0", jsonBody(t, with(base, "tmdb_id", 0)), 400, "tmdb_id"},
 		{"tmdb_id 0 in body only", "PUT", "/v1/anime/5000", jsonBody(t, with(base, "tmdb_id", 0)), 400, "tmdb_id"},
 		{"negative id in path", "PUT", "/v1/anime/-5", jsonBody(t, with(base, "tmdb_id", -5)), 400, "tmdb_id"},

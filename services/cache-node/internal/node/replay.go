@@ -193,7 +193,15 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 		n.metrics.replayed.Add(float64(res.Applied))
 		n.metrics.replayStale.Add(float64(res.Stale))
 	}
-	for _, m := range good {
+	// Acknowledge in a pipeline and wait only for the last one: the server
+	// processes acks in order, so when the last is confirmed all are.
+	for i, m := range good {
+		if i < len(good)-1 {
+			if err := m.Ack(); err != nil {
+				n.log.Warn("ack of replayed buffer message failed", "error", err)
+			}
+			continue
+		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := m.DoubleAck(actx)
 		cancel()

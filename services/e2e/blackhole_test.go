@@ -1,0 +1,369 @@
+package e2e_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/procs"
+)
+
+// latencyLog records the duration and outcome of every request of one kind.
+type latencyLog struct {
+	mu    sync.Mutex
+	kind  string
+	durs  []time.Duration
+	codes map[int]int
+	max   time.Duration
+	maxAt time.Time
+}
+
+func newLatencyLog(kind string) *latencyLog { return &latencyLog{kind: kind, codes: map[int]int{}} }
+
+func (l *latencyLog) add(d time.Duration, code int, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.durs = append(l.durs, d)
+	l.codes[code]++
+	if d > l.max {
+		l.max, l.maxAt = d, at
+	}
+}
+
+func (l *latencyLog) summary(origin time.Time) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ds := append([]time.Duration(nil), l.durs...)
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	p50 := time.Duration(0)
+	if len(ds) > 0 {
+		p50 = ds[len(ds)/2]
+	}
+	return fmt.Sprintf("%-12s n=%-4d codes=%v p50=%v max=%v (request started %v after the black hole)",
+		l.kind, len(ds), l.codes, p50.Round(time.Millisecond), l.max.Round(time.Millisecond), l.maxAt.Sub(origin).Round(time.Millisecond))
+}
+
+// (c) A database that accepts connections and never answers: detection is
+// bounded, no request hangs, every write is acknowledged and survives.
+func TestBlackHoledDatabase(t *testing.T) {
+	t.Parallel()
+	const (
+		interval  = 200 * time.Millisecond
+		timeout   = time.Second // HEALTH_CHECK_TIMEOUT of every process
+		threshold = 2
+		dbTimeout = time.Second // DB_TIMEOUT of the cache-nodes
+		// A request waits on the database at most DB_TIMEOUT (the node's whole
+		// budget, retries included), then appends to the JetStream buffer
+		// (milliseconds on a local server). 1.5 s of margin covers the buffer
+		// append, HTTP, process scheduling on a loaded CI machine and the
+		// pool handing a fresh connection to the request: a request that
+		// waits for a second database timeout (2 s) still fails the bound.
+		maxRequest = dbTimeout + 1500*time.Millisecond
+	)
+	s := NewSystem(t, Options{PrivatePG: true, MonitorInterval: interval, MonitorTimeout: timeout,
+		FailureThreshold: threshold, RecoveryThresh: 2, AutoRecovery: true})
+	// The services reach PostgreSQL only through the fault proxy; the test's
+	// own store (s.Versions) keeps the direct DSN.
+	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	u, err := url.Parse(s.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = proxy.Addr()
+	s.opts.DatabaseURL = u.String()
+
+	nodeEnv := map[string]string{"HEALTH_CHECK_TIMEOUT": timeout.String(), "DB_TIMEOUT": dbTimeout.String()}
+	n1 := s.StartNode("n1", nodeEnv)
+	n2 := s.StartNode("n2", nodeEnv)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	nodes := []*Node{n1, n2}
+	waitSchema(t, s)
+	// The monitor has seen the database healthy before the fault.
+	if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
+		st, err := s.Status()
+		if err != nil {
+			return err
+		}
+		if st.HealthStatus != events.HealthHealthy {
+			return fmt.Errorf("health %s", st.HealthStatus)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	l := newLedger()
+	// 200 is the expected answer. DB_TIMEOUT is only 1 s, so on a loaded machine a
+	// healthy-but-slow commit may time out and be buffered instead (202, as the
+	// contract allows); that is counted and logged, not failed.
+	var setupBuffered atomic.Int64
+	var setupWG sync.WaitGroup
+	setupErrs := make(chan error, 100)
+	for w := range 8 {
+		setupWG.Go(func() {
+			for id := int64(1 + w); id <= 100; id += 8 {
+				n := nodes[int(id)%len(nodes)]
+				r, err := n.Put(anime(id, fmt.Sprintf("original %d", id)))
+				if err != nil || (r.Code != 200 && r.Code != 202) {
+					setupErrs <- fmt.Errorf("write %d on %s: %v %d %s", id, n.ID, err, r.Code, r.Body)
+					continue
+				}
+				if r.Code == 202 {
+					setupBuffered.Add(1)
+				}
+				var wr WriteResult
+				if err := json.Unmarshal(r.Body, &wr); err != nil {
+					setupErrs <- err
+					continue
+				}
+				l.ack(id, wr.Version, false)
+			}
+		})
+	}
+	setupWG.Wait()
+	close(setupErrs)
+	for err := range setupErrs {
+		t.Fatal(err)
+	}
+	if b := setupBuffered.Load(); b > 0 {
+		t.Logf("note: %d of the 100 writes before the fault were buffered (202): a commit exceeded DB_TIMEOUT on this machine", b)
+	}
+	// Both nodes cache the 100 records (the writer directly, the other through metadata.changed).
+	for _, n := range nodes {
+		checkReads(t, n, l, idRange(1, 100))
+	}
+
+	// A clean start: normal mode, nothing buffered, no outage declared yet.
+	if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
+		st, err := s.Status()
+		if err != nil {
+			return err
+		}
+		if st.Mode != events.ModeNormal || st.HealthStatus != events.HealthHealthy || st.Buffer.Pending != 0 {
+			return fmt.Errorf("mode %s, health %s, buffer pending %d", st.Mode, st.HealthStatus, st.Buffer.Pending)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("system not settled before the fault: %v", err)
+	}
+	for _, e := range s.Events.All() {
+		if e.Subject == events.SubjectDBUnhealthy {
+			t.Fatalf("database declared unhealthy before the fault (health checks over 1 s on an overloaded machine?): %s", e.Data)
+		}
+	}
+
+	blackAt := time.Now()
+	if err := proxy.BlackHole(); err != nil {
+		t.Fatal(err)
+	}
+	// A producer's write published at the start of the fault is not lost either.
+	const producerID = 77_777
+	publishJS(t, s, events.SubjectMetadataUpsert, anime(producerID, "published into the black hole"))
+
+	// Load from the first moment of the fault, through the detection, into cache-only mode.
+	var (
+		stop       atomic.Bool
+		wg         sync.WaitGroup
+		errMu      sync.Mutex
+		loadErrs   []string
+		natsGet    = newLatencyLog("metadata.get")
+		cachedGet  = newLatencyLog("cached GET")
+		uncached   = newLatencyLog("uncached GET")
+		puts       = newLatencyLog("PUT")
+		newKey     atomic.Int64
+		maxOverall atomic.Int64
+	)
+	newKey.Store(10_000)
+	fail := func(format string, args ...any) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if len(loadErrs) < 20 {
+			loadErrs = append(loadErrs, fmt.Sprintf(format, args...))
+		}
+	}
+	timed := func(ll *latencyLog, n *Node, method, path string, body []byte) (Resp, bool) {
+		start := time.Now()
+		r, err := do(method, n.URL()+path, body)
+		d := time.Since(start)
+		if err != nil {
+			fail("%s %s on %s: %v after %v", method, path, n.ID, err, d)
+			return r, false
+		}
+		ll.add(d, r.Code, start)
+		for {
+			cur := maxOverall.Load()
+			if int64(d) <= cur || maxOverall.CompareAndSwap(cur, int64(d)) {
+				break
+			}
+		}
+		if d > maxRequest {
+			fail("%s %s on %s took %v (started %v after the black hole), bound %v: %d %s",
+				method, path, n.ID, d.Round(time.Millisecond), start.Sub(blackAt).Round(time.Millisecond), maxRequest, r.Code, r.Body)
+		}
+		return r, true
+	}
+	worker := func(w int, fn func(i int, n *Node)) {
+		wg.Go(func() {
+			for i := 0; !stop.Load(); i++ {
+				fn(i, nodes[(i+w)%len(nodes)])
+			}
+		})
+	}
+	for w := range 2 {
+		worker(w, func(i int, n *Node) {
+			id := int64(1 + (i*7+w*13)%100)
+			r, ok := timed(cachedGet, n, "GET", fmt.Sprintf("/v1/anime/%d", id), nil)
+			if ok && r.Code != 200 {
+				fail("cached GET tmdb:%d on %s: %d %s", id, n.ID, r.Code, r.Body)
+			}
+		})
+		worker(w, func(i int, n *Node) {
+			id := int64(900_000 + w*100_000 + i)
+			r, ok := timed(uncached, n, "GET", fmt.Sprintf("/v1/anime/%d", id), nil)
+			if ok && (r.Code != 503 || r.Header.Get("Retry-After") == "") {
+				fail("uncached GET tmdb:%d on %s: %d %q %s, want 503 with Retry-After", id, n.ID, r.Code, r.Header.Get("Retry-After"), r.Body)
+			}
+		})
+		worker(w, func(i int, n *Node) {
+			// New keys, and updates of existing ones every third write.
+			id := newKey.Add(1)
+			if i%3 == 2 {
+				id = int64(1 + (i*11+w*17)%100)
+			}
+			b, _ := json.Marshal(anime(id, fmt.Sprintf("black hole %d/%d", w, i)))
+			r, ok := timed(puts, n, "PUT", fmt.Sprintf("/v1/anime/%d", id), b)
+			if !ok {
+				return
+			}
+			if r.Code != 200 && r.Code != 202 {
+				fail("PUT tmdb:%d on %s: %d %s, want 200 or 202", id, n.ID, r.Code, r.Body)
+				return
+			}
+			var wr WriteResult
+			if err := json.Unmarshal(r.Body, &wr); err != nil || wr.Version <= 0 {
+				fail("PUT tmdb:%d on %s: body %s: %v", id, n.ID, r.Body, err)
+				return
+			}
+			l.ack(id, wr.Version, false)
+		})
+	}
+
+	// metadata.get over NATS: a cached key answers the record, an uncached one 503, within the same bound.
+	wg.Go(func() {
+		for i := 0; !stop.Load(); i++ {
+			id := int64(1 + i%100)
+			if i%2 == 1 {
+				id = int64(800_000 + i)
+			}
+			start := time.Now()
+			msg, err := s.NC.Request(s.subject(events.SubjectMetadataGet), jsonBody(t, events.GetRequest{TMDBID: id}), 10*time.Second)
+			d := time.Since(start)
+			if err != nil {
+				fail("metadata.get tmdb:%d: %v after %v", id, err, d)
+				continue
+			}
+			var e events.ErrorReply
+			_ = json.Unmarshal(msg.Data, &e)
+			code := 200
+			if e.Error != "" {
+				code = e.Code
+			}
+			natsGet.add(d, code, start)
+			if d > maxRequest {
+				fail("metadata.get tmdb:%d took %v (started %v after the black hole), bound %v", id, d.Round(time.Millisecond), start.Sub(blackAt).Round(time.Millisecond), maxRequest)
+			}
+			if want := map[bool]int{true: 200, false: 503}[id <= 100]; code != want {
+				fail("metadata.get tmdb:%d: %d %s, want %d", id, code, msg.Data, want)
+			}
+		}
+	})
+
+	bound := interval*threshold + timeout*threshold + time.Second
+	unhealthy := s.Events.Wait(t, events.SubjectDBUnhealthy, blackAt, bound+5*time.Second, nil)
+	cacheOnly := s.Events.Wait(t, events.SubjectModeCacheOnly, blackAt, bound+5*time.Second, nil)
+	detect := unhealthy.At.Sub(blackAt)
+	t.Logf("detection: db.unhealthy %v after the black hole (bound interval×threshold + timeout×threshold + 1s = %v), mode.cache_only after %v",
+		detect.Round(time.Millisecond), bound, cacheOnly.At.Sub(blackAt).Round(time.Millisecond))
+	if detect > bound {
+		t.Errorf("db.unhealthy after %v, bound %v", detect, bound)
+	}
+	var du events.DBUnhealthy
+	if err := json.Unmarshal(unhealthy.Data, &du); err != nil || du.ConsecutiveFailures < threshold || du.LastError == "" {
+		t.Errorf("db.unhealthy payload %s: %v", unhealthy.Data, err)
+	}
+	// Keep the load on for at least 3 s in all, and 1 s into cache-only mode on both nodes.
+	for _, n := range nodes {
+		waitNodeMode(t, n, events.ModeCacheOnly)
+	}
+	// (This is the load's duration, not a synchronisation: the workers run until it ends.)
+	loadEnd := blackAt.Add(3 * time.Second)
+	if later := time.Now().Add(time.Second); later.After(loadEnd) {
+		loadEnd = later
+	}
+	<-time.After(time.Until(loadEnd))
+	stop.Store(true)
+	wg.Wait()
+	loadFor := time.Since(blackAt)
+	t.Logf("requests while black-holed (%v of load, cache-only declared at %v):\n  %s\n  %s\n  %s\n  %s",
+		loadFor.Round(time.Millisecond), cacheOnly.At.Sub(blackAt).Round(time.Millisecond),
+		cachedGet.summary(blackAt), uncached.summary(blackAt), puts.summary(blackAt), natsGet.summary(blackAt))
+	t.Logf("max request latency while black-holed: %v (bound %v)", time.Duration(maxOverall.Load()).Round(time.Millisecond), maxRequest)
+	for _, e := range loadErrs {
+		t.Error(e)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, ll := range []*latencyLog{cachedGet, uncached, puts, natsGet} {
+		if len(ll.durs) == 0 {
+			t.Fatalf("no %s completed", ll.kind)
+		}
+	}
+	// Some requests ran before the mode was declared: the window the test is about.
+	if first := cacheOnly.At.Sub(blackAt); first < 500*time.Millisecond {
+		t.Logf("note: cache-only declared only %v after the black hole", first)
+	}
+
+	healAt := time.Now()
+	if err := proxy.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	recovered := s.Events.Wait(t, events.SubjectDBRecovered, healAt, 30*time.Second, nil)
+	normal := s.Events.Wait(t, events.SubjectModeNormal, healAt, 60*time.Second, nil)
+	t.Logf("recovery: db.recovered %v after healing, mode.normal after %v",
+		recovered.At.Sub(healAt).Round(time.Millisecond), normal.At.Sub(healAt).Round(time.Millisecond))
+	for _, n := range nodes {
+		waitNodeMode(t, n, events.ModeNormal)
+	}
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	if v, ok := got[producerID]; !ok || v.Deleted {
+		t.Errorf("producer's write published into the black hole: table has %+v (present %v)", v, ok)
+	}
+	l.mu.Lock()
+	acked := len(l.want)
+	l.mu.Unlock()
+	t.Logf("%d keys acknowledged, all in the table with their acknowledged versions (table has %d rows)", acked, len(got))
+	// Reads after recovery serve the acknowledged versions, and uncached keys answer from the database again.
+	for _, n := range nodes {
+		checkReads(t, n, l, []int64{1, 50, 100, 10_001, newKey.Load()})
+		if r, err := n.Get(999_999_999); err != nil || r.Code != 404 {
+			t.Errorf("unknown key on %s after recovery: %v %d", n.ID, err, r.Code)
+		}
+	}
+}
