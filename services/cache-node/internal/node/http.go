@@ -30,8 +30,8 @@ func (n *Node) routes() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !n.ready.Load() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "mode not known yet"})
+		if !n.ready.Load() || !n.migrateTried.Load() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "mode or database schema not known yet"})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "mode": string(n.currentMode())})

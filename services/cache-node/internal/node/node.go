@@ -82,6 +82,10 @@ type Node struct {
 	jsPub     message.Publisher
 	wmLog     watermill.LoggerAdapter
 	ready     atomic.Bool
+	// migrated is set once the schema exists; until then the database counts as unavailable.
+	migrated atomic.Bool
+	// migrateTried is set after the first migration attempt, success or not.
+	migrateTried atomic.Bool
 	mode      modeState
 	replay    replayState
 	bufStatus atomic.Pointer[events.BufferStatus]
@@ -250,21 +254,24 @@ func (n *Node) provision(ctx context.Context) error {
 }
 
 func (n *Node) migrateLoop(ctx context.Context) {
-	delay := 250 * time.Millisecond
+	delay := 100 * time.Millisecond
 	for {
-		mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		mctx, cancel := context.WithTimeout(ctx, n.cfg.DBTimeout+5*time.Second)
 		err := metastore.Migrate(mctx, n.db)
 		cancel()
 		if err == nil {
+			n.migrated.Store(true)
+			n.migrateTried.Store(true)
 			return
 		}
+		n.migrateTried.Store(true)
 		n.log.Warn("database migration failed, will retry", "error", err)
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 5*time.Second)
+		delay = min(delay*2, time.Second)
 	}
 }
 

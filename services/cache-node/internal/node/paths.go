@@ -77,6 +77,11 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 // dbCall runs fn through the retry policy and the breaker within the node's
 // database budget, so no caller waits on the database longer than DBTimeout.
 func (n *Node) dbCall(ctx context.Context, fn func(ctx context.Context) error) error {
+	if !n.migrated.Load() {
+		// The table may not exist yet (the database was down at start): an
+		// unavailable database, not a failed request, so writes are buffered.
+		return fmt.Errorf("%w: database schema not migrated yet", resilience.ErrUnavailable)
+	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.DBTimeout)
 	defer cancel()
 	err := n.retrier.Do(ctx, func(ctx context.Context) error {
