@@ -78,7 +78,7 @@ func (n *Node) fail(w http.ResponseWriter, err error) {
 func pathID(r *http.Request) (int64, error) {
 	raw := r.PathValue("tmdb_id")
 	id, err := strconv.ParseInt(raw, 10, 64)
-	if err != nil || id <= 0 {
+	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != raw {
 		return 0, &events.ValidationError{Field: "tmdb_id", Message: fmt.Sprintf("must be an integer greater than 0, got %q", raw)}
 	}
 	return id, nil

@@ -167,8 +167,16 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if cur, _, err := m.readMode(ctx); err == nil {
-		m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
+	if cur, rev, err := m.readMode(ctx); err == nil {
+		if rev == 0 {
+			// First start of the system: write the initial mode so that
+			// `nats kv get anivault mode` and every node see it at once.
+			if err := m.initMode(ctx, cur); err != nil {
+				m.log.Warn("writing the initial mode failed", "error", err)
+			}
+		} else {
+			m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
+		}
 	}
 	router, err := m.newRouter(ctx)
 	if err != nil {
@@ -249,6 +257,23 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 	}
 	m.lastStatus = mc
 	return mc, e.Revision(), nil
+}
+
+// initMode creates the mode key at epoch 0 (normal); losing the race to
+// another manager is fine.
+func (m *Manager) initMode(ctx context.Context, cur events.ModeChanged) error {
+	cur.Envelope = events.Envelope{OccurredAt: time.Now().UTC(), Source: m.cfg.NodeID}
+	cur.Since = cur.OccurredAt
+	b, err := json.Marshal(cur)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := m.kv.Create(ctx, events.KeyMode, b); err != nil && !isCASConflict(err) {
+		return err
+	}
+	return nil
 }
 
 // transition applies f to the current mode with compare-and-swap, retrying
