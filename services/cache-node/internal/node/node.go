@@ -72,23 +72,23 @@ type Node struct {
 	metrics *metrics
 
 	// Set up in Run.
-	db        *bun.DB
-	store     *metastore.Store
-	nc        *nats.Conn
-	js        jetstream.JetStream
-	kv        jetstream.KeyValue
-	buffer    *buffer
-	corePub   message.Publisher
-	jsPub     message.Publisher
-	wmLog     watermill.LoggerAdapter
-	ready     atomic.Bool
+	db      *bun.DB
+	store   *metastore.Store
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	buffer  *buffer
+	corePub message.Publisher
+	jsPub   message.Publisher
+	wmLog   watermill.LoggerAdapter
+	ready   atomic.Bool
 	// migrated is set once the schema exists; until then the database counts as unavailable.
 	migrated atomic.Bool
 	// migrateTried is set after the first migration attempt, success or not.
 	migrateTried atomic.Bool
-	mode      modeState
-	replay    replayState
-	bufStatus atomic.Pointer[events.BufferStatus]
+	mode         modeState
+	replay       replayState
+	bufStatus    atomic.Pointer[events.BufferStatus]
 
 	// drainMu lets one drain of the buffer run at a time in this node.
 	drainMu sync.Mutex
