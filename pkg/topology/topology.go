@@ -178,3 +178,18 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 	}
 	return nil
 }
+
+// EnsureWritesIfMissing creates the write streams and consumers only when the
+// buffer stream does not exist yet. Processes that do not own the buffer's
+// limits (the recovery-manager) use it, so they never reset limits that the
+// cache-nodes configured.
+func (t *Topology) EnsureWritesIfMissing(ctx context.Context, limits BufferLimits) error {
+	_, err := t.JS.Stream(ctx, t.Subjects.Name(events.StreamBuffer))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("look up stream %s: %w", events.StreamBuffer, err)
+	}
+	return t.EnsureWrites(ctx, limits)
+}

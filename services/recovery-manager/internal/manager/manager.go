@@ -155,7 +155,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			return err
 		}
 		m.kv = kv
-		if err := top.EnsureWrites(ctx, m.cfg.Buffer); err != nil {
+		if err := top.EnsureWritesIfMissing(ctx, m.cfg.Buffer); err != nil {
 			return err
 		}
 		return top.EnsureManagerConsumers(ctx)
