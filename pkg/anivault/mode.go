@@ -95,8 +95,9 @@ func decodeMode(e jetstream.KeyValueEntry) (events.ModeChanged, error) {
 // disconnected are coalesced: the latest mode is delivered once it is back.
 //
 // WatchMode returns an error, and starts nothing, when it cannot read the
-// current mode. The watch also ends if the NATS connection is closed for good. The channel has a buffer of one: a consumer that lags holds
-// the watcher up, and nothing is dropped.
+// current mode. The watch also ends if the NATS connection is closed for
+// good. The channel has a buffer of one: a consumer that lags holds the
+// watcher up, and nothing is dropped.
 func (c *Client) WatchMode(ctx context.Context) (<-chan events.ModeChanged, error) {
 	if c.isClosed() {
 		return nil, ErrClosed
@@ -140,7 +141,8 @@ func (w *modeWatch) run(ctx context.Context) {
 	defer tick.Stop()
 
 	for {
-		kw, stop, err := w.startWatcher(link.current())
+		linkCtx := link.current()
+		kw, stop, err := w.startWatcher(linkCtx)
 		if err != nil {
 			if c.nc.IsClosed() {
 				c.log.Warn("anivault NATS connection closed, mode watch ends")
@@ -160,7 +162,7 @@ func (w *modeWatch) run(ctx context.Context) {
 			}
 			continue
 		}
-		again := w.follow(ctx, link.current(), kw, tick.C)
+		again := w.follow(ctx, linkCtx, kw, tick.C)
 		stop() // the library unsubscribes in its own goroutine: never blocks here
 		if !again {
 			return

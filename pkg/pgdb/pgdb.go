@@ -129,3 +129,29 @@ func DropIdle(db *bun.DB, maxIdle int) {
 	db.SetMaxIdleConns(0)
 	db.SetMaxIdleConns(maxIdle)
 }
+
+// Probe runs SELECT 1 on a fresh single connection to dsn within timeout,
+// returning the latency. A fresh connection means a dead pooled connection
+// never hides a healthy server, and a server that accepts connections and
+// never answers fails within timeout: the deadline is enforced here even if
+// the driver would wait longer.
+func Probe(ctx context.Context, dsn, appName string, timeout time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	db, err := Open(Config{DSN: dsn, AppName: appName, DialTimeout: timeout, ReadTimeout: timeout,
+		WriteTimeout: timeout, MaxOpenConns: 1, MaxIdleConns: 1})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- Ping(ctx, db, timeout) }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("select 1: %w", ctx.Err())
+	}
+	lat := time.Since(start)
+	go func() { <-done; _ = db.Close() }()
+	return lat, err
+}

@@ -5,6 +5,7 @@ package svckit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // NewLogger builds a logger writing to w. level is debug, info, warn or
@@ -65,4 +67,24 @@ func DefaultNodeID() string {
 		h = "node"
 	}
 	return fmt.Sprintf("%s-%d", h, os.Getpid())
+}
+
+// RetryUntil calls fn (with a 5 s deadline per call) until it succeeds or ctx
+// ends, logging each failure with what; for start-up steps such as
+// provisioning JetStream while NATS is still coming up.
+func RetryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) error {
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := fn(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.Warn(what+" failed, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, errors.Join(err, ctx.Err()))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }

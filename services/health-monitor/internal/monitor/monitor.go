@@ -113,7 +113,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := retryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
+	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
 		_, err := top.EnsureEvents(ctx)
 		return err
 	}); err != nil {
@@ -137,36 +137,8 @@ func (m *Monitor) Run(ctx context.Context) error {
 	}
 }
 
-// probe runs SELECT 1 on a fresh connection with the check's deadline, so a
-// server that accepts connections and never answers fails within the
-// timeout, and a broken pooled connection never hides a healthy server.
-func (m *Monitor) probe(ctx context.Context) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
-	defer cancel()
-	db, err := pgdb.Open(pgdb.Config{
-		DSN: m.cfg.DatabaseURL, AppName: "anivault-health-monitor",
-		DialTimeout: m.cfg.Timeout, ReadTimeout: m.cfg.Timeout, WriteTimeout: m.cfg.Timeout,
-		MaxOpenConns: 1, MaxIdleConns: 1,
-	})
-	if err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	done := make(chan error, 1)
-	go func() { done <- pgdb.Ping(ctx, db, m.cfg.Timeout) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		// The driver should honour the deadline; this guard makes the bound hard.
-		err = fmt.Errorf("select 1: %w", ctx.Err())
-	}
-	lat := time.Since(start)
-	go func() { <-done; _ = db.Close() }()
-	return lat, err
-}
-
 func (m *Monitor) check(ctx context.Context) {
-	lat, err := m.probe(ctx)
+	lat, err := pgdb.Probe(ctx, m.cfg.DatabaseURL, "anivault-health-monitor", m.cfg.Timeout)
 	if ctx.Err() != nil {
 		return
 	}
@@ -222,20 +194,3 @@ func (m *Monitor) publish(subject string, v any) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-func retryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) error {
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := fn(cctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		log.Warn(what+" failed, retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, errors.Join(err, ctx.Err()))
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-}

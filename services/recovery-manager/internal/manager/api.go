@@ -259,70 +259,63 @@ func errString(err error) string {
 	return err.Error()
 }
 
-func (m *Manager) handleEnter(req micro.Request) {
-	var body events.CacheOnlyEnterRequest
-	if err := decodeEmpty(req.Data(), &body); err != nil {
+// serveOnLoop decodes the request into body, then runs do on the loop
+// goroutine and replies with its result: 400 for a bad request, 503 when the
+// mode could not be read or written.
+func (m *Manager) serveOnLoop(req micro.Request, body any, validate func() error, do func(ctx context.Context) (any, error)) {
+	if err := decodeEmpty(req.Data(), body); err != nil {
 		replyError(req, 400, err)
 		return
 	}
-	reason := strings.TrimSpace(body.Reason)
-	if reason == "" {
-		reason = "entered by operator"
-	}
-	if len(reason) > 1024 {
-		replyError(req, 400, &events.ValidationError{Field: "reason", Message: "must be at most 1024 bytes"})
-		return
+	if validate != nil {
+		if err := validate(); err != nil {
+			replyError(req, 400, err)
+			return
+		}
 	}
 	ctx, cancel := m.requestCtx()
 	defer cancel()
-	v, err := m.submit(ctx, func(ctx context.Context) (any, error) {
-		next, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
-			return OnEnterCacheOnly(c, reason, time.Now())
-		})
-		return events.ModeReply{Mode: next.Mode, Epoch: next.Epoch}, err
-	})
+	v, err := m.submit(ctx, do)
 	if err != nil {
 		replyError(req, 503, err)
 		return
 	}
 	reply(req, v)
+}
+
+// modeChange applies a state-machine step and answers with the mode in force.
+func (m *Manager) modeChange(step func(c events.ModeChanged) (events.ModeChanged, bool)) func(ctx context.Context) (any, error) {
+	return func(ctx context.Context) (any, error) {
+		next, err := m.transition(ctx, step)
+		return events.ModeReply{Mode: next.Mode, Epoch: next.Epoch}, err
+	}
+}
+
+func (m *Manager) handleEnter(req micro.Request) {
+	var body events.CacheOnlyEnterRequest
+	reason := ""
+	m.serveOnLoop(req, &body, func() error {
+		reason = strings.TrimSpace(body.Reason)
+		if reason == "" {
+			reason = "entered by operator"
+		}
+		if len(reason) > 1024 {
+			return &events.ValidationError{Field: "reason", Message: "must be at most 1024 bytes"}
+		}
+		return nil
+	}, m.modeChange(func(c events.ModeChanged) (events.ModeChanged, bool) {
+		return OnEnterCacheOnly(c, reason, time.Now())
+	}))
 }
 
 func (m *Manager) handleExit(req micro.Request) {
-	var body struct{}
-	if err := decodeEmpty(req.Data(), &body); err != nil {
-		replyError(req, 400, err)
-		return
-	}
-	ctx, cancel := m.requestCtx()
-	defer cancel()
-	v, err := m.submit(ctx, func(ctx context.Context) (any, error) {
-		next, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
-			return OnExitCacheOnly(c, time.Now())
-		})
-		return events.ModeReply{Mode: next.Mode, Epoch: next.Epoch}, err
-	})
-	if err != nil {
-		replyError(req, 503, err)
-		return
-	}
-	reply(req, v)
+	m.serveOnLoop(req, &struct{}{}, nil, m.modeChange(func(c events.ModeChanged) (events.ModeChanged, bool) {
+		return OnExitCacheOnly(c, time.Now())
+	}))
 }
 
 func (m *Manager) handleStatus(req micro.Request) {
-	var body struct{}
-	if err := decodeEmpty(req.Data(), &body); err != nil {
-		replyError(req, 400, err)
-		return
-	}
-	ctx, cancel := m.requestCtx()
-	defer cancel()
-	v, err := m.submit(ctx, func(ctx context.Context) (any, error) { return m.systemStatus(ctx), nil })
-	if err != nil {
-		replyError(req, 503, err)
-		return
-	}
-	reply(req, v)
+	m.serveOnLoop(req, &struct{}{}, nil, func(ctx context.Context) (any, error) { return m.systemStatus(ctx), nil })
 }
 
 // systemStatus merges the mode, the monitor's latest health report and the nodes' reports.

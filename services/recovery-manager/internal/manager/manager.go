@@ -149,7 +149,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := retryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
+	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
 		kv, err := top.EnsureEvents(ctx)
 		if err != nil {
 			return err
@@ -429,21 +429,7 @@ func (m *Manager) periodicCheck(ctx context.Context) {
 
 // checkDB runs SELECT 1 on a fresh connection within the health-check timeout.
 func (m *Manager) checkDB(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, m.cfg.CheckTimeout)
-	defer cancel()
-	db, err := pgdb.Open(pgdb.Config{DSN: m.cfg.DatabaseURL, AppName: "anivault-recovery-manager",
-		DialTimeout: m.cfg.CheckTimeout, ReadTimeout: m.cfg.CheckTimeout, WriteTimeout: m.cfg.CheckTimeout, MaxOpenConns: 1})
-	if err != nil {
-		return err
-	}
-	done := make(chan error, 1)
-	go func() { done <- pgdb.Ping(ctx, db, m.cfg.CheckTimeout) }()
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		err = fmt.Errorf("select 1: %w", ctx.Err())
-	}
-	go func() { <-done; _ = db.Close() }()
+	_, err := pgdb.Probe(ctx, m.cfg.DatabaseURL, "anivault-recovery-manager", m.cfg.CheckTimeout)
 	return err
 }
 
@@ -452,22 +438,5 @@ func (m *Manager) onUnhealthy(ctx context.Context, reason string) {
 		return OnUnhealthy(c, reason, time.Now())
 	}); err != nil {
 		m.log.Error("entering cache-only mode failed", "error", err)
-	}
-}
-
-func retryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) error {
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := fn(cctx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		log.Warn(what+" failed, retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, errors.Join(err, ctx.Err()))
-		case <-time.After(500 * time.Millisecond):
-		}
 	}
 }
