@@ -204,3 +204,53 @@ func TestProducerOrderPerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Producers' writes and the manager's event consumers keep working after the
+// NATS server restarts (same port, same store).
+func TestConsumersSurviveNATSRestart(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{PrivatePG: true, AutoRecovery: true})
+	n := s.StartNode("n1", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	publishJS(t, s, events.SubjectMetadataUpsert, anime(1, "before restart"))
+	waitRow := func(id int64) {
+		t.Helper()
+		if err := procs.Eventually(30*time.Second, 50*time.Millisecond, func() error {
+			v, err := s.Versions()
+			if err != nil {
+				return err
+			}
+			if _, ok := v[id]; !ok {
+				return fmt.Errorf("tmdb:%d not applied", id)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRow(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.NATS.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+		b, _ := json.Marshal(anime(2, "after restart"))
+		_, err := s.JS.Publish(ctx, s.subject(events.SubjectMetadataUpsert), b)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitRow(2)
+	// The manager's durable consumers still see db.unhealthy: an outage after the restart is handled.
+	co := startOutage(t, s)
+	if co.Mode != events.ModeCacheOnly {
+		t.Fatalf("mode %s", co.Mode)
+	}
+	if r, _ := n.Put(anime(3, "buffered")); r.Code != 202 {
+		t.Fatalf("put in cache-only: %d %s", r.Code, r.Body)
+	}
+	endOutage(t, s)
+	waitRow(3)
+}
