@@ -238,18 +238,23 @@ func (n *Node) retryStats() events.RetryStatistics {
 func (n *Node) status() events.SystemStatus {
 	mc, _ := n.mode.get()
 	mode := n.currentMode()
+	hs, hstats := events.HealthUnknown, events.HealthStatistics{CurrentStatus: events.HealthUnknown}
+	if h := n.health.Load(); h != nil {
+		hs, hstats = h.Status, h.Statistics
+	}
 	return events.SystemStatus{
 		IsOperational:       true,
 		Mode:                mode,
 		Epoch:               mc.Epoch,
 		CacheOnlyMode:       mode == events.ModeCacheOnly,
 		CacheOnlyReason:     mc.Reason,
-		HealthStatus:        events.HealthUnknown,
-		HealthStatistics:    events.HealthStatistics{CurrentStatus: events.HealthUnknown},
+		HealthStatus:        hs,
+		HealthStatistics:    hstats,
 		CircuitBreakerState: n.breaker.State(),
 		RetryStatistics:     n.retryStats(),
 		CacheStatistics:     n.cacheStats(),
 		Buffer:              *n.bufStatus.Load(),
 		NodeID:              n.cfg.NodeID,
+		Nodes:               []events.NodeStatus{},
 	}
 }

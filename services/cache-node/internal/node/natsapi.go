@@ -53,6 +53,22 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 		return nil, err
 	}
 	router.AddConsumerHandler("metadata_changed", n.subj.Of(events.SubjectMetadataChanged), changed, n.handleChanged)
+
+	healthConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-health-"+n.cfg.NodeID, n.log)
+	if err != nil {
+		return nil, err
+	}
+	health, err := wmnats.NewCoreSubscriber(healthConn, n.wmLog)
+	if err != nil {
+		return nil, err
+	}
+	router.AddConsumerHandler("db_health", n.subj.Of(events.SubjectDBHealth), health, func(msg *message.Message) error {
+		var ev events.DBHealth
+		if json.Unmarshal(msg.Payload, &ev) == nil && ev.Status != "" {
+			n.health.Store(&ev)
+		}
+		return nil
+	})
 	return router, nil
 }
 

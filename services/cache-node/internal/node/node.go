@@ -89,6 +89,8 @@ type Node struct {
 	mode         modeState
 	replay       replayState
 	bufStatus    atomic.Pointer[events.BufferStatus]
+	// health is the monitor\'s latest db.health, shown in /v1/status.
+	health atomic.Pointer[events.DBHealth]
 
 	// drainMu lets one drain of the buffer run at a time in this node.
 	drainMu sync.Mutex
