@@ -135,6 +135,16 @@ type modeWatch struct {
 // run follows the mode until ctx is done or the client closes.
 func (w *modeWatch) run(ctx context.Context) {
 	c := w.c
+	// Close ends the watch's requests too, not only its waits.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	link := newLink(ctx, c.nc)
 	defer link.close()
 	tick := time.NewTicker(c.opts.WatchPollInterval)

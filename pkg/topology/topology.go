@@ -52,6 +52,10 @@ const MaxBufferMsgBytes = 1 << 20
 type Topology struct {
 	JS       jetstream.JetStream
 	Subjects events.Subjects
+	// Replicas is the replication factor of the events stream and the mode
+	// bucket (0 or 1 on a single server; 3 on a three-server cluster, so that
+	// losing a server loses neither the mode nor the events).
+	Replicas int
 }
 
 // New returns a Topology.
@@ -75,6 +79,7 @@ func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error)
 		MaxAge:            7 * 24 * time.Hour,
 		MaxMsgsPerSubject: 10_000,
 		MaxBytes:          256 << 20,
+		Replicas:          max(t.Replicas, 1),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", events.StreamEvents, err)
@@ -84,6 +89,7 @@ func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error)
 		Description: "AniVault current mode (key mode)",
 		History:     16,
 		Storage:     jetstream.FileStorage,
+		Replicas:    max(t.Replicas, 1),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ensure kv %s: %w", events.BucketName, err)

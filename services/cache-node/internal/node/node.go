@@ -237,6 +237,7 @@ func (n *Node) provision(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	top.Replicas = n.cfg.Buffer.Replicas
 	for {
 		kv, err := top.EnsureEvents(pctx)
 		if err == nil {

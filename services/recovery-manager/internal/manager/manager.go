@@ -149,6 +149,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	top.Replicas = m.cfg.Buffer.Replicas
 	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
 		kv, err := top.EnsureEvents(ctx)
 		if err != nil {

@@ -1,0 +1,289 @@
+package deployments_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/procs"
+	"github.com/anivault/anivault/pkg/testutil/pgtest"
+)
+
+// TestServicesRunUnderRolePermissions runs the real services, each connected
+// as its own NATS role of nats/accounts.conf (two recovery-managers and two
+// cache-nodes, as in k8s/), through a database outage and its recovery, with a
+// producer and an operator at work, and fails on any permissions violation:
+// the permissions must not only forbid, they must let every role do its job.
+func TestServicesRunUnderRolePermissions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the services against PostgreSQL")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	binDir := t.TempDir()
+	bins, err := procs.Build(ctx, "..", binDir, "./services/cache-node", "./services/health-monitor", "./services/recovery-manager")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, srvLog := startServer(t, singleConf, nil)
+	url := srv.ClientURL()
+	users := natsUsers(t)
+	pg := pgtest.NewInstance(t)
+	logDir := t.TempDir()
+
+	var all []*procs.Proc
+	start := func(name, svc string, extra map[string]string) *procs.Proc {
+		env := map[string]string{
+			"NATS_URL": url, "NATS_USER": svc, "NATS_PASSWORD": users[svc],
+			"DATABASE_URL": pg.DSN(), "NODE_ID": name, "LOG_LEVEL": "debug",
+			"HEALTH_CHECK_INTERVAL": "200ms", "HEALTH_CHECK_TIMEOUT": "1s",
+		}
+		for k, v := range extra {
+			env[k] = v
+		}
+		p := procs.New(name, bins[svc], filepath.Join(logDir, name+".log"), env)
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, p)
+		t.Cleanup(func() {
+			_ = p.Stop(10 * time.Second)
+			if t.Failed() {
+				t.Logf("---- %s (tail) ----\n%s", name, tail(p.Output(), 40))
+			}
+		})
+		return p
+	}
+	nodeAddr := map[string]string{}
+	for _, id := range []string{"cache-node-a", "cache-node-b"} {
+		nodeAddr[id] = freeAddr(t)
+		start(id, "cache-node", map[string]string{
+			"HTTP_ADDR": nodeAddr[id], "NODE_STATUS_INTERVAL": "200ms", "DB_TIMEOUT": "1500ms",
+			"BREAKER_OPEN_TIMEOUT": "500ms", "RETRY_BASE_DELAY": "20ms", "RETRY_MAX_DELAY": "200ms",
+			"REPLAY_BATCH_INTERVAL": "0",
+		})
+	}
+	start("health-monitor", "health-monitor", map[string]string{"HEALTH_FAILURE_THRESHOLD": "2", "HEALTH_RECOVERY_THRESHOLD": "2"})
+	for _, id := range []string{"recovery-manager-1", "recovery-manager-2"} {
+		start(id, "recovery-manager", map[string]string{
+			"RECOVERY_CHECK_INTERVAL": "1s", "NODE_TIMEOUT": "2s", "MODE_EVAL_INTERVAL": "100ms",
+		})
+	}
+	for id, addr := range nodeAddr {
+		waitHTTP(t, id, "http://"+addr+"/readyz", 200, 30*time.Second)
+	}
+
+	op := connect(t, url, "operator", users)
+	producer := connect(t, url, "producer", users)
+
+	// The operator: status.get, `nats micro ls`, `nats kv get anivault mode`.
+	eventually(t, "status.get answers the operator", 30*time.Second, func() error {
+		var st events.SystemStatus
+		if err := request(op, events.SubjectStatusGet, struct{}{}, &st); err != nil {
+			return err
+		}
+		if st.Mode != events.ModeNormal || len(st.Nodes) != 2 {
+			return fmt.Errorf("mode %s with %d nodes", st.Mode, len(st.Nodes))
+		}
+		return nil
+	})
+	if names := microServices(t, op); names[events.ServiceCacheNode] != 2 || names[events.ServiceRecoveryManager] != 2 {
+		t.Fatalf("micro services seen by the operator: %v, want 2 of each", names)
+	}
+	if mode := kvMode(t, op); mode.Mode != events.ModeNormal {
+		t.Fatalf("kv mode %+v, want normal", mode)
+	}
+	var force events.ForceRecoveryReply
+	if err := request(op, events.SubjectRecoveryForce, struct{}{}, &force); err != nil {
+		t.Fatalf("operator recovery.force: %v", err)
+	}
+
+	// The producer: a JetStream-acknowledged upsert, applied by a cache-node,
+	// read back with metadata.get.
+	pjs, _ := jetstream.New(producer)
+	rec := `{"tmdb_id":1429,"title":"Attack on Titan","original_title":"進撃の巨人","genres":["Animation"]}`
+	if _, err := pjs.Publish(ctx, events.SubjectMetadataUpsert, []byte(rec)); err != nil {
+		t.Fatalf("producer metadata.upsert: %v", err)
+	}
+	eventually(t, "the producer reads its record back", 20*time.Second, func() error {
+		var got struct {
+			Title   string `json:"title"`
+			Version int64  `json:"version"`
+		}
+		if err := request(producer, events.SubjectMetadataGet, map[string]int{"tmdb_id": 1429}, &got); err != nil {
+			return err
+		}
+		if got.Title != "Attack on Titan" || got.Version <= 0 {
+			return fmt.Errorf("got %+v", got)
+		}
+		return nil
+	})
+
+	// An outage: the health-monitor publishes db.unhealthy, a manager moves
+	// the mode (mode.cache_only, KV), the nodes buffer writes.
+	if err := pg.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "cache-only mode", 20*time.Second, func() error {
+		if m := kvMode(t, op); m.Mode != events.ModeCacheOnly {
+			return fmt.Errorf("mode %s", m.Mode)
+		}
+		return nil
+	})
+	eventually(t, "a buffered write", 20*time.Second, func() error {
+		code, body := httpDo(http.MethodPut, "http://"+nodeAddr["cache-node-a"]+"/v1/anime/5114", `{"tmdb_id":5114,"title":"Fullmetal Alchemist: Brotherhood"}`)
+		if code != http.StatusAccepted {
+			return fmt.Errorf("PUT %d %s", code, body)
+		}
+		return nil
+	})
+
+	// Recovery: db.recovered, mode.recovering, the nodes replay the buffer
+	// (replay.completed), mode.normal; the buffered write is in the database.
+	if err := pg.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "normal mode after recovery", 60*time.Second, func() error {
+		if m := kvMode(t, op); m.Mode != events.ModeNormal || m.Epoch < 3 {
+			return fmt.Errorf("mode %s epoch %d", m.Mode, m.Epoch)
+		}
+		return nil
+	})
+	waitHTTP(t, "cache-node-b", "http://"+nodeAddr["cache-node-b"]+"/v1/anime/5114", 200, 20*time.Second)
+
+	for _, p := range all {
+		if !p.Running() {
+			t.Errorf("%s exited: %v", p.Name, p.ExitErr())
+		}
+		if out := strings.ToLower(p.Output()); strings.Contains(out, "permissions violation") || strings.Contains(out, "authorization violation") {
+			t.Errorf("%s hit a NATS permission error:\n%s", p.Name, grepLines(p.Output(), "iolation"))
+		}
+	}
+	if v := srvLog.filter("violation"); len(v) > 0 {
+		t.Errorf("the NATS server refused %d operations:\n%s", len(v), strings.Join(v, "\n"))
+	}
+}
+
+// microServices does what `nats micro ls` does: $SRV.INFO, collecting replies.
+func microServices(t *testing.T, nc *nats.Conn) map[string]int {
+	t.Helper()
+	inbox := nats.NewInbox()
+	ch := make(chan *nats.Msg, 64)
+	sub, err := nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$SRV.INFO", inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]int{}
+	timeout := time.After(time.Second)
+	for {
+		select {
+		case m := <-ch:
+			var info struct {
+				Name string `json:"name"`
+			}
+			if json.Unmarshal(m.Data, &info) == nil {
+				names[info.Name]++
+			}
+		case <-timeout:
+			return names
+		}
+	}
+}
+
+// kvMode does what `nats kv get anivault mode` does.
+func kvMode(t *testing.T, nc *nats.Conn) events.ModeChanged {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, events.BucketName)
+	if err != nil {
+		t.Fatalf("operator: kv %s: %v", events.BucketName, err)
+	}
+	e, err := kv.Get(ctx, events.KeyMode)
+	if err != nil {
+		t.Fatalf("operator: kv get %s %s: %v", events.BucketName, events.KeyMode, err)
+	}
+	var m events.ModeChanged
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	if err := procs.Eventually(timeout, 50*time.Millisecond, cond); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func waitHTTP(t *testing.T, what, url string, want int, timeout time.Duration) {
+	t.Helper()
+	eventually(t, what+": GET "+url, timeout, func() error {
+		if code, body := httpDo(http.MethodGet, url, ""); code != want {
+			return fmt.Errorf("status %d %s", code, body)
+		}
+		return nil
+	})
+}
+
+func httpDo(method, url, body string) (int, string) {
+	req, err := http.NewRequest(method, url, bytes.NewBufferString(body))
+	if err != nil {
+		return 0, err.Error()
+	}
+	req.Header.Set("Content-Type", "application/json")
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
