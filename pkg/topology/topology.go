@@ -199,3 +199,18 @@ func (t *Topology) EnsureWritesIfMissing(ctx context.Context, limits BufferLimit
 	}
 	return t.EnsureWrites(ctx, limits)
 }
+
+// EnsureEventsIfMissing creates the events stream and mode bucket only when
+// the stream does not exist yet, for processes that do not own their
+// replication settings (the health-monitor).
+func (t *Topology) EnsureEventsIfMissing(ctx context.Context) error {
+	_, err := t.JS.Stream(ctx, t.Subjects.Name(events.StreamEvents))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("look up stream %s: %w", events.StreamEvents, err)
+	}
+	_, err = t.EnsureEvents(ctx)
+	return err
+}

@@ -114,8 +114,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		return err
 	}
 	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
-		_, err := top.EnsureEvents(ctx)
-		return err
+		return top.EnsureEventsIfMissing(ctx)
 	}); err != nil {
 		return err
 	}
