@@ -43,7 +43,10 @@ type Options struct {
 	PublishTimeout time.Duration
 	// MaxRetries is how often Upsert and Delete retry a transient failure
 	// after the first attempt. Zero means DefaultMaxRetries; a negative value
-	// disables retries.
+	// disables retries. Keep all attempts of one call (their timeouts and
+	// backoff) within the metadata stream's duplicate window, 2 minutes:
+	// only inside it does the message id stop a retry from being stored
+	// twice. The defaults take at most about 80s.
 	MaxRetries int
 	// RetryBackoff is the wait before the first retry; it doubles with every
 	// further retry up to MaxRetryBackoff, with jitter so that many producers
@@ -56,7 +59,8 @@ type Options struct {
 	// its KV watcher, which bounds how long a change the watcher missed goes
 	// unnoticed. Default DefaultWatchPollInterval.
 	WatchPollInterval time.Duration
-	// Logger receives debug logs of retries and watcher restarts. Nil discards them.
+	// Logger receives debug logs of retries and watcher restarts, and
+	// warnings (an undecodable mode in the bucket). Nil discards them.
 	Logger *slog.Logger
 }
 
@@ -149,9 +153,11 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 
 // Connect dials url and returns a Client that owns the connection and closes
 // it in Close. The connection reconnects forever (nats.MaxReconnects(-1)),
-// every 250ms with jitter, and does not buffer publishes while disconnected
-// (a publish fails fast and is retried instead). natsOpts are applied after
-// these defaults, so they may override them (credentials, TLS, a name).
+// every 250ms with jitter; it does not buffer publishes while disconnected (a
+// publish fails fast and is retried instead); and it pings every 5s, so that
+// a silently dead link is noticed in about 10s rather than minutes. natsOpts
+// are applied after these defaults, so they may add to or override them
+// (credentials, TLS, a name).
 func Connect(url string, opts Options, natsOpts ...nats.Option) (*Client, error) {
 	all := append([]nats.Option{
 		nats.Name("anivault-client"),
@@ -160,6 +166,8 @@ func Connect(url string, opts Options, natsOpts ...nats.Option) (*Client, error)
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),
 		nats.ReconnectBufSize(-1),
 		nats.Timeout(2 * time.Second),
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(2),
 	}, natsOpts...)
 	nc, err := nats.Connect(url, all...)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -44,7 +45,8 @@ type ServiceError struct {
 // Error returns the subject, the service's message and the code.
 func (e *ServiceError) Error() string {
 	msg := e.Message
-	if e.Field != "" {
+	// The services' messages usually name the field already.
+	if e.Field != "" && !strings.HasPrefix(msg, e.Field+": ") {
 		msg = e.Field + ": " + msg
 	}
 	return fmt.Sprintf("anivault: %s: %s (code %d)", e.Subject, msg, e.Code)

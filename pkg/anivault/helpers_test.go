@@ -89,7 +89,9 @@ func (s *system) metadataMsgs(t *testing.T) uint64 {
 	t.Helper()
 	ctx := testCtx(t, 10*time.Second)
 	for {
-		st, err := s.js.Stream(ctx, s.subj.Name(events.StreamMetadata))
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := s.js.Stream(sctx, s.subj.Name(events.StreamMetadata))
+		cancel()
 		if err == nil {
 			return st.CachedInfo().State.Msgs
 		}

@@ -150,6 +150,18 @@ func (w *modeWatch) run(ctx context.Context) {
 	tick := time.NewTicker(c.opts.WatchPollInterval)
 	defer tick.Stop()
 
+	// wait pauses until the connection is back or the next tick, so that a
+	// watcher that cannot be created, or dies at once, is not re-created in
+	// a tight loop. It reports false when the watch ends.
+	wait := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-link.up:
+		case <-tick.C:
+		}
+		return w.reread(ctx, link.current())
+	}
 	for {
 		linkCtx := link.current()
 		kw, stop, err := w.startWatcher(linkCtx)
@@ -159,22 +171,18 @@ func (w *modeWatch) run(ctx context.Context) {
 				return
 			}
 			c.log.Debug("anivault mode watcher not started, retrying", "error", err)
-			select {
-			case <-ctx.Done():
-				return
-			case <-c.done:
-				return
-			case <-link.up:
-			case <-tick.C:
-			}
-			if !w.reread(ctx, link.current()) {
+			if !wait() {
 				return
 			}
 			continue
 		}
+		started := time.Now()
 		again := w.follow(ctx, linkCtx, kw, tick.C)
 		stop() // the library unsubscribes in its own goroutine: never blocks here
 		if !again {
+			return
+		}
+		if time.Since(started) < c.opts.WatchPollInterval && !wait() {
 			return
 		}
 	}

@@ -39,9 +39,10 @@ type Ack struct {
 //
 // A transient failure is retried with backoff (see Options); every attempt
 // carries the same message id, so a write is stored once however often it was
-// sent. If the retries run out the error matches ErrUnavailable, and the write
-// may or may not have been stored: calling Upsert again is safe, the last
-// write of a key wins.
+// sent. If the retries run out the error matches ErrUnavailable; then, as
+// when ctx ends or the client closes during the call, the write may or may
+// not have been stored: calling Upsert again is safe, the last write of a key
+// wins.
 func (c *Client) Upsert(ctx context.Context, rec *events.Record) (Ack, error) {
 	data, err := encodeRecord(rec)
 	if err != nil {

@@ -219,7 +219,9 @@ func TestUpsertTenThousandAcrossServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	ctx := testCtx(t, 60*time.Second)
+	// About 10s on an idle machine (every write is fsynced); the margin is
+	// for a loaded CI runner.
+	ctx := testCtx(t, 2*time.Minute)
 
 	var (
 		done       atomic.Int64
@@ -295,8 +297,11 @@ func TestUpsertTenThousandAcrossServerRestart(t *testing.T) {
 	}
 	t.Logf("%d upserts in %s; restart took %s; %d calls retried, %d acked as duplicates; retried failures:%s",
 		total, elapsed.Round(time.Millisecond), restartTook.Round(time.Millisecond), retried.Load(), duplicates.Load(), retryLog)
-	if retried.Load() == 0 {
-		t.Error("no call was retried: the restart did not hit the publishes")
+	// Calls in flight when the server stops mostly time out and are retried,
+	// but nats.go also retries "no responders" inside one attempt, which can
+	// hide a short restart: the reconnect is the proof that it hit.
+	if n := c.Conn().Stats().Reconnects; n == 0 {
+		t.Error("the client never reconnected: the restart did not hit the publishes")
 	}
 
 	if n := sys.metadataMsgs(t); n != total {
@@ -373,15 +378,23 @@ func TestRetryReusesMsgID(t *testing.T) {
 		t.Fatal(err)
 	}
 	var afterRestart *jetstream.PubAck
+	var errs []error
 	for {
-		afterRestart, err = sys.js.Publish(ctx, events.SubjectMetadataUpsert, data, jetstream.WithMsgID(ack.MsgID))
+		// Per-attempt timeout: a request written to the old socket before the
+		// client noticed the restart never gets a reply.
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		afterRestart, err = sys.js.Publish(pctx, events.SubjectMetadataUpsert, data, jetstream.WithMsgID(ack.MsgID))
+		cancel()
 		if err == nil || ctx.Err() != nil {
 			break
+		}
+		if len(errs) < 5 {
+			errs = append(errs, err)
 		}
 		time.Sleep(25 * time.Millisecond) // the admin connection is reconnecting
 	}
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("republish after restart: %v (first errors: %v; status %v)", err, errs, sys.nc.Status())
 	}
 	if !afterRestart.Duplicate || afterRestart.Sequence != ack.Sequence {
 		t.Errorf("republish after a restart = %+v, want a duplicate of sequence %d", afterRestart, ack.Sequence)

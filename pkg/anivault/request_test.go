@@ -54,6 +54,11 @@ func fakeCacheNode(t *testing.T, nc *nats.Conn, subj events.Subjects) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The endpoint's subscription must reach the server before another
+	// connection sends to it.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestGet(t *testing.T) {
@@ -106,6 +111,9 @@ func TestGet(t *testing.T) {
 		se, _ := errors.AsType[*anivault.ServiceError](err)
 		if !errors.Is(err, events.ErrInvalid) || se == nil || se.Field != "tmdb_id" {
 			t.Errorf("err = %v, want events.ErrInvalid and field tmdb_id", err)
+		}
+		if want := "anivault: metadata.get: tmdb_id: must be an integer greater than 0 (code 400)"; err.Error() != want {
+			t.Errorf("err = %q, want %q", err, want)
 		}
 	})
 	t.Run("found", func(t *testing.T) {
@@ -211,6 +219,9 @@ func startFakeManager(t *testing.T, nc *nats.Conn, subj events.Subjects) *fakeMa
 		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(subj.Of(ep.subject))); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
 	}
 	return f
 }

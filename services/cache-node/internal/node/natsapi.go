@@ -163,6 +163,11 @@ func (n *Node) addMicroService() (micro.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("micro endpoint: %w", err)
 	}
+	// AddService does not flush: make the subscription known to the server
+	// before the node reports ready.
+	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
+		return nil, fmt.Errorf("micro flush: %w", err)
+	}
 	return svc, nil
 }
 

@@ -184,6 +184,9 @@ func (m *Manager) addMicroService() (micro.Service, error) {
 			return nil, fmt.Errorf("micro endpoint %s: %w", ep.name, err)
 		}
 	}
+	if err := m.nc.FlushTimeout(5 * time.Second); err != nil {
+		return nil, fmt.Errorf("micro flush: %w", err)
+	}
 	return svc, nil
 }
 

@@ -1,0 +1,100 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anivault/anivault/deployments/chaos/chaos"
+)
+
+// TestChaosShort runs three short seeded fault schedules through the chaos
+// runner (deployments/chaos): two cache-nodes, the health-monitor, the
+// recovery-manager, NATS and a private PostgreSQL behind a fault proxy, with
+// HTTP writers and JetStream producers on overlapping keys. The seeds are
+// fixed and chosen so that together they inject every kind of fault; any
+// schedule replays with `go run ./deployments/chaos --seed N --schedules 1
+// --duration 20s --nodes 2 --max-fault 4s --max-gap 3s`.
+func TestChaosShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos schedules take about a minute each")
+	}
+	seeds := []uint64{11, 13, 27}
+	covered := map[chaos.Kind]bool{}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
+			var out bytes.Buffer
+			dir, err := os.MkdirTemp("", "anivault-chaos-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := chaos.Config{
+				Seed: seed, Schedules: 1, Duration: 20 * time.Second, Nodes: 2,
+				ModuleDir: "../..", Dir: dir, Out: &out,
+				HTTPWriters: 3, Producers: 2, Readers: 1,
+				MinFault: time.Second, MaxFault: 4 * time.Second, MinGap: time.Second, MaxGap: 3 * time.Second,
+				DrainTimeout: 90 * time.Second,
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			rep, err := chaos.Run(ctx, cfg)
+			if err != nil {
+				t.Fatalf("chaos run: %v\n%s", err, out.String())
+			}
+			for k := range rep.FaultsByKind() {
+				covered[k] = true
+			}
+			res := rep.Results[0]
+			t.Logf("seed %d: %d faults, %d writes acknowledged, lost %d, outages %d, longest detection %s, longest recovery %s, %v",
+				seed, len(res.Schedule.Faults), res.Counters.Acked(), res.Ledger.Lost, len(res.Outages), res.LongestDetection, res.LongestRecovery, res.Elapsed.Round(time.Second))
+			if rep.Lost() != 0 {
+				t.Errorf("%d acknowledged writes lost", rep.Lost())
+			}
+			if res.Counters.Acked() == 0 {
+				t.Errorf("no write was acknowledged: the load did not run")
+			}
+			if !rep.Passed() {
+				t.Errorf("a checker failed:\n%s", out.String())
+				keepLogs(t, res.Dir)
+				return
+			}
+			_ = os.RemoveAll(dir)
+		})
+	}
+	if !t.Failed() {
+		for _, k := range chaos.AllKinds {
+			if !covered[k] {
+				t.Errorf("no schedule injected %s: choose seeds that cover every fault", k)
+			}
+		}
+	}
+}
+
+// keepLogs copies a failed schedule's service logs to ANIVAULT_E2E_LOGS, or
+// prints their tails.
+func keepLogs(t *testing.T, dir string) {
+	logs := filepath.Join(dir, "logs")
+	if dst := os.Getenv("ANIVAULT_E2E_LOGS"); dst != "" {
+		d := filepath.Join(dst, strings.ReplaceAll(t.Name(), "/", "_"))
+		_ = os.MkdirAll(filepath.Dir(d), 0o755)
+		if err := os.CopyFS(d, os.DirFS(logs)); err != nil {
+			t.Logf("copy logs: %v", err)
+		} else {
+			t.Logf("service logs kept in %s", d)
+		}
+		return
+	}
+	entries, _ := os.ReadDir(logs)
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(logs, e.Name()))
+		if err == nil {
+			t.Logf("---- %s (tail) ----\n%s", e.Name(), tail(string(b), 40))
+		}
+	}
+	t.Logf("service logs stay in %s", logs)
+}
