@@ -130,28 +130,46 @@ func DropIdle(db *bun.DB, maxIdle int) {
 	db.SetMaxIdleConns(maxIdle)
 }
 
-// Probe runs SELECT 1 on a fresh single connection to dsn within timeout,
-// returning the latency. A fresh connection means a dead pooled connection
-// never hides a healthy server, and a server that accepts connections and
-// never answers fails within timeout: the deadline is enforced here even if
-// the driver would wait longer.
-func Probe(ctx context.Context, dsn, appName string, timeout time.Duration) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// Prober runs SELECT 1 health probes over a pool of exactly one connection,
+// so that however the network misbehaves (black holes, resets, latency) a
+// prober holds at most one server connection. After a failed probe the idle
+// connection is dropped, so the next probe dials afresh and a dead pooled
+// connection never hides a healthy server.
+type Prober struct {
+	db      *bun.DB
+	timeout time.Duration
+}
+
+// NewProber opens the one-connection pool; it does not touch the network.
+func NewProber(dsn, appName string, timeout time.Duration) (*Prober, error) {
 	db, err := Open(Config{DSN: dsn, AppName: appName, DialTimeout: timeout, ReadTimeout: timeout,
-		WriteTimeout: timeout, MaxOpenConns: 1, MaxIdleConns: 1})
+		WriteTimeout: timeout, MaxOpenConns: 1, MaxIdleConns: 1, ConnMaxLifetime: time.Minute})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	return &Prober{db: db, timeout: timeout}, nil
+}
+
+// Probe runs SELECT 1 within the timeout and returns its latency. The deadline
+// is enforced here even if the driver would wait longer: a server that
+// accepts connections and never answers fails within the timeout.
+func (p *Prober) Probe(ctx context.Context) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- Ping(ctx, db, timeout) }()
+	go func() { done <- Ping(ctx, p.db, p.timeout) }()
+	var err error
 	select {
 	case err = <-done:
 	case <-ctx.Done():
 		err = fmt.Errorf("select 1: %w", ctx.Err())
 	}
-	lat := time.Since(start)
-	go func() { <-done; _ = db.Close() }()
-	return lat, err
+	if err != nil {
+		DropIdle(p.db, 1)
+	}
+	return time.Since(start), err
 }
+
+// Close closes the pool.
+func (p *Prober) Close() error { return p.db.Close() }

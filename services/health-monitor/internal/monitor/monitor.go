@@ -78,6 +78,7 @@ type Monitor struct {
 	log     *slog.Logger
 	subj    events.Subjects
 	checker *Checker
+	prober  *pgdb.Prober
 	pub     message.Publisher
 	// pending holds transition events not yet acknowledged by JetStream: a
 	// db.unhealthy must not be lost because NATS was briefly away.
@@ -94,7 +95,11 @@ func New(cfg Config, log *slog.Logger) (*Monitor, error) {
 	if cfg.Interval <= 0 || cfg.Timeout <= 0 {
 		return nil, errors.New("monitor: interval and timeout must be positive")
 	}
-	return &Monitor{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix),
+	prober, err := pgdb.NewProber(cfg.DatabaseURL, "anivault-health-monitor", cfg.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	return &Monitor{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
 		checker: NewChecker(cfg.FailureThreshold, cfg.RecoveryThreshold)}, nil
 }
 
@@ -130,6 +135,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			m.checker.SetMonitoring(false)
 			_ = nc.Drain()
+			_ = m.prober.Close()
 			return nil
 		case <-t.C:
 		}
@@ -137,7 +143,7 @@ func (m *Monitor) Run(ctx context.Context) error {
 }
 
 func (m *Monitor) check(ctx context.Context) {
-	lat, err := pgdb.Probe(ctx, m.cfg.DatabaseURL, "anivault-health-monitor", m.cfg.Timeout)
+	lat, err := m.prober.Probe(ctx)
 	if ctx.Err() != nil {
 		return
 	}

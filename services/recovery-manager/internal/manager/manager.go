@@ -101,6 +101,7 @@ type Manager struct {
 	wmLog watermill.LoggerAdapter
 
 	inputs chan input
+	prober *pgdb.Prober
 
 	// Owned by the loop goroutine.
 	health     *events.DBHealth
@@ -129,7 +130,11 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("manager: empty node id")
 	}
-	return &Manager{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix),
+	prober, err := pgdb.NewProber(cfg.DatabaseURL, "anivault-recovery-manager", cfg.CheckTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
 		inputs: make(chan input), nodes: map[string]nodeSeen{}}, nil
 }
 
@@ -430,7 +435,7 @@ func (m *Manager) periodicCheck(ctx context.Context) {
 
 // checkDB runs SELECT 1 on a fresh connection within the health-check timeout.
 func (m *Manager) checkDB(ctx context.Context) error {
-	_, err := pgdb.Probe(ctx, m.cfg.DatabaseURL, "anivault-recovery-manager", m.cfg.CheckTimeout)
+	_, err := m.prober.Probe(ctx)
 	return err
 }
 

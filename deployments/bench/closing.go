@@ -1,0 +1,210 @@
+package main
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// closingNote quotes every figure with the machine it ran on and, for each
+// goal not met, says what the measurements and profiles show and what
+// would close the gap.
+func closingNote(rep *Report) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	m := rep.Machine
+	p("## Closing note\n\n")
+	p("Measured on %s, %d logical cores, %.0f GiB, Linux %s, %s, PostgreSQL %s, nats-server %s; load average %s at the start and %s at the end (the machine ran other jobs at the same time, so every figure carries their noise; the CPU columns show how much of the machine they took).\n\n",
+		m.CPUModel, m.Cores, m.MemTotalGiB, m.Kernel, m.GoVersion, pgShort(m.PostgresVersion), m.NATSVersion, m.LoadAvgStart, m.LoadAvgEnd)
+
+	if r := rep.Reads; r != nil {
+		srvH, _, benchH := r.Hits.CPUPerOp()
+		srvC, _, _ := r.Ceiling.CPUPerOp()
+		srvD, pgD, benchD := r.DB.CPUPerOp()
+		p("- **Reads.** Cache hits %s req/s (p50 %s, p99 %s) against %s req/s for the bare handler: **%.2f of the ceiling** (goal 0.7, %s). Against %s req/s with every read from PostgreSQL: **%.1f×** (goal 5×, %s).",
+			num(r.Hits.RPS()), ms(r.Hits.P50), ms(r.Hits.P99), num(r.Ceiling.RPS()), r.HitsOverCeiling, metWord(r.HitsOverCeiling >= 0.7), num(r.DB.RPS()), r.HitsOverDB, metWord(r.HitsOverDB >= 5))
+		if srvH > 0 && srvD > 0 {
+			p(" Server-side CPU per request: %.0f µs in the node for a hit (the bare handler: %.0f µs), %.0f µs in the node plus %.0f µs in PostgreSQL for a database read, so the database path costs **%.1f×** the CPU of a hit.",
+				srvH, srvC, srvD, pgD, (srvD+pgD)/srvH)
+			if r.HitsOverDB < 5 {
+				p(" The throughput ratio is smaller than that because the load generator runs on the same %d cores and spends %.0f–%.0f µs of CPU per request whatever the path, and other processes took part of the machine: the cache path is not what is slow here. What would close the gap as measured: the load generator on cores (or a machine) of its own, so that throughput follows server-side cost; on this machine nothing in the cache path would, since a hit already costs only %.0f µs more than the bare handler.",
+					m.Cores, benchH, benchD, srvH-srvC)
+			}
+		}
+		p("\n")
+	}
+	if w := rep.Writes; w != nil {
+		srvB, _, _ := w.Buffered.CPUPerOp()
+		_, _, benchJ := w.RawJetStream.CPUPerOp()
+		p("- **Writes.** Committed %s writes/s (p99 %s), buffered %s writes/s (p99 %s), raw JetStream %s messages/s, raw PostgreSQL upserts %s rows/s. Group commit put %.1f writes in each buffer message. **Buffered / raw JetStream = %.2f×** (goal 2×, %s).",
+			num(w.Committed.RPS()), ms(w.Committed.P99), num(w.Buffered.RPS()), ms(w.Buffered.P99), num(w.RawJetStream.RPS()), num(w.RawPostgres.RPS()), w.WritesPerMsg, w.BufferedOverRawJS, metWord(w.BufferedOverRawJS >= 2))
+		if w.BufferedOverRawJS < 2 && srvB > 0 {
+			ours := func(s runStats) (float64, float64) {
+				if s.CPU == nil || s.CPU.Wall == 0 {
+					return 0, 0
+				}
+				return (s.CPU.Bench + s.CPU.Server + s.CPU.Postgres) / s.CPU.Wall, s.CPU.Other / s.CPU.Wall
+			}
+			oB, xB := ours(w.Buffered)
+			oJ, xJ := ours(w.RawJetStream)
+			p(" Group commit did its part: JetStream stored and fsynced %.1f× fewer messages than writes. The two runs are limited by different things. The raw publish waits on fsync (the SyncAlways server fsyncs every message): it kept only %.2f cores busy in our processes (other processes %.2f). The buffered run is CPU-bound: our processes used %.2f cores (other processes %.2f of the %d), and the node alone spends **%.0f µs of CPU per buffered write** (the raw publish: %.0f µs per message, client and server together).",
+				w.WritesPerMsg, oJ, xJ, oB, xB, rep.Machine.Cores, srvB, benchJ)
+			p(" The profiles show where the node's CPU goes: the in-process equivalent of one PUT's CPU besides I/O (`BenchmarkWritePathCPU`, %s) is dominated by `events.DecodeRecord` (`BenchmarkRecordDecodeValidate`: %s; the strict decoder decodes the body, tokenizes it again in `checkKeys` for exact-case and duplicate keys, tokenizes `raw_data` again with `UseNumber`, then encodes the record again in `checkReencodes`) and by encoding the record four times per write (`buffer.append` encodes the whole `BufferedWrite` only to measure its size, the batch encodes it again, `applyLocal` encodes it for the cache, `publishChanged` encodes it inside `metadata.changed`), the rest being HTTP, NATS and GC. What would close it (service code, not changed here): encode the record once per write and carry the bytes (`json.RawMessage`) into the buffer batch, the cache entry and the event, with the size taken from that encoding; validate in one tokenizing pass (keys, duplicates and `raw_data` checks together) and drop the re-encode check except for the fields that can fail it (time offsets); optionally send `metadata.changed` without the record body, which every peer decodes and re-encodes. Less CPU per write leaves the cores to the requests, and with %.1f writes per fsync the buffer path has the headroom for 2× the per-message rate; on this 2-core machine shared with the load generator, the NATS server, PostgreSQL and other jobs, CPU is what it runs out of first.",
+				microNs(allBenchOutput(rep), "BenchmarkWritePathCPU"), microNs(rep.Micro, "BenchmarkRecordDecodeValidate"), w.WritesPerMsg)
+		}
+		p("\n")
+	}
+	if r := rep.Replay; r != nil && r.Default != nil {
+		p("- **Replay.** %s buffered writes (%d per message) replayed in %s (`recovering` → `normal`), against %s for the set-based ceiling and %s (extrapolated from %s rows) one row at a time: **%.2f of the ceiling** (goal 0.5, %s).",
+			commas(int64(r.Writes)), r.WritesPerMsg, secs(r.Default.RecoveringToNormal), secs(r.Ceiling), secs(r.NaiveExtrap), commas(int64(r.NaiveN)), r.Ratio, metWord(r.Ratio >= 0.5))
+		if r.Default.ReplayErrors > 0 {
+			p(" The node logged %d replay errors on the way (`%s`).", r.Default.ReplayErrors, firstLine(r.Default.ReplayErrorSample))
+		}
+		if c, cc := r.Default.CPU, r.CeilingCPU; c.Wall > 0 && cc.Wall > 0 {
+			n := float64(r.Writes)
+			p(" CPU per row: the replay took %.0f µs in the node, %.0f µs in PostgreSQL and %.0f µs in the bench process (the NATS server: fetches and acknowledgements); the ceiling %.0f µs in PostgreSQL and %.0f µs in the bench process (building the statements). Other processes took %.2f cores during the replay and %.2f during the ceiling.",
+				c.Server/n*1e6, c.Postgres/n*1e6, c.Bench/n*1e6, cc.Postgres/n*1e6, cc.Bench/n*1e6, c.Other/c.Wall, cc.Other/cc.Wall)
+		}
+		if len(r.Trials) > 0 {
+			p(" Other paces:")
+			for _, t := range r.Trials {
+				p(" REPLAY_BATCH_SIZE=%d took %s (%.2f of the ceiling, %d errors)", t.BatchSize, secs(t.RecoveringToNormal), r.Ceiling.Seconds()/t.RecoveringToNormal.Seconds(), t.ReplayErrors)
+				if t.TimedOut {
+					p(" without finishing")
+				}
+				p(";")
+			}
+		}
+		p(" A problem found (not changed here, service code): `REPLAY_BATCH_SIZE` counts buffer messages, not writes, and each fetch becomes **one** `ApplyBatch` statement run under the per-request `DB_TIMEOUT` budget (pool read timeout and context). With group commit a fetch of 500 messages holds up to 500 × 256 = 128,000 rows.")
+		if bg := r.Big; bg != nil && bg.Run != nil {
+			if bg.Run.TimedOut {
+				p(" Measured: %s writes in messages of %d made one %s-row statement that hit the timeout %d times (`%s`) and **never finished within %s**; the batch is retried whole each time and the abandoned statements keep running in PostgreSQL, so the system stays in `recovering` (writes still accepted, nothing lost, the buffer does not drain). A restart with REPLAY_BATCH_SIZE=%d finished it in %s.",
+					commas(int64(bg.Run.Writes)), bg.PerMsg, commas(int64(bg.RowsPerFetch)), bg.Run.ReplayErrors, firstLine(bg.Run.ReplayErrorSample), ms(bg.Limit), bg.Run.RescueBatchSize, ms(bg.Run.RescueTime))
+			} else {
+				p(" Measured: %s writes in messages of %d (one %s-row statement) replayed in %s with %d timeouts (`%s`) before it went through.",
+					commas(int64(bg.Run.Writes)), bg.PerMsg, commas(int64(bg.RowsPerFetch)), ms(bg.Run.RecoveringToNormal), bg.Run.ReplayErrors, firstLine(bg.Run.ReplayErrorSample))
+			}
+		}
+		p(" What would close it: cap the rows of one replay statement (split a fetch into `ApplyBatch` chunks of a few thousand rows and acknowledge the messages whose writes are all committed), give replay a statement budget of its own instead of the request budget, halve the chunk after a timeout, and set `statement_timeout` on the connection so that an abandoned statement stops in PostgreSQL too.\n")
+	}
+	if d := rep.Detect; d != nil {
+		p("- **Detection and recovery.** PostgreSQL killed → `cache_only` on every node in **%s** (bound %s = %s × %d; `db.unhealthy` at %s). With %s writes buffered (all answered 202 in %s), PostgreSQL took %s to come back (crash recovery), then `db.recovered` %s, `recovering` %s and **`normal` on every node %s** after it answered; %s of the %s rows were there afterwards.\n",
+			ms(d.KillToAll), ms(d.Bound), healthInterval, healthThreshold, ms(d.KillToUnhealthy), commas(int64(d.BufferedN)), ms(d.BufferTime), ms(d.PGStart), ms(d.UpToRecovered), ms(d.UpToRecovering), ms(d.UpToAll), commas(int64(d.RowsFound)), commas(int64(d.BufferedN)))
+	}
+	if mm := rep.Memory; mm != nil && len(mm.Runs) > 0 {
+		r0 := mm.Runs[0]
+		p("- **Memory.** With %s records of %d bytes offered, the cache kept its own count within the bound (%s MiB accounted in %s entries, %s evictions), but the node's RSS was **%s MiB** with default GC settings (goal ≤ 110 MiB, %s)",
+			commas(int64(mm.Records)), mm.RecordBytes, mibf(float64(r0.CacheBytes)), commas(r0.CacheSize), commas(r0.Evictions), mib(r0.RSS), metWord(r0.WithinBound))
+		for _, r := range mm.Runs[1:] {
+			p(" and **%s MiB** with %s (%s; %.0f GC cycles instead of %.0f, %.1f s of node CPU instead of %.1f s)", mib(r.RSS), r.Label, metWord(r.WithinBound), r.GCCycles, r0.GCCycles, r.CPU, r0.CPU)
+		}
+		p(".")
+		if len(mm.Runs) > 1 && mm.Runs[1].CacheSize > 0 {
+			r1 := mm.Runs[1]
+			p(" Under the limit the heap in use settles at %s MiB, about the live heap: %.0f bytes per cached entry for %.0f accounted.", mibf(r1.HeapInuse), r1.HeapInuse/float64(r1.CacheSize), float64(r1.CacheBytes)/float64(r1.CacheSize))
+		}
+		for _, pr := range rep.Profiles {
+			if pr.Goal != "memory" {
+				continue
+			}
+			live := regexp.MustCompile(`([\d.]+) live-heap-MiB`).FindStringSubmatch(pr.Text)
+			beyond := regexp.MustCompile(`([\d.]+) heap-bytes-per-entry-beyond-body`).FindStringSubmatch(pr.Text)
+			acc := regexp.MustCompile(`([\d.]+) accounted-MiB`).FindStringSubmatch(pr.Text)
+			if live != nil && beyond != nil && acc != nil {
+				p(" In process (`BenchmarkCacheFull2KiB`, after a forced GC), a cache accounting %s MiB holds a live heap of **%s MiB**, %s bytes per entry beyond the encoded record", acc[1], live[1], beyond[1])
+				if v, _ := strconv.ParseFloat(live[1], 64); v > 110 {
+					p(": the live heap alone is above the bound plus 10 %%, before any GC headroom or runtime.")
+				} else {
+					p(": the live heap alone nearly fills the bound plus 10 %%, leaving nothing for GC headroom or the runtime.")
+				}
+			}
+		}
+		if !r0.WithinBound {
+			p(" RSS is bigger than the cache's count for three reasons: the count covers the encoded record plus 64 bytes, while each entry also costs the LRU list element, the map slot and the allocation's size-class rounding (the in-process profile below measures it); the Go collector with `GOGC=100` lets the heap grow to twice the live heap before collecting (next GC target %s MiB for %s MiB allocated, garbage included); and the runtime, the NATS and PostgreSQL clients and the idle process take %s MiB before any record. A memory limit at the bound brings RSS close to the live heap at a CPU price, and cannot go below the live heap itself. What would close it: have the node derive `GOMEMLIMIT` from its memory budget (e.g. `debug.SetMemoryLimit`) and size the cache's byte bound below it, leaving room for the idle process and the per-entry overhead — counting that overhead in the cache's accounting (a fixed per-entry cost and the allocation's capacity rather than its length) — so that `CACHE_MAX_MEMORY_MB` bounds the process, not only the payload.",
+				mibf(r0.NextGC), mibf(r0.HeapAlloc), mib(r0.RSSIdle))
+		}
+		p("\n")
+	}
+	if t := rep.Timeline; t != nil {
+		p("- **Outage under load.** %s writes acknowledged through a PostgreSQL SIGKILL, restart and replay (%s committed, %s buffered), **%d write errors and %d lost**; %s; normal on every node %s after PostgreSQL was started again.\n",
+			commas(t.Tally.Acknowledged), commas(t.Counters.Committed), commas(t.Counters.Buffered), t.Counters.WriteErrors, t.Tally.Lost, readsUnavail(t.Counters.ReadUnavailable), secs(t.NormalAt-t.StartCalledAt))
+	}
+	if rep.Micro != "" {
+		p("- **Micro-benchmarks** (medians of five runs, section 7): record encode %s, decode and validate %s, validate alone %s, cache-hit read path in process %s against %s for the bare handler.\n",
+			microNs(rep.Micro, "BenchmarkRecordEncode"), microNs(rep.Micro, "BenchmarkRecordDecodeValidate"), microNs(rep.Micro, "BenchmarkRecordValidate"),
+			microNs(rep.Micro, "BenchmarkReadPath/node"), microNs(rep.Micro, "BenchmarkReadPath/bare"))
+	}
+	p("\n")
+	return b.String()
+}
+
+func metWord(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**not met**"
+}
+
+func firstLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " / ")
+	if len(s) > 160 {
+		s = s[:160] + "…"
+	}
+	return s
+}
+
+func pgShort(v string) string {
+	f := strings.Fields(v)
+	if len(f) >= 2 {
+		return f[1]
+	}
+	return v
+}
+
+// microNs returns the median ns/op of a benchmark in go test output, formatted.
+func microNs(out, name string) string {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `(-\d+)?\s+\d+\s+([\d.]+) ns/op`)
+	var vals []float64
+	for _, m := range re.FindAllStringSubmatch(out, -1) {
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			vals = append(vals, v)
+		}
+	}
+	if len(vals) == 0 {
+		return "–"
+	}
+	// median
+	for i := range vals {
+		for j := i + 1; j < len(vals); j++ {
+			if vals[j] < vals[i] {
+				vals[i], vals[j] = vals[j], vals[i]
+			}
+		}
+	}
+	v := time.Duration(vals[len(vals)/2])
+	switch {
+	case v < time.Microsecond:
+		return fmt.Sprintf("%.0f ns", float64(v))
+	default:
+		return fmt.Sprintf("%.1f µs", float64(v)/1e3)
+	}
+}
+
+func readsUnavail(n int64) string {
+	if n == 0 {
+		return "no read was refused (every key read was cached on both nodes)"
+	}
+	return commas(n) + " reads of keys not cached on the node asked were answered 503 while PostgreSQL was down, as the contract says"
+}
+
+// allBenchOutput is the micro-benchmark output and the profiles' benchmark lines.
+func allBenchOutput(rep *Report) string {
+	var b strings.Builder
+	b.WriteString(rep.Micro)
+	for _, p := range rep.Profiles {
+		b.WriteString("\n" + p.Text)
+	}
+	return b.String()
+}

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on Linux).
+const clockTicks = 100
+
+// cpuUsage is CPU time in seconds spent during a run by each side.
+type cpuUsage struct {
+	Bench    float64 // this process: the load generator (and the embedded NATS server)
+	Server   float64 // the process under test (cache-node or ceiling server)
+	Postgres float64 // every postgres process
+	Machine  float64 // all CPUs busy time (from /proc/stat)
+	Other    float64 // Machine minus the above: other processes on the machine (background load)
+	Wall     float64
+}
+
+// pgDataDir is the private PostgreSQL's data directory: its postmaster.pid names the server process.
+var pgDataDir string
+
+// cpuWatch samples CPU times at the start and the end of a measured run.
+type cpuWatch struct {
+	serverPid int
+	start     cpuUsage
+	Result    cpuUsage
+}
+
+func newCPUWatch(serverPid int) *cpuWatch { return &cpuWatch{serverPid: serverPid} }
+
+func (w *cpuWatch) sample() cpuUsage {
+	return cpuUsage{Bench: procCPU(os.Getpid()), Server: procCPU(w.serverPid), Postgres: postgresCPU(), Machine: machineBusy()}
+}
+
+func (w *cpuWatch) begin() { w.start = w.sample() }
+
+func (w *cpuWatch) end(wall float64) {
+	e := w.sample()
+	w.Result = cpuUsage{Bench: e.Bench - w.start.Bench, Server: e.Server - w.start.Server,
+		Postgres: e.Postgres - w.start.Postgres, Machine: e.Machine - w.start.Machine, Wall: wall}
+	w.Result.Other = max(0, w.Result.Machine-w.Result.Bench-w.Result.Server-w.Result.Postgres)
+}
+
+// procCPU returns utime+stime of pid in seconds (0 when unknown).
+func procCPU(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command may hold spaces: fields start after the last ')'.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / clockTicks
+}
+
+// postgresCPU sums the CPU time of our PostgreSQL: the postmaster and its
+// live children (backends, writer, WAL writer, checkpointer). Other
+// PostgreSQL servers on the machine are not counted.
+func postgresCPU() float64 {
+	b, err := os.ReadFile(filepath.Join(pgDataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pm, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0
+	}
+	sum := procCPU(pm)
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		pid, _ := strconv.Atoi(filepath.Base(d))
+		if pid != pm && parentPid(pid) == pm {
+			sum += procCPU(pid)
+		}
+	}
+	return sum
+}
+
+func parentPid(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// machineBusy returns the non-idle CPU seconds of all CPUs since boot.
+func machineBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseFloat(v, 64)
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		if i >= 8 { // guest time is already counted in user
+			break
+		}
+		busy += n
+	}
+	return busy / clockTicks
+}

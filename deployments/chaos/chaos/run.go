@@ -1,0 +1,1154 @@
+package chaos
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/deployments/local/fixtures"
+	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/procs"
+)
+
+// Executed is a fault as it really happened.
+type Executed struct {
+	Fault
+	Start time.Time // when the fault was injected
+	End   time.Time // when it was reverted (database reachable, process started again)
+	Err   string    // the injection or the revert failed
+}
+
+// ScheduleResult is the outcome of one schedule.
+type ScheduleResult struct {
+	Seed     uint64
+	Schedule Schedule
+	Dir      string
+	// Err is an infrastructure failure (the stack did not start, a fault
+	// could not be reverted); the checkers may not have run.
+	Err      error
+	Counters Counters
+	Ledger   LedgerResult
+	Checks   []*Check
+	Executed []Executed
+	Outages  []Outage
+	// TotalFailures and TotalRecoveries are the recovery-manager's counters.
+	TotalFailures, TotalRecoveries int64
+	// Detections are fault start -> mode.cache_only; Recoveries fault end -> mode.normal.
+	Detections, Recoveries    []Timing
+	LongestDetection          Timing
+	LongestRecovery           Timing
+	DrainTime                 time.Duration
+	Accepted, Replayed, Stale int64 // buffer totals summed over the nodes' status
+	ReplayEventsSum           int64 // replayed + skipped_stale over replay.completed events
+	Elapsed                   time.Duration
+	// UnknownCauses counts the writes with an unknown outcome by cause.
+	UnknownCauses map[string]int
+	strict        bool
+}
+
+// Timing is one measured detection or recovery.
+type Timing struct {
+	D     time.Duration
+	Seed  uint64
+	Fault Fault
+}
+
+// Passed reports whether every checker passed and nothing broke.
+func (r ScheduleResult) Passed() bool {
+	if r.Err != nil {
+		return false
+	}
+	for _, c := range r.Checks {
+		if !c.OK && (!c.Warn || r.strict) {
+			return false
+		}
+	}
+	return true
+}
+
+// Run runs cfg.Schedules schedules, seeds cfg.Seed, cfg.Seed+1, ..., one after
+// another, each on a fresh system. The error is only for a bad configuration
+// or a cancelled ctx; failed checks are in the report.
+func Run(ctx context.Context, cfg Config) (Report, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return Report{}, err
+	}
+	rep := Report{Config: cfg}
+	for i := range cfg.Schedules {
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+		res := RunSchedule(ctx, cfg, cfg.Seed+uint64(i))
+		rep.Results = append(rep.Results, res)
+		PrintResult(cfg.Out, res)
+	}
+	return rep, ctx.Err()
+}
+
+// runner is the state of one schedule.
+type runner struct {
+	cfg   Config
+	seed  uint64
+	sched Schedule
+	out   io.Writer
+	begin time.Time // start of the load
+
+	st    *stack.Stack
+	proxy *faultproxy.Proxy
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	subj  events.Subjects
+	nodes []*stack.Node
+
+	mu       sync.Mutex
+	executed []Executed
+	printMu  sync.Mutex
+}
+
+func (r *runner) say(format string, a ...any) {
+	r.printMu.Lock()
+	defer r.printMu.Unlock()
+	at := 0.0
+	if !r.begin.IsZero() {
+		at = time.Since(r.begin).Seconds()
+	}
+	fmt.Fprintf(r.out, "  [%d] %7.2fs  %s\n", r.seed, at, fmt.Sprintf(format, a...))
+}
+
+func (r *runner) verbose(format string, a ...any) {
+	if !r.cfg.Quiet {
+		r.say(format, a...)
+	}
+}
+
+// RunSchedule runs the schedule of seed on a fresh system and checks it.
+func RunSchedule(ctx context.Context, cfg Config, seed uint64) (res ScheduleResult) {
+	cfg.Defaults()
+	start := time.Now()
+	sched := Generate(seed, cfg.ScheduleOptions())
+	res = ScheduleResult{Seed: seed, Schedule: sched, strict: cfg.Strict}
+	fmt.Fprintf(cfg.Out, "\n==== seed %d ====\n%s", seed, sched)
+	dir, err := filepath.Abs(filepath.Join(cfg.Dir, fmt.Sprintf("seed-%d", seed)))
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	res.Dir = dir
+	_ = os.RemoveAll(dir)
+	r := &runner{cfg: cfg, seed: seed, sched: sched, out: cfg.Out}
+	defer func() {
+		res.Elapsed = time.Since(start)
+		if !res.Passed() || cfg.KeepDirs {
+			// Keep the logs and the NATS store; the binaries can be rebuilt.
+			_ = os.RemoveAll(filepath.Join(dir, "bin"))
+			return
+		}
+		_ = os.RemoveAll(dir)
+	}()
+	if err := r.run(ctx, &res); err != nil && res.Err == nil {
+		res.Err = err
+	}
+	return res
+}
+
+func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
+	cfg := r.cfg
+	r.subj = events.NewSubjects(cfg.Env["SUBJECT_PREFIX"])
+	r.say("starting NATS (JetStream, fsync on every ack), PostgreSQL and the services")
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	st, err := stack.Start(sctx, stack.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv()})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("start stack: %w", err)
+	}
+	r.st = st
+	defer func() {
+		// Keep the PostgreSQL server log with the service logs.
+		if st.PG != nil {
+			if b, err := os.ReadFile(st.PG.LogPath()); err == nil {
+				_ = os.WriteFile(filepath.Join(res.Dir, "logs", "postgres.log"), b, 0o644)
+			}
+		}
+		st.Close(context.Background())
+	}()
+	if st.PG == nil {
+		return errors.New("chaos needs a private PostgreSQL (unset DATABASE_URL)")
+	}
+	if cfg.PGMaxConnections > 0 {
+		if err := setMaxConnections(ctx, st, cfg.PGMaxConnections); err != nil {
+			return err
+		}
+	}
+	host := fmt.Sprintf("127.0.0.1:%d", st.PG.Port())
+	r.proxy, err = faultproxy.Start(host)
+	if err != nil {
+		return err
+	}
+	defer r.proxy.Close()
+	dsn := strings.Replace(st.DSN, host, r.proxy.Addr(), 1)
+	if dsn == st.DSN {
+		return fmt.Errorf("cannot route %s through the proxy", st.DSN)
+	}
+	extra := map[string]string{"DATABASE_URL": dsn}
+	if err := st.StartMonitor(extra); err != nil {
+		return err
+	}
+	if err := st.StartManager(extra); err != nil {
+		return err
+	}
+	var urls []string
+	for i := range cfg.Nodes {
+		nctx, cancel := context.WithTimeout(ctx, time.Minute)
+		n, err := st.StartNode(nctx, NodeID(i), "", extra)
+		cancel()
+		if err != nil {
+			return err
+		}
+		r.nodes = append(r.nodes, n)
+		urls = append(urls, n.URL())
+	}
+	r.nc, err = nats.Connect(st.NATS.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+		nats.ReconnectBufSize(64<<20), nats.Name("anivault-chaos"))
+	if err != nil {
+		return err
+	}
+	defer r.nc.Close()
+	if r.js, err = jetstream.New(r.nc); err != nil {
+		return err
+	}
+	if _, err := r.managerStatus(ctx, 30*time.Second); err != nil {
+		return fmt.Errorf("recovery-manager not answering: %w", err)
+	}
+	if err := r.follow(); err != nil {
+		return err
+	}
+	recs, err := fixtures.Records()
+	if err != nil {
+		return err
+	}
+	r.say("%d cache-nodes %s; DATABASE_URL through the fault proxy %s; load for %v", cfg.Nodes, strings.Join(urls, " "), r.proxy.Addr(), cfg.Duration)
+
+	// The load and the schedule.
+	wl := NewWorkload(urls, r.js, r.subj, recs, SplitKeys(recs), cfg.Pause)
+	r.begin = time.Now()
+	wl.Start(r.seed, cfg.HTTPWriters, cfg.Producers, cfg.Readers)
+	var faults sync.WaitGroup
+	r.execute(ctx, &faults)
+	liveDone := make(chan struct{})
+	go r.live(wl, liveDone)
+	select {
+	case <-ctx.Done():
+	case <-time.After(cfg.Duration):
+	}
+	close(liveDone)
+	wl.Stop()
+	r.say("load stopped; waiting for the last faults to be reverted")
+	faults.Wait()
+	res.Counters = wl.Counters()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	r.mu.Lock()
+	res.Executed = append([]Executed(nil), r.executed...)
+	r.mu.Unlock()
+	sort.Slice(res.Executed, func(i, j int) bool { return res.Executed[i].Start.Before(res.Executed[j].Start) })
+	var infra []string
+	for _, e := range res.Executed {
+		if e.Err != "" {
+			infra = append(infra, fmt.Sprintf("%s %s: %s", e.Kind, e.Target, e.Err))
+		}
+	}
+	if len(infra) > 0 {
+		res.Err = fmt.Errorf("fault injection: %s", strings.Join(infra, "; "))
+	}
+
+	// Processes that died although no fault killed them (every fault has
+	// been reverted by now, so every process should run).
+	alive := newCheck("no process died on its own")
+	alive.Detail = "every service process runs after the schedule"
+	for _, p := range r.procs() {
+		if !p.Running() {
+			alive.fail("%s exited: %v; last output:\n%s", p.Name, p.ExitErr(), tail(p.Output(), 15))
+		}
+	}
+
+	// Heal and drain.
+	if err := r.heal(ctx); err != nil {
+		return fmt.Errorf("heal: %w", err)
+	}
+	r.say("healed: proxy without faults, PostgreSQL, NATS and every process running; waiting for the drain")
+	drainStart := time.Now()
+	converge, kvMode := r.drain(ctx)
+	res.DrainTime = time.Since(drainStart)
+	r.say("drain: %s after %v", map[bool]string{true: "done", false: "NOT DONE"}[converge.OK], res.DrainTime.Round(100*time.Millisecond))
+
+	// Checks.
+	table, err := readTable(ctx, st.DSN)
+	if err != nil {
+		return fmt.Errorf("read table: %w", err)
+	}
+	ops := wl.Ops()
+	res.Ledger = CheckLedger(ops, table)
+	res.UnknownCauses = unknownCauses(ops)
+	hist, err := ReadHistory(ctx, r.js, r.subj)
+	if err != nil {
+		return err
+	}
+	status, err := r.managerStatus(ctx, 30*time.Second)
+	if err != nil {
+		return fmt.Errorf("status.get: %w", err)
+	}
+	res.TotalFailures, res.TotalRecoveries = status.TotalFailures, status.TotalRecoveries
+	announced := newCheck("every mode change announced")
+	if missing := hist.MissingEpochs(kvMode.Epoch); len(missing) > 0 {
+		announced.fail("epochs %v are in no mode.* event of %s (the KV is at epoch %d)", missing, events.StreamEvents, kvMode.Epoch)
+	}
+	announced.Detail = fmt.Sprintf("mode events for epochs 1..%d in %s", kvMode.Epoch, events.StreamEvents)
+	leak := r.checkConnections(ctx)
+	orphans := r.checkOrphans(ctx)
+	res.Checks = append(res.Checks, res.Ledger.Checks...)
+	res.Checks = append(res.Checks, converge, r.checkBuffer(ctx, res, hist), r.checkCounters(res, hist), r.checkCacheOnlyCause(res, hist),
+		announced, alive, r.checkPoison(ctx), leak, orphans, r.checkHealthView(status))
+	return nil
+}
+
+func (r *runner) procs() []*procs.Proc {
+	ps := []*procs.Proc{r.st.Monitor, r.st.Manager}
+	for _, n := range r.nodes {
+		ps = append(ps, n.Proc)
+	}
+	return ps
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "    " + strings.Join(lines, "\n    ")
+}
+
+// follow prints the system's events as they happen (best effort: during a
+// NATS restart some are missed here; the checkers read them back from the stream).
+func (r *runner) follow() error {
+	for _, s := range []string{"db.unhealthy", "db.recovered", "mode.>", "replay.completed"} {
+		_, err := r.nc.Subscribe(r.subj.Of(s), func(m *nats.Msg) {
+			var v map[string]any
+			_ = json.Unmarshal(m.Data, &v)
+			base := r.subj.Base(m.Subject)
+			detail := ""
+			switch {
+			case strings.HasPrefix(base, "mode."):
+				detail = fmt.Sprintf("epoch %v %v", v["epoch"], v["reason"])
+			case base == "db.unhealthy":
+				detail = fmt.Sprintf("%v", v["last_error"])
+			case base == "db.recovered":
+				detail = fmt.Sprintf("after %.1fs down", v["downtime_seconds"])
+			case base == "replay.completed":
+				detail = fmt.Sprintf("%v epoch %v: replayed %v, skipped stale %v, failed %v in %vms", v["source"], v["epoch"], v["replayed"], v["skipped_stale"], v["failed"], v["duration_ms"])
+			}
+			r.verbose("event %-17s %s", base, truncate(detail, 160))
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return r.nc.Flush()
+}
+
+func (r *runner) live(wl *Workload, done chan struct{}) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		c := wl.Counters()
+		r.verbose("live  acked=%d (committed %d, buffered %d, producer %d) unknown=%d refused=%d reads=%d reads_503=%d last_error=%s",
+			c.Acked(), c.HTTPCommitted, c.HTTPBuffered, c.ProducerAcked, c.HTTPIndeterminate+c.ProducerIndeterminate, c.Refused,
+			c.Reads, c.ReadsUnavailable, truncate(wl.LastError(), 100))
+	}
+}
+
+// execute starts the schedule: one goroutine runs the database faults in
+// order (one at a time: a PostgreSQL restart that runs late delays the next
+// one), one goroutine per process fault.
+func (r *runner) execute(ctx context.Context, wg *sync.WaitGroup) {
+	db := r.sched.Database()
+	wg.Go(func() {
+		for _, f := range db {
+			if !r.sleepUntil(ctx, f.At) {
+				return
+			}
+			r.inject(ctx, f)
+		}
+	})
+	for _, f := range r.sched.Faults {
+		if f.Kind.IsDatabase() {
+			continue
+		}
+		wg.Go(func() {
+			if r.sleepUntil(ctx, f.At) {
+				r.inject(ctx, f)
+			}
+		})
+	}
+}
+
+func (r *runner) sleepUntil(ctx context.Context, at time.Duration) bool {
+	d := time.Until(r.begin.Add(at))
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// inject applies f, waits its duration and reverts it.
+func (r *runner) inject(ctx context.Context, f Fault) {
+	e := Executed{Fault: f, Start: time.Now()}
+	late := e.Start.Sub(r.begin.Add(f.At))
+	lateNote := ""
+	if late > 200*time.Millisecond {
+		lateNote = fmt.Sprintf(" (%.1fs late: the previous database fault ended late)", late.Seconds())
+	}
+	var errs []string
+	note := func(what string, err error) {
+		if err != nil {
+			errs = append(errs, what+": "+err.Error())
+		}
+	}
+	node := func() *stack.Node {
+		for _, n := range r.nodes {
+			if n.ID == f.Target {
+				return n
+			}
+		}
+		return nil
+	}()
+	switch f.Kind {
+	case PGKill:
+		note("kill", r.st.PG.Kill())
+	case PGStopFast, PGStopImmediate:
+		mode := "fast"
+		if f.Kind == PGStopImmediate {
+			mode = "immediate"
+		}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := r.st.PG.Stop(sctx, mode); err != nil {
+			note("stop "+mode, err)
+			note("kill after a failed stop", r.st.PG.Kill())
+		}
+		cancel()
+	case ProxyRefuse:
+		r.proxy.Disable()
+	case ProxyBlackHole:
+		note("black hole", r.proxy.BlackHole())
+	case ProxyLatency:
+		note("latency", r.proxy.Latency(time.Duration(f.Param)*time.Millisecond))
+	case ProxyReset:
+		note("reset", r.proxy.ResetPeer())
+	case ProxyFlap:
+		note("flap", r.proxy.Flap(float32(f.Param)/100))
+	case NodeKill:
+		note("kill", node.Kill())
+	case NATSRestart:
+		r.st.NATS.Shutdown()
+	case ManagerKill:
+		note("kill", r.st.Manager.Kill())
+	case MonitorKill:
+		note("kill", r.st.Monitor.Kill())
+	}
+	r.verbose("**** FAULT %s on %s for %.2fs%s", f.Kind, f.Target, f.Duration.Seconds(), lateNote)
+	select {
+	case <-ctx.Done():
+	case <-time.After(f.Duration):
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	switch f.Kind {
+	case PGKill, PGStopFast, PGStopImmediate:
+		note("start", retry(rctx, func() error { return r.st.PG.Start(rctx) }))
+	case ProxyRefuse:
+		note("enable", r.proxy.Enable())
+	case ProxyBlackHole, ProxyReset, ProxyFlap:
+		note("heal", r.proxy.Heal())
+	case ProxyLatency:
+		note("latency off", r.proxy.Latency(0))
+	case NodeKill:
+		note("start", retry(rctx, func() error {
+			if !node.Running() {
+				if err := node.Start(); err != nil {
+					return err
+				}
+			}
+			return stack.WaitReady(rctx, node)
+		}))
+	case NATSRestart:
+		note("restart", retry(rctx, func() error { return r.st.NATS.Restart(rctx) }))
+	case ManagerKill:
+		note("start", r.st.Manager.Start())
+	case MonitorKill:
+		note("start", r.st.Monitor.Start())
+	}
+	e.End = time.Now()
+	e.Err = strings.Join(errs, "; ")
+	if e.Err != "" {
+		r.say("**** FAULT %s on %s: %s", f.Kind, f.Target, e.Err)
+	}
+	r.verbose("**** healed %s on %s (%.2fs after injection)", f.Kind, f.Target, e.End.Sub(e.Start).Seconds())
+	r.mu.Lock()
+	r.executed = append(r.executed, e)
+	r.mu.Unlock()
+}
+
+func retry(ctx context.Context, fn func() error) error {
+	var err error
+	for range 3 {
+		if err = fn(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+// heal makes sure that nothing is left broken: no toxic, PostgreSQL and NATS
+// running, every process running.
+func (r *runner) heal(ctx context.Context) error {
+	if err := r.proxy.Heal(); err != nil {
+		return err
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if !r.st.PG.Running() {
+		if err := r.st.PG.Start(hctx); err != nil {
+			return err
+		}
+	}
+	if !r.st.NATS.Running() {
+		if err := r.st.NATS.Restart(hctx); err != nil {
+			return err
+		}
+	}
+	for _, p := range []*procs.Proc{r.st.Monitor, r.st.Manager} {
+		if !p.Running() {
+			if err := p.Start(); err != nil {
+				return err
+			}
+		}
+	}
+	for _, n := range r.nodes {
+		if !n.Running() {
+			if err := n.Start(); err != nil {
+				return err
+			}
+		}
+		if err := stack.WaitReady(hctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drain waits until the KV mode is normal, every node reports normal at the
+// KV's epoch, and the buffer and producer streams are empty.
+func (r *runner) drain(ctx context.Context) (*Check, events.ModeChanged) {
+	c := newCheck("every node converged on normal with the same epoch")
+	deadline := time.Now().Add(r.cfg.DrainTimeout)
+	var last string
+	var mode events.ModeChanged
+	nextPrint := time.Now().Add(5 * time.Second)
+	for {
+		state, m, ok := r.converged(ctx)
+		mode, last = m, state
+		if !ok && time.Now().After(nextPrint) {
+			r.verbose("draining: %s", state)
+			nextPrint = time.Now().Add(5 * time.Second)
+		}
+		if ok {
+			c.Detail = state
+			return c, mode
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			c.fail("not converged %v after the heal: %s", r.cfg.DrainTimeout, last)
+			c.Detail = last
+			return c, mode
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func (r *runner) converged(ctx context.Context) (string, events.ModeChanged, bool) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	mode, err := r.kvMode(ctx)
+	if err != nil {
+		return "kv: " + err.Error(), mode, false
+	}
+	var parts []string
+	ok := mode.Mode == events.ModeNormal
+	parts = append(parts, fmt.Sprintf("kv %s epoch %d", mode.Mode, mode.Epoch))
+	for _, n := range r.nodes {
+		st, err := nodeStatus(ctx, n)
+		if err != nil {
+			ok = false
+			parts = append(parts, fmt.Sprintf("%s: %v", n.ID, err))
+			continue
+		}
+		if st.Mode != events.ModeNormal || st.Epoch != mode.Epoch {
+			ok = false
+		}
+		parts = append(parts, fmt.Sprintf("%s %s epoch %d", n.ID, st.Mode, st.Epoch))
+	}
+	// Drained means nothing left to deliver and nothing in flight on either
+	// work queue (the consumers' view; see checkOrphans for the streams' count).
+	for _, c := range [][2]string{{events.StreamBuffer, events.ConsumerReplay}, {events.StreamMetadata, events.ConsumerMetadataWriter}} {
+		s, err := r.js.Stream(ctx, r.subj.Name(c[0]))
+		if err != nil {
+			ok = false
+			parts = append(parts, fmt.Sprintf("%s: %v", c[0], err))
+			continue
+		}
+		msgs := s.CachedInfo().State.Msgs
+		ci, err := r.js.Consumer(ctx, r.subj.Name(c[0]), r.subj.Name(c[1]))
+		if err != nil {
+			ok = false
+			parts = append(parts, fmt.Sprintf("%s: %v", c[1], err))
+			continue
+		}
+		info := ci.CachedInfo()
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			ok = false
+		}
+		parts = append(parts, fmt.Sprintf("%s %d msgs (%s pending %d, ack pending %d)", c[0], msgs, c[1], info.NumPending, info.NumAckPending))
+	}
+	return strings.Join(parts, ", "), mode, ok
+}
+
+func (r *runner) kvMode(ctx context.Context) (events.ModeChanged, error) {
+	var mc events.ModeChanged
+	kv, err := r.js.KeyValue(ctx, r.subj.Name(events.BucketName))
+	if err != nil {
+		return mc, err
+	}
+	e, err := kv.Get(ctx, events.KeyMode)
+	if err != nil {
+		return mc, err
+	}
+	return mc, json.Unmarshal(e.Value(), &mc)
+}
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+func nodeStatus(ctx context.Context, n *stack.Node) (events.SystemStatus, error) {
+	var st events.SystemStatus
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/v1/status", nil)
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return st, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func (r *runner) managerStatus(ctx context.Context, timeout time.Duration) (events.SystemStatus, error) {
+	var st events.SystemStatus
+	err := procs.Eventually(timeout, 200*time.Millisecond, func() error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		msg, err := r.nc.Request(r.subj.Of(events.SubjectStatusGet), []byte("{}"), 3*time.Second)
+		if err != nil {
+			return err
+		}
+		var e events.ErrorReply
+		if json.Unmarshal(msg.Data, &e) == nil && e.Error != "" {
+			return fmt.Errorf("status.get: %s", e.Error)
+		}
+		return json.Unmarshal(msg.Data, &st)
+	})
+	return st, err
+}
+
+// checkBuffer checks the write buffer's accounting: the buffer is empty, and
+// the writes the nodes accepted into it equal those they replayed or skipped
+// as stale.
+//
+// The counters are in-memory per process, so the equality is asserted only
+// when no cache-node was killed (a killed node forgets what it accepted and
+// replayed). A NATS restart can make a buffer append whose acknowledgement was
+// lost (answered 503, not counted as accepted) and a replayed message whose
+// ack was lost (replayed again, counted stale twice) count more on the replay
+// side, so with NATS restarts only accepted <= replayed + stale is asserted.
+func (r *runner) checkBuffer(ctx context.Context, res *ScheduleResult, hist History) *Check {
+	c := newCheck("buffer accounting")
+	for _, e := range hist.Replays {
+		res.ReplayEventsSum += e.Replayed + e.SkippedStale
+	}
+	killed, natsRestart := false, false
+	for _, e := range res.Executed {
+		killed = killed || e.Kind == NodeKill
+		natsRestart = natsRestart || e.Kind == NATSRestart
+	}
+	// The nodes refresh their buffer figures every NODE_STATUS_INTERVAL: poll
+	// until the sums settle.
+	var acc, rep, stale, pending int64
+	var perNode []string
+	_ = procs.Eventually(5*time.Second, 250*time.Millisecond, func() error {
+		acc, rep, stale, pending, perNode = 0, 0, 0, 0, nil
+		for _, n := range r.nodes {
+			st, err := nodeStatus(ctx, n)
+			if err != nil {
+				return err
+			}
+			acc += st.Buffer.AcceptedTotal
+			rep += st.Buffer.ReplayedTotal
+			stale += st.Buffer.SkippedStaleTotal
+			pending = max(pending, st.Buffer.Pending) // every node reports the one shared stream
+			perNode = append(perNode, fmt.Sprintf("%s accepted %d replayed %d stale %d pending %d", n.ID,
+				st.Buffer.AcceptedTotal, st.Buffer.ReplayedTotal, st.Buffer.SkippedStaleTotal, st.Buffer.Pending))
+		}
+		if pending != 0 || (!killed && !natsRestart && acc != rep+stale) {
+			return errors.New("not settled")
+		}
+		return nil
+	})
+	res.Accepted, res.Replayed, res.Stale = acc, rep, stale
+	c.Detail = fmt.Sprintf("accepted %d, replayed %d + skipped stale %d = %d (replay.completed events: %d); %s",
+		acc, rep, stale, rep+stale, res.ReplayEventsSum, strings.Join(perNode, "; "))
+	if pending != 0 {
+		c.fail("buffer still has %d pending messages after the drain", pending)
+	}
+	switch {
+	case killed:
+		c.Detail += " [a cache-node was killed: its counters restarted at zero, only pending = 0 is asserted]"
+	case natsRestart:
+		c.Detail += " [NATS restarted: accepted <= replayed + stale asserted]"
+		if acc > rep+stale {
+			c.fail("accepted %d > replayed %d + skipped stale %d: %d buffered writes were never replayed", acc, rep, stale, acc-rep-stale)
+		}
+	default:
+		if acc != rep+stale {
+			c.fail("accepted %d != replayed %d + skipped stale %d (difference %d)", acc, rep, stale, acc-rep-stale)
+		}
+	}
+	return c
+}
+
+// checkCounters compares the recovery-manager's total_failures and
+// total_recoveries with the outages injected and the outages announced.
+func (r *runner) checkCounters(res *ScheduleResult, hist History) *Check {
+	c := newCheck("failures and recoveries agree with the outages")
+	var db []Executed
+	var monitorDown, natsDown [][2]time.Time
+	for _, e := range res.Executed {
+		switch {
+		case e.Kind.IsDatabase():
+			db = append(db, e)
+		case e.Kind == MonitorKill:
+			// A restarted monitor needs a moment to connect before its first check.
+			monitorDown = append(monitorDown, [2]time.Time{e.Start, e.End.Add(1500 * time.Millisecond)})
+		case e.Kind == NATSRestart:
+			natsDown = append(natsDown, [2]time.Time{e.Start, e.End.Add(time.Second)})
+		}
+	}
+	outages := hist.Outages()
+	slack := r.cfg.HealthInterval + r.cfg.HealthTimeout + time.Second
+	perFault := make([]int, len(db))
+	for i := range outages {
+		o := &outages[i]
+		t := o.Trigger
+		if t.IsZero() {
+			t = o.Start
+		}
+		for j := len(db) - 1; j >= 0; j-- {
+			if !db[j].Start.After(t.Add(100*time.Millisecond)) && !t.After(db[j].End.Add(slack)) {
+				o.Fault = j
+				perFault[j]++
+				break
+			}
+		}
+		if o.Fault < 0 {
+			c.fail("outage at +%.2fs (epoch %d, %q, db.unhealthy at +%.2fs) matches no database fault",
+				o.Start.Sub(r.begin).Seconds(), o.StartEpoch, o.Reason, t.Sub(r.begin).Seconds())
+			continue
+		}
+		f := db[o.Fault]
+		if hist.ModeAt(f.Start.Add(-time.Millisecond)) == events.ModeNormal && perFault[o.Fault] == 1 {
+			res.Detections = append(res.Detections, Timing{D: o.Start.Sub(f.Start), Seed: r.seed, Fault: f.Fault})
+		}
+	}
+	for _, o := range outages {
+		if o.End.IsZero() {
+			continue
+		}
+		// Recovery is measured from the end of the last database fault that began before the normal mode.
+		var last *Executed
+		for j := range db {
+			if db[j].Start.Before(o.End) && db[j].Start.After(o.Start.Add(-time.Minute)) {
+				last = &db[j]
+			}
+		}
+		if last != nil && last.End.Before(o.End) {
+			res.Recoveries = append(res.Recoveries, Timing{D: o.End.Sub(last.End), Seed: r.seed, Fault: last.Fault})
+		}
+	}
+	for _, t := range res.Detections {
+		if t.D > res.LongestDetection.D {
+			res.LongestDetection = t
+		}
+	}
+	for _, t := range res.Recoveries {
+		if t.D > res.LongestRecovery.D {
+			res.LongestRecovery = t
+		}
+	}
+	res.Outages = outages
+
+	// Lower bound: a hard outage that starts in normal mode and lasts the
+	// detection bound plus a second while the monitor and NATS are up must be
+	// counted.
+	lower := 0
+	var qualifying []string
+	for _, e := range db {
+		if !e.Kind.HardOutage() || e.Err != "" || hist.ModeAt(e.Start) != events.ModeNormal {
+			continue
+		}
+		need := r.cfg.detectionBound(e.Kind) + time.Second
+		if longestFree(e.Start, e.End, append(append([][2]time.Time{}, monitorDown...), natsDown...)) >= need {
+			lower++
+			qualifying = append(qualifying, fmt.Sprintf("%s at +%.2fs for %.2fs", e.Kind, e.Start.Sub(r.begin).Seconds(), e.End.Sub(e.Start).Seconds()))
+		}
+	}
+	// Upper bound: one failure per database fault, except that a flapping
+	// connection can be declared unhealthy, recover and fail again within one fault.
+	upper := len(db)
+	for j, e := range db {
+		if e.Kind == ProxyFlap && perFault[j] > 1 {
+			upper += perFault[j] - 1
+		}
+	}
+	f, rc := res.TotalFailures, res.TotalRecoveries
+	c.Detail = fmt.Sprintf("total_failures %d, total_recoveries %d; outages announced %d; database faults %d (hard outages long enough to be detected for sure: %d)",
+		f, rc, len(outages), len(db), lower)
+	if rc != f {
+		c.fail("total_recoveries %d != total_failures %d: an outage did not heal", rc, f)
+	}
+	if f < int64(lower) {
+		c.fail("total_failures %d < %d hard outages that must have been detected: %s", f, lower, strings.Join(qualifying, ", "))
+	}
+	if f > int64(upper) {
+		c.fail("total_failures %d > %d database faults (flapping re-detections included)", f, upper)
+	}
+	if len(hist.MissingEpochs(lastEpoch(hist))) == 0 && f != int64(len(outages)) {
+		c.fail("total_failures %d != %d outages announced by mode events (normal -> cache_only)", f, len(outages))
+	}
+	return c
+}
+
+func lastEpoch(h History) int64 {
+	if len(h.Modes) == 0 {
+		return 0
+	}
+	return h.Modes[len(h.Modes)-1].Epoch
+}
+
+// longestFree returns the longest part of [a, b] outside every blocked interval.
+func longestFree(a, b time.Time, blocked [][2]time.Time) time.Duration {
+	sort.Slice(blocked, func(i, j int) bool { return blocked[i][0].Before(blocked[j][0]) })
+	best := time.Duration(0)
+	cur := a
+	for _, iv := range blocked {
+		if !iv[1].After(cur) {
+			continue
+		}
+		if iv[0].After(b) {
+			break
+		}
+		if iv[0].After(cur) {
+			best = max(best, iv[0].Sub(cur))
+		}
+		cur = iv[1]
+	}
+	if b.After(cur) {
+		best = max(best, b.Sub(cur))
+	}
+	return best
+}
+
+// checkPoison: every producer write of the workload is valid, so none may end
+// in the poison stream (a poisoned write is a lost write).
+func (r *runner) checkPoison(ctx context.Context) *Check {
+	c := newCheck("no producer write poisoned")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := r.js.Stream(ctx, r.subj.Name(events.StreamPoison))
+	if err != nil {
+		c.Skipped = true
+		c.Detail = "no poison stream: " + err.Error()
+		return c
+	}
+	n := s.CachedInfo().State.Msgs
+	c.Detail = fmt.Sprintf("%s holds %d messages", events.StreamPoison, n)
+	if n > 0 {
+		c.fail("%d messages in %s", n, events.StreamPoison)
+	}
+	return c
+}
+
+func readTable(ctx context.Context, dsn string) (map[int64]metastore.Version, error) {
+	db, err := pgdb.Open(pgdb.Config{DSN: dsn})
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	s, err := metastore.New(db)
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for range 20 {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		v, err := s.Versions(rctx)
+		cancel()
+		if err == nil {
+			return v, nil
+		}
+		lastErr = err
+		pgdb.DropIdle(db, 2)
+		time.Sleep(250 * time.Millisecond)
+	}
+	return nil, lastErr
+}
+
+// checkCacheOnlyCause: every automatic entry into cache_only (from normal or
+// from recovering) has a cause, a failed health check during a database
+// fault. Its time is the db.unhealthy that triggered it, or, for a return to
+// cache_only decided by the manager during replay, the transition itself.
+func (r *runner) checkCacheOnlyCause(res *ScheduleResult, hist History) *Check {
+	c := newCheck("no cache-only mode without a database fault")
+	var db []Executed
+	for _, e := range res.Executed {
+		if e.Kind.IsDatabase() {
+			db = append(db, e)
+		}
+	}
+	slack := r.cfg.HealthInterval + r.cfg.HealthTimeout + time.Second
+	n := 0
+	for _, m := range hist.Modes {
+		if m.Mode != events.ModeCacheOnly || m.Manual {
+			continue
+		}
+		n++
+		t := m.Since
+		if !strings.Contains(m.Reason, "during recovery") {
+			for _, u := range hist.Unhealthy {
+				if !u.OccurredAt.After(m.Since) {
+					t = u.OccurredAt
+				}
+			}
+		}
+		found := false
+		for _, f := range db {
+			if !f.Start.After(t.Add(100*time.Millisecond)) && !t.After(f.End.Add(slack)) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			last := "none"
+			for _, f := range db {
+				if f.Start.Before(t) {
+					last = fmt.Sprintf("%s +%.2fs..+%.2fs", f.Kind, f.Start.Sub(r.begin).Seconds(), f.End.Sub(r.begin).Seconds())
+				}
+			}
+			c.fail("epoch %d cache_only at +%.2fs (%q, cause at +%.2fs) while no database fault was active (last one: %s)",
+				m.Epoch, m.Since.Sub(r.begin).Seconds(), m.Reason, t.Sub(r.begin).Seconds(), last)
+		}
+	}
+	c.Detail = fmt.Sprintf("%d automatic cache_only entries, each within a database fault (+%v)", n, slack)
+	return c
+}
+
+// checkHealthView (advisory): the recovery-manager's view of the database
+// health (status.get health_statistics, and what it decides recovery on) is
+// current: its last check is at most a few check intervals old.
+func (r *runner) checkHealthView(st events.SystemStatus) *Check {
+	c := newCheck("the manager's health view is current")
+	c.Warn = true
+	bound := 3*r.cfg.HealthInterval + r.cfg.HealthTimeout + time.Second
+	last := st.HealthStatistics.LastCheckTime
+	if last == nil {
+		c.fail("status.get has no last_check_time")
+		return c
+	}
+	lag := time.Since(*last)
+	c.Detail = fmt.Sprintf("status.get health_statistics.last_check_time is %.1fs old (bound %v), %d checks seen", lag.Seconds(), bound, st.HealthStatistics.TotalChecks)
+	if lag > bound {
+		c.fail("the manager's latest db.health is %.1fs old while the monitor checks every %v: its db.health feed lags", lag.Seconds(), r.cfg.HealthInterval)
+	}
+	return c
+}
+
+// setMaxConnections raises max_connections and restarts PostgreSQL.
+func setMaxConnections(ctx context.Context, st *stack.Stack, n int) error {
+	db, err := pgdb.Open(pgdb.Config{DSN: st.DSN})
+	if err != nil {
+		return err
+	}
+	_, err = db.ExecContext(ctx, fmt.Sprintf("ALTER SYSTEM SET max_connections = %d", n))
+	_ = db.Close()
+	if err != nil {
+		return fmt.Errorf("max_connections: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := st.PG.Stop(sctx, "fast"); err != nil {
+		return err
+	}
+	return st.PG.Start(sctx)
+}
+
+// checkConnections counts the server connections of each service once the
+// system is idle: the health-monitor and the recovery-manager probe with one
+// short-lived connection at a time, the cache-nodes are bounded by their
+// pools (DB_MAX_CONNS, 16 by default). More means connections leak, and a
+// leak ends in "too many clients" outages.
+func (r *runner) checkConnections(ctx context.Context) *Check {
+	c := newCheck("no database connection leak")
+	db, err := pgdb.Open(pgdb.Config{DSN: r.st.DSN})
+	if err != nil {
+		c.fail("open: %v", err)
+		return c
+	}
+	defer db.Close()
+	var rows []struct {
+		App   string `bun:"app"`
+		Count int    `bun:"n"`
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.NewRaw(`SELECT coalesce(application_name, '') AS app, count(*) AS n FROM pg_stat_activity
+		WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() GROUP BY 1 ORDER BY 1`).Scan(qctx, &rows); err != nil {
+		c.fail("pg_stat_activity: %v", err)
+		return c
+	}
+	limits := map[string]int{"anivault-health-monitor": 2, "anivault-recovery-manager": 2, "anivault-cache-node": 16 * r.cfg.Nodes}
+	var parts []string
+	for _, row := range rows {
+		name := row.App
+		if name == "" {
+			name = "(no name)"
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", name, row.Count))
+		if lim, ok := limits[row.App]; ok && row.Count > lim {
+			c.fail("%s holds %d server connections (at most %d expected) after the drain", row.App, row.Count, lim)
+		}
+	}
+	c.Detail = "server connections after the drain: " + strings.Join(parts, ", ")
+	return c
+}
+
+// checkOrphans (advisory): once the consumers have nothing pending and
+// nothing in flight, the work-queue streams must be empty too. A message the
+// consumer already acknowledged but the stream kept (seen after NATS server
+// restarts) is an orphan: it is never delivered again and keeps the stream's
+// message count, which the recovery-manager reads as "buffer pending", above
+// zero for ever.
+func (r *runner) checkOrphans(ctx context.Context) *Check {
+	c := newCheck("work queues hold no orphan messages")
+	c.Warn = true
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var parts []string
+	for _, sc := range [][2]string{{events.StreamBuffer, events.ConsumerReplay}, {events.StreamMetadata, events.ConsumerMetadataWriter}} {
+		s, err := r.js.Stream(ctx, r.subj.Name(sc[0]))
+		if err != nil {
+			c.fail("%s: %v", sc[0], err)
+			continue
+		}
+		ci, err := r.js.Consumer(ctx, r.subj.Name(sc[0]), r.subj.Name(sc[1]))
+		if err != nil {
+			c.fail("%s: %v", sc[1], err)
+			continue
+		}
+		st, info := s.CachedInfo().State, ci.CachedInfo()
+		parts = append(parts, fmt.Sprintf("%s %d msgs", sc[0], st.Msgs))
+		if st.Msgs == 0 || info.NumPending > 0 || info.NumAckPending > 0 {
+			continue
+		}
+		var shown []string
+		for q := st.FirstSeq; q <= st.LastSeq && len(shown) < 3; q++ {
+			m, err := s.GetMsg(ctx, q)
+			if err != nil {
+				continue
+			}
+			shown = append(shown, fmt.Sprintf("seq %d %s %s at %s", q, m.Subject, truncate(string(m.Data), 80), m.Time.Format("15:04:05.000")))
+		}
+		c.fail("%s holds %d messages (first seq %d, last %d) that consumer %s (ack floor %d, delivered %d, pending 0, ack pending 0) will never deliver: %s",
+			sc[0], st.Msgs, st.FirstSeq, st.LastSeq, sc[1], info.AckFloor.Stream, info.Delivered.Stream, strings.Join(shown, "; "))
+	}
+	c.Detail = strings.Join(parts, ", ")
+	return c
+}
+
+// unknownCauses groups the writes with an unknown outcome by a short cause.
+func unknownCauses(ops []Op) map[string]int {
+	m := map[string]int{}
+	for _, op := range ops {
+		if !op.Indeterminate {
+			continue
+		}
+		cause := op.Err
+		switch {
+		case op.Producer:
+			cause = "producer: " + cause
+		case op.Status != 0:
+			cause = fmt.Sprintf("http %d: %s", op.Status, cause)
+		default:
+			cause = "http transport: " + cause
+		}
+		// Drop addresses and ids so that equal causes group.
+		if i := strings.Index(cause, "tmdb:"); i >= 0 {
+			cause = cause[:i]
+		}
+		for _, cut := range []string{" 127.0.0.1", "\"127.0.0.1", " dial tcp", " read tcp"} {
+			if i := strings.Index(cause, cut); i >= 0 {
+				cause = cause[:i] + cut + "…"
+			}
+		}
+		m[truncate(cause, 110)]++
+	}
+	return m
+}

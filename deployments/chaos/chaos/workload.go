@@ -1,0 +1,304 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+
+	"github.com/anivault/anivault/events"
+)
+
+// Op is one write the workload attempted, with what it learned about it.
+type Op struct {
+	Key      int64
+	Producer bool // published on metadata.upsert/metadata.delete; else HTTP PUT/DELETE
+	Delete   bool
+	Node     string // HTTP: the node's base URL
+	Start    time.Time
+	End      time.Time
+	// Acked: answered 200/202 (HTTP) or acknowledged by the stream (producer).
+	Acked bool
+	// Indeterminate: the outcome is unknown (an error, a timeout, a 5xx): the
+	// write may or may not have been applied. Never both Acked and Indeterminate.
+	Indeterminate bool
+	Status        int    // HTTP status (0 for producers and transport errors)
+	Version       int64  // HTTP: the acknowledged version
+	Seq           uint64 // producer: the stream sequence of the acknowledged message
+	Err           string
+}
+
+// Counters are the workload's running totals.
+type Counters struct {
+	HTTPCommitted, HTTPBuffered, ProducerAcked int64
+	HTTPIndeterminate, ProducerIndeterminate   int64
+	Refused, Rejected                          int64 // connection refused (never sent); 4xx (never applied)
+	Reads, ReadsUnavailable, ReadErrors        int64
+}
+
+// Acked is every acknowledged write.
+func (c Counters) Acked() int64 { return c.HTTPCommitted + c.HTTPBuffered + c.ProducerAcked }
+
+// Workload runs HTTP writers, producers and readers over overlapping keys and
+// records every write in a ledger.
+type Workload struct {
+	nodes     []string
+	js        jetstream.JetStream
+	subj      events.Subjects
+	records   map[int64]events.Record
+	httpKeys  []int64 // HTTP writers pick from these (HTTP-only and mixed)
+	prodKeys  []int64 // producers pick from these (producer-only and mixed)
+	allKeys   []int64
+	client    *http.Client
+	pause     time.Duration
+	deleteOne int // one write in deleteOne is a delete
+
+	stopping atomic.Bool
+	wg       sync.WaitGroup
+
+	mu  sync.Mutex
+	ops []Op
+
+	httpCommitted, httpBuffered, prodAcked atomic.Int64
+	httpIndet, prodIndet                   atomic.Int64
+	refused, rejected                      atomic.Int64
+	reads, readsUnavail, readErrs          atomic.Int64
+	lastErr                                atomic.Value
+}
+
+// KeySets splits the records' keys: HTTP only, mixed (both), producer only.
+type KeySets struct {
+	HTTPOnly, Mixed, ProducerOnly []int64
+}
+
+// SplitKeys puts the first 5/12 of the records in HTTPOnly, the next 2/12 in
+// Mixed and the rest in ProducerOnly.
+func SplitKeys(recs []events.Record) KeySets {
+	var ks KeySets
+	a, b := len(recs)*5/12, len(recs)*7/12
+	for i, r := range recs {
+		switch {
+		case i < a:
+			ks.HTTPOnly = append(ks.HTTPOnly, r.TMDBID)
+		case i < b:
+			ks.Mixed = append(ks.Mixed, r.TMDBID)
+		default:
+			ks.ProducerOnly = append(ks.ProducerOnly, r.TMDBID)
+		}
+	}
+	return ks
+}
+
+// NewWorkload prepares a workload against nodes (base URLs) and js.
+func NewWorkload(nodes []string, js jetstream.JetStream, subj events.Subjects, recs []events.Record, ks KeySets, pause time.Duration) *Workload {
+	w := &Workload{nodes: nodes, js: js, subj: subj, records: map[int64]events.Record{}, pause: pause, deleteOne: 7,
+		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}}
+	for _, r := range recs {
+		w.records[r.TMDBID] = r
+	}
+	w.httpKeys = append(append([]int64{}, ks.HTTPOnly...), ks.Mixed...)
+	w.prodKeys = append(append([]int64{}, ks.Mixed...), ks.ProducerOnly...)
+	w.allKeys = append(append(append([]int64{}, ks.HTTPOnly...), ks.Mixed...), ks.ProducerOnly...)
+	return w
+}
+
+// Start launches the clients; rng streams derive from seed.
+func (w *Workload) Start(seed uint64, httpWriters, producers, readers int) {
+	for i := range httpWriters {
+		rng := rand.New(rand.NewPCG(seed, 0x1000+uint64(i)))
+		w.wg.Go(func() { w.httpWriter(rng) })
+	}
+	for i := range producers {
+		rng := rand.New(rand.NewPCG(seed, 0x2000+uint64(i)))
+		w.wg.Go(func() { w.producer(rng) })
+	}
+	for i := range readers {
+		rng := rand.New(rand.NewPCG(seed, 0x3000+uint64(i)))
+		w.wg.Go(func() { w.reader(rng) })
+	}
+}
+
+// Stop asks every client to stop after its current request and waits: no
+// request is abandoned half way, so every write ends acknowledged, refused
+// or indeterminate.
+func (w *Workload) Stop() {
+	w.stopping.Store(true)
+	w.wg.Wait()
+}
+
+// Ops returns a copy of the ledger.
+func (w *Workload) Ops() []Op {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]Op(nil), w.ops...)
+}
+
+// Counters returns the running totals.
+func (w *Workload) Counters() Counters {
+	return Counters{
+		HTTPCommitted: w.httpCommitted.Load(), HTTPBuffered: w.httpBuffered.Load(), ProducerAcked: w.prodAcked.Load(),
+		HTTPIndeterminate: w.httpIndet.Load(), ProducerIndeterminate: w.prodIndet.Load(),
+		Refused: w.refused.Load(), Rejected: w.rejected.Load(),
+		Reads: w.reads.Load(), ReadsUnavailable: w.readsUnavail.Load(), ReadErrors: w.readErrs.Load(),
+	}
+}
+
+// LastError is the latest unexpected answer, for the live line.
+func (w *Workload) LastError() string {
+	s, _ := w.lastErr.Load().(string)
+	return s
+}
+
+func (w *Workload) record(op Op) {
+	w.mu.Lock()
+	w.ops = append(w.ops, op)
+	w.mu.Unlock()
+}
+
+func (w *Workload) sleep() bool {
+	if w.stopping.Load() {
+		return false
+	}
+	time.Sleep(w.pause)
+	return !w.stopping.Load()
+}
+
+func (w *Workload) body(rng *rand.Rand, id int64) []byte {
+	rec := w.records[id]
+	votes := int64(rng.IntN(100000))
+	pop := float64(rng.IntN(1000000)) / 100
+	rec.VoteCount, rec.Popularity = &votes, &pop
+	b, _ := events.Marshal(&rec)
+	return b
+}
+
+func (w *Workload) httpWriter(rng *rand.Rand) {
+	for w.sleep() {
+		id := w.httpKeys[rng.IntN(len(w.httpKeys))]
+		node := w.nodes[rng.IntN(len(w.nodes))]
+		del := rng.IntN(w.deleteOne) == 0
+		url := fmt.Sprintf("%s/v1/anime/%d", node, id)
+		var req *http.Request
+		if del {
+			req, _ = http.NewRequest(http.MethodDelete, url, nil)
+		} else {
+			req, _ = http.NewRequest(http.MethodPut, url, bytes.NewReader(w.body(rng, id)))
+		}
+		op := Op{Key: id, Delete: del, Node: node, Start: time.Now()}
+		resp, err := w.client.Do(req)
+		if err != nil {
+			op.End = time.Now()
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				w.refused.Add(1) // the node is down: the request was never sent
+				continue
+			}
+			op.Indeterminate, op.Err = true, err.Error()
+			w.httpIndet.Add(1)
+			w.record(op)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		op.End, op.Status = time.Now(), resp.StatusCode
+		var wr struct {
+			Status  string `json:"status"`
+			Version int64  `json:"version"`
+		}
+		switch {
+		case (resp.StatusCode == 200 || resp.StatusCode == 202) && json.Unmarshal(b, &wr) == nil && wr.Version > 0:
+			op.Acked, op.Version = true, wr.Version
+			if resp.StatusCode == 200 {
+				w.httpCommitted.Add(1)
+			} else {
+				w.httpBuffered.Add(1)
+			}
+		case resp.StatusCode == 400 || resp.StatusCode == 404 || resp.StatusCode == 413:
+			// A definite refusal: nothing was applied. Never expected from this workload.
+			op.Err = string(bytes.TrimSpace(b))
+			w.rejected.Add(1)
+			w.lastErr.Store(fmt.Sprintf("%s %s: %d %s", req.Method, url, resp.StatusCode, op.Err))
+		default:
+			op.Indeterminate, op.Err = true, string(bytes.TrimSpace(b))
+			w.httpIndet.Add(1)
+			w.lastErr.Store(fmt.Sprintf("%s %s: %d %s", req.Method, url, resp.StatusCode, op.Err))
+		}
+		w.record(op)
+	}
+}
+
+// producerBudget is how long a producer retries one publish (same message id,
+// so the stream keeps at most one copy) before it calls the outcome unknown.
+const producerBudget = 15 * time.Second
+
+func (w *Workload) producer(rng *rand.Rand) {
+	for w.sleep() {
+		id := w.prodKeys[rng.IntN(len(w.prodKeys))]
+		del := rng.IntN(w.deleteOne) == 0
+		msg := &nats.Msg{Subject: w.subj.Of(events.SubjectMetadataUpsert)}
+		if del {
+			msg.Subject = w.subj.Of(events.SubjectMetadataDelete)
+			msg.Data, _ = json.Marshal(events.DeleteRequest{TMDBID: id})
+		} else {
+			msg.Data = w.body(rng, id)
+		}
+		msgID := nuid.Next()
+		op := Op{Key: id, Producer: true, Delete: del, Start: time.Now()}
+		deadline := op.Start.Add(producerBudget)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ack, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+			cancel()
+			if err == nil {
+				op.Acked, op.Seq = true, ack.Sequence
+				w.prodAcked.Add(1)
+				break
+			}
+			op.Err = err.Error()
+			if time.Now().After(deadline) {
+				op.Indeterminate = true
+				w.prodIndet.Add(1)
+				w.lastErr.Store("publish: " + err.Error())
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		op.End = time.Now()
+		w.record(op)
+	}
+}
+
+func (w *Workload) reader(rng *rand.Rand) {
+	for w.sleep() {
+		id := w.allKeys[rng.IntN(len(w.allKeys))]
+		node := w.nodes[rng.IntN(len(w.nodes))]
+		resp, err := w.client.Get(fmt.Sprintf("%s/v1/anime/%d", node, id))
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				w.readErrs.Add(1)
+			}
+			continue
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case 200, 404:
+			w.reads.Add(1)
+		case 503:
+			w.readsUnavail.Add(1) // not cached while the database is away: an honest answer
+		default:
+			w.readErrs.Add(1)
+		}
+	}
+}
