@@ -157,7 +157,7 @@ func (r *runner) profiles(ctx context.Context) {
 		add("reads", "read path on a cache hit, in process (the node's mux, metrics middleware, mode lock, request context, cache lookup) beside the bare handler",
 			"cpu", "^BenchmarkReadPath$/^node$", "3s")
 	}
-	if w := rep.Writes; w != nil && w.BufferedOverRawJS < 2 {
+	if w := rep.Writes; w != nil {
 		add("writes", "CPU of one PUT on the node besides I/O, in process (decode + validate, buffered-write encoding, cache encoding, metadata.changed encoding)",
 			"cpu", "^BenchmarkWritePathCPU$", "2s")
 	}

@@ -44,7 +44,7 @@ const bigBase = 70_000_000
 // times their replay with the default REPLAY_BATCH_SIZE, giving up after a
 // limit; then it finishes the replay with a smaller REPLAY_BATCH_SIZE.
 func (r *runner) replayBig(ctx context.Context, n, per int) (*bigReplay, error) {
-	b := &bigReplay{PerMsg: per, RowsPerFetch: min(n, 500*per), Limit: 40 * time.Second}
+	b := &bigReplay{PerMsg: per, RowsPerFetch: min(n, 500*per), Limit: 30 * time.Second}
 	if err := r.waitNormalEmpty(ctx, time.Minute); err != nil {
 		return b, err
 	}

@@ -168,8 +168,8 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 		r.writesPerMsg = res.WritesPerMsg
 	}
 	r.say("  group commit: %d writes in %d buffer messages (%.1f per message)", accepted, res.BufferMsgs, res.WritesPerMsg)
-	if res.RawJetStream.RPS() > 0 && res.Buffered.RPS()/res.RawJetStream.RPS() < 2 {
-		r.say("writes: buffered/raw < 2: profiling the node with perf during another buffered run")
+	{
+		r.say("writes: profiling the node with perf during another buffered run")
 		res.NodePerfProfile = r.perfProfile(ctx, r.nodeA.Pid(), 6*time.Second, func(d time.Duration) {
 			runFixed(ctx, "profile", r.cfg.conns, 500*time.Millisecond, d, nil, putOp(r.nodeA.URL(), 202))
 		})

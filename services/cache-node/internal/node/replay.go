@@ -12,6 +12,9 @@ import (
 	"github.com/anivault/anivault/pkg/metastore"
 )
 
+// replayChunkRows bounds the rows of one replay statement.
+const replayChunkRows = 1000
+
 // replayState tracks the replay running for one recovering epoch.
 type replayState struct {
 	mu     sync.Mutex
@@ -176,23 +179,33 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 		}
 		good = append(good, m)
 	}
-	if len(writes) > 0 {
+	// One fetch may hold many group-committed messages of up to hundreds of
+	// writes each: apply them in statements of at most replayChunkRows rows,
+	// each within its own database budget, so a large backlog never turns into
+	// one statement that cannot finish in time. The messages are acknowledged
+	// only after every chunk committed; a chunk applied before a failure is
+	// harmless when the batch comes back (its versions make it stale).
+	var applied, stale int64
+	for start := 0; start < len(writes); start += replayChunkRows {
+		chunk := writes[start:min(start+replayChunkRows, len(writes))]
 		var res metastore.Result
 		err := n.dbCall(ctx, func(ctx context.Context) error {
 			var err error
-			res, err = n.store.ApplyBatch(ctx, writes)
+			res, err = n.store.ApplyBatch(ctx, chunk)
 			return err
 		})
 		if err != nil {
 			return err
 		}
-		total.replayed += int64(res.Applied)
-		total.stale += int64(res.Stale)
-		n.replayedTotal.Add(int64(res.Applied))
-		n.staleTotal.Add(int64(res.Stale))
-		n.metrics.replayed.Add(float64(res.Applied))
-		n.metrics.replayStale.Add(float64(res.Stale))
+		applied += int64(res.Applied)
+		stale += int64(res.Stale)
 	}
+	total.replayed += applied
+	total.stale += stale
+	n.replayedTotal.Add(applied)
+	n.staleTotal.Add(stale)
+	n.metrics.replayed.Add(float64(applied))
+	n.metrics.replayStale.Add(float64(stale))
 	// Acknowledge in a pipeline and wait only for the last one: the server
 	// processes acks in order, so when the last is confirmed all are.
 	for i, m := range good {
