@@ -377,7 +377,7 @@ func renderReport(rep *Report) string {
 		p("## 7. Go micro-benchmarks\n\n`%s` (raw output also in `micro-bench.txt`; feed two such files to `benchstat`):\n\n```\n%s\n```\n\n", rep.MicroCommand, strings.TrimSpace(rep.Micro))
 	}
 	if len(rep.Profiles) > 0 {
-		p("## Profiles for goals not met\n\n")
+		p("## Profiles (goals not met, and the write path, which the closing note quotes)\n\n")
 		for _, pr := range rep.Profiles {
 			p("### %s: %s\n\n```\n$ %s\n%s\n```\n\n", pr.Goal, pr.Title, pr.Command, pr.Text)
 		}

@@ -311,21 +311,25 @@ func TestNATSRestartInCacheOnly(t *testing.T) {
 	if err := s.NATS.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Once reconnected, writes are buffered again (503 while NATS is away is allowed, never a false 202).
-	if err := procs.Eventually(30*time.Second, 50*time.Millisecond, func() error {
-		r, err := n1.Put(anime(9999, "after restart"))
-		if err != nil {
-			return err
+	// Once each node reconnected, writes are buffered again (503 while NATS is
+	// away is allowed, never a false 202).
+	for i, n := range []*Node{n1, n2} {
+		id := int64(9998 + i)
+		if err := procs.Eventually(30*time.Second, 50*time.Millisecond, func() error {
+			r, err := n.Put(anime(id, "after restart"))
+			if err != nil {
+				return err
+			}
+			if r.Code != 202 {
+				return fmt.Errorf("put on %s after restart: %d %s", n.ID, r.Code, r.Body)
+			}
+			var wr WriteResult
+			_ = json.Unmarshal(r.Body, &wr)
+			l.ack(id, wr.Version, false)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
-		if r.Code != 202 {
-			return fmt.Errorf("put after restart: %d %s", r.Code, r.Body)
-		}
-		var wr WriteResult
-		_ = json.Unmarshal(r.Body, &wr)
-		l.ack(9999, wr.Version, false)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
 	}
 	writeAll(t, []*Node{n1, n2}, l, idRange(600, 100), false, "after nats restart", 202)
 	for _, n := range []*Node{n1, n2} {
