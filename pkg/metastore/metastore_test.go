@@ -16,7 +16,7 @@ import (
 
 func newStore(t *testing.T) *metastore.Store {
 	t.Helper()
-	db, err := pgdb.Open(pgdb.Config{DSN: pgtest.NewDatabase(t)})
+	db, err := pgdb.Open(pgdb.Config{DSN: pgtest.NewDatabase(t), ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
