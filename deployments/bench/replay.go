@@ -54,7 +54,7 @@ func (r *runner) replayBig(ctx context.Context, n, per int) (*bigReplay, error) 
 	if _, err := r.waitModes(ctx, r.st.Nodes, events.ModeCacheOnly, 10*time.Second); err != nil {
 		return b, err
 	}
-	r.say("replay: %d writes in messages of %d (one fetch of 500 messages = %d rows in one statement)", n, per, b.RowsPerFetch)
+	r.say("replay: %d writes in messages of %d (one fetch of 500 messages = %d rows)", n, per, b.RowsPerFetch)
 	msgs, err := r.publishBuffer(ctx, bigBase, n, per)
 	if err != nil {
 		return b, err

@@ -307,7 +307,7 @@ func renderReport(rep *Report) string {
 		}
 		if bg := r.Big; bg != nil && bg.Run != nil {
 			rr := bg.Run
-			p("**Full group-commit messages.** %s writes in messages of %d (the `BUFFER_GROUP_COMMIT_MAX` default, reached when many clients write during an outage): one fetch of 500 messages is one statement of %s rows. ",
+			p("**Full group-commit messages.** %s writes in messages of %d (the `BUFFER_GROUP_COMMIT_MAX` default, reached when many clients write during an outage): one fetch of 500 messages holds %s rows. ",
 				commas(int64(rr.Writes)), bg.PerMsg, commas(int64(bg.RowsPerFetch)))
 			if rr.TimedOut {
 				p("The replay **did not finish within %s**: %d attempts failed with `%s`, each one retried whole. Restarted with REPLAY_BATCH_SIZE=%d it finished %s later. Rows present afterwards: %s of %s.\n\n",

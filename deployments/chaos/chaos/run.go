@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
 
 	"github.com/anivault/anivault/deployments/local/fixtures"
 	"github.com/anivault/anivault/deployments/local/stack"
@@ -1073,7 +1074,7 @@ func (r *runner) checkConnections(ctx context.Context) *Check {
 		}
 		parts = append(parts, fmt.Sprintf("%s %d", name, row.Count))
 		if lim, ok := limits[row.App]; ok && row.Count > lim {
-			c.fail("%s holds %d server connections (at most %d expected) after the drain", row.App, row.Count, lim)
+			c.fail("%s holds %d server connections (at most %d expected) after the drain:%s", row.App, row.Count, lim, connDetails(qctx, db, row.App))
 		}
 	}
 	c.Detail = "server connections after the drain: " + strings.Join(parts, ", ")
@@ -1151,4 +1152,27 @@ func unknownCauses(ops []Op) map[string]int {
 		m[truncate(cause, 110)]++
 	}
 	return m
+}
+
+// connDetails lists an application's server connections: when each started,
+// its state and since when, and its last query.
+func connDetails(ctx context.Context, db *bun.DB, app string) string {
+	var rows []struct {
+		Age   float64 `bun:"age"`
+		State string  `bun:"state"`
+		Since float64 `bun:"since"`
+		Port  int     `bun:"port"`
+		Query string  `bun:"query"`
+	}
+	err := db.NewRaw(`SELECT extract(epoch FROM now() - backend_start)::float8 AS age, coalesce(state, '') AS state,
+		coalesce(extract(epoch FROM now() - state_change), 0)::float8 AS since, coalesce(client_port, 0) AS port, left(coalesce(query, ''), 60) AS query
+		FROM pg_stat_activity WHERE application_name = ? AND backend_type = 'client backend' ORDER BY backend_start LIMIT 12`, app).Scan(ctx, &rows)
+	if err != nil {
+		return " (details: " + err.Error() + ")"
+	}
+	var b strings.Builder
+	for _, r := range rows {
+		fmt.Fprintf(&b, "\n           started %.1fs ago, %s for %.1fs, client port %d, last query %q", r.Age, r.State, r.Since, r.Port, r.Query)
+	}
+	return b.String()
 }
