@@ -143,9 +143,18 @@ func (jsUnmarshaler) Unmarshal(m jetstream.Msg) (*message.Message, error) {
 	return wm, nil
 }
 
+// coreUnmarshaler converts a core NATS message. It also clears the message's
+// reply subject, which makes watermill-nats' Ack a no-op: events such as
+// db.health are published through JetStream, so their reply subject is the
+// publisher's PubAck inbox. Acknowledging into it (watermill-nats sends
+// AckSync and waits up to 5 s for an answer that never comes) stalls the
+// subscription to one message per 5 s, and the publisher may read the "+ACK"
+// as its PubAck and fail ("invalid jetstream publish response"). A core
+// subscriber of events has nothing to acknowledge.
 type coreUnmarshaler struct{}
 
 func (coreUnmarshaler) Unmarshal(m *nats.Msg) (*message.Message, error) {
+	m.Reply = ""
 	md := make(message.Metadata)
 	for k, v := range m.Header {
 		if len(v) > 0 && k != wmn.WatermillUUIDHdr {
