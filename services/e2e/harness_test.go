@@ -489,3 +489,6 @@ func (e Event) Mode() events.ModeChanged {
 	_ = json.Unmarshal(e.Data, &mc)
 	return mc
 }
+
+// streamName is the name of one of the system's streams under its prefix.
+func (s *System) streamName(base string) string { return events.NewSubjects(s.opts.Prefix).Name(base) }

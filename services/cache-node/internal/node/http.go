@@ -167,6 +167,7 @@ func (n *Node) statusLoop(ctx context.Context) {
 	for {
 		n.refreshBufferStatus(ctx)
 		go n.backgroundDrain(ctx)
+		go n.sweepWriteOrphans(ctx)
 		ns := n.nodeStatus()
 		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), ns); err != nil {
 			n.log.Debug("publish node.status failed", "error", err)

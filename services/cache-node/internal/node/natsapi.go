@@ -10,11 +10,13 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/hlc"
 	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/topology"
 	"github.com/anivault/anivault/pkg/wmnats"
 )
 
@@ -105,6 +107,41 @@ func (n *Node) handleProducerWrite(msg *message.Message) error {
 	}
 	_, err = n.write(msg.Context(), w)
 	return err // an unavailable write is retried, then nacked and redelivered: never lost
+}
+
+// sweepWriteOrphans applies and removes producers' writes that a NATS restart
+// left in the write stream after the writer consumer saw them acknowledged
+// (see topology.SweepOrphans). Each is handled as if delivered again: its
+// version is its stream timestamp, so a repeat is stale.
+func (n *Node) sweepWriteOrphans(ctx context.Context) {
+	if n.currentMode() != events.ModeNormal || !n.sweepMu.TryLock() {
+		return
+	}
+	defer n.sweepMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	removed, err := topology.SweepOrphans(ctx, n.js, n.subj.Name(events.StreamMetadata), n.subj.Name(events.ConsumerMetadataWriter), 500,
+		func(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
+			for _, m := range msgs {
+				wm := message.NewMessage(fmt.Sprintf("%s-%d", events.StreamMetadata, m.Sequence), m.Data)
+				wm.Metadata.Set(wmnats.MetaSubject, m.Subject)
+				wm.Metadata.Set(wmnats.MetaTimestamp, strconv.FormatInt(m.Time.UnixNano(), 10))
+				wm.SetContext(ctx)
+				if err := n.handleProducerWrite(wm); err != nil && !wmnats.IsPermanent(err) {
+					return err
+				}
+			}
+			return nil
+		})
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.Warn("orphan sweep of the producers' write stream failed", "error", err)
+		}
+		return
+	}
+	if removed > 0 {
+		n.log.Warn("the producers' write stream held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
+	}
 }
 
 // handleChanged refreshes the cache from another node's committed or buffered write.

@@ -94,6 +94,8 @@ type Node struct {
 
 	// drainMu lets one drain of the buffer run at a time in this node.
 	drainMu sync.Mutex
+	// sweepMu lets one orphan sweep of the producers' write stream run at a time.
+	sweepMu sync.Mutex
 
 	acceptedTotal atomic.Int64
 	replayedTotal atomic.Int64

@@ -10,6 +10,7 @@ import (
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/topology"
 )
 
 // replayChunkRows bounds the rows of one replay statement.
@@ -142,6 +143,9 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 			// Empty means nothing pending and nothing in flight at any node; a
 			// dead node's unacknowledged messages come back after AckWait.
 			if info.NumPending == 0 && info.NumAckPending == 0 {
+				if err := n.sweepBufferOrphans(ctx, total); err != nil {
+					return false, err
+				}
 				return true, nil
 			}
 			continue
@@ -163,49 +167,23 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 }
 
 func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *replayCounts) error {
-	var writes []metastore.Write
-	var good []jetstream.Msg
-	for _, m := range msgs {
-		bb, err := decodeBatch(m.Data())
-		if err != nil {
+	payloads := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		payloads[i] = m.Data()
+	}
+	bad, err := n.applyBuffered(ctx, payloads, total)
+	if err != nil {
+		return err
+	}
+	good := msgs[:0:0]
+	for i, m := range msgs {
+		if bad[i] {
 			// A message that can never be applied is terminated and counted, not retried forever.
-			n.log.Error("terminating undecodable buffer message", "error", err)
 			_ = m.Term()
-			total.failed++
 			continue
-		}
-		for _, w := range bb.Writes {
-			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
 		}
 		good = append(good, m)
 	}
-	// One fetch may hold many group-committed messages of up to hundreds of
-	// writes each: apply them in statements of at most replayChunkRows rows,
-	// each within its own database budget, so a large backlog never turns into
-	// one statement that cannot finish in time. The messages are acknowledged
-	// only after every chunk committed; a chunk applied before a failure is
-	// harmless when the batch comes back (its versions make it stale).
-	var applied, stale int64
-	for start := 0; start < len(writes); start += replayChunkRows {
-		chunk := writes[start:min(start+replayChunkRows, len(writes))]
-		var res metastore.Result
-		err := n.dbCall(ctx, func(ctx context.Context) error {
-			var err error
-			res, err = n.store.ApplyBatch(ctx, chunk)
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		applied += int64(res.Applied)
-		stale += int64(res.Stale)
-	}
-	total.replayed += applied
-	total.stale += stale
-	n.replayedTotal.Add(applied)
-	n.staleTotal.Add(stale)
-	n.metrics.replayed.Add(float64(applied))
-	n.metrics.replayStale.Add(float64(stale))
 	// Acknowledge in a pipeline and wait only for the last one: the server
 	// processes acks in order, so when the last is confirmed all are.
 	for i, m := range good {
@@ -224,6 +202,78 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 		}
 	}
 	return nil
+}
+
+// applyBuffered applies the writes of buffer messages and reports which
+// messages could not be decoded (counted as failed, never retried).
+func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts) (bad []bool, err error) {
+	bad = make([]bool, len(payloads))
+	var writes []metastore.Write
+	for i, p := range payloads {
+		bb, err := decodeBatch(p)
+		if err != nil {
+			n.log.Error("undecodable buffer message", "error", err)
+			bad[i] = true
+			total.failed++
+			continue
+		}
+		for _, w := range bb.Writes {
+			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
+		}
+	}
+	// One fetch may hold many group-committed messages of up to hundreds of
+	// writes each: apply them in statements of at most replayChunkRows rows,
+	// each within its own database budget, so a large backlog never turns into
+	// one statement that cannot finish in time. The messages are acknowledged
+	// only after every chunk committed; a chunk applied before a failure is
+	// harmless when the batch comes back (its versions make it stale).
+	var applied, stale int64
+	for start := 0; start < len(writes); start += replayChunkRows {
+		chunk := writes[start:min(start+replayChunkRows, len(writes))]
+		var res metastore.Result
+		err := n.dbCall(ctx, func(ctx context.Context) error {
+			var err error
+			res, err = n.store.ApplyBatch(ctx, chunk)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		applied += int64(res.Applied)
+		stale += int64(res.Stale)
+	}
+	total.replayed += applied
+	total.stale += stale
+	n.replayedTotal.Add(applied)
+	n.staleTotal.Add(stale)
+	n.metrics.replayed.Add(float64(applied))
+	n.metrics.replayStale.Add(float64(stale))
+	return bad, nil
+}
+
+// sweepBufferOrphans applies and removes buffer messages that a NATS restart
+// left in the stream after the replay consumer saw them acknowledged (see
+// topology.SweepOrphans): the replay consumer will never deliver them, and
+// the system would otherwise wait for an empty buffer for ever.
+func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) error {
+	for {
+		removed, err := topology.SweepOrphans(ctx, n.js, n.subj.Name(events.StreamBuffer), n.subj.Name(events.ConsumerReplay), 500,
+			func(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
+				payloads := make([][]byte, len(msgs))
+				for i, m := range msgs {
+					payloads[i] = m.Data
+				}
+				_, err := n.applyBuffered(ctx, payloads, total)
+				return err
+			})
+		if err != nil {
+			return err
+		}
+		if removed == 0 {
+			return nil
+		}
+		n.log.Warn("the write buffer held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
+	}
 }
 
 // backgroundDrain replays writes buffered in normal mode by the fast path (a
