@@ -175,7 +175,7 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 	}
 	for _, c := range consumers {
 		c.cfg.AckPolicy = jetstream.AckExplicitPolicy
-		c.cfg.AckWait = 30 * time.Second
+		c.cfg.AckWait = WriteAckWait
 		c.cfg.MaxDeliver = -1
 		c.cfg.DeliverPolicy = jetstream.DeliverAllPolicy
 		if _, err := t.JS.CreateOrUpdateConsumer(ctx, c.stream, c.cfg); err != nil {
@@ -184,6 +184,13 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 	}
 	return nil
 }
+
+// WriteAckWait is how long the shared write consumers wait for an
+// acknowledgement before delivering a message again (to another node): it
+// bounds how long the writes held by a node that died stay unapplied.
+// Replay reports progress (InProgress) after every statement, so a slow but
+// live node keeps its batch.
+const WriteAckWait = 10 * time.Second
 
 // EnsureWritesIfMissing creates the write streams and consumers only when the
 // buffer stream does not exist yet. Processes that do not own the buffer's

@@ -171,7 +171,14 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 	for i, m := range msgs {
 		payloads[i] = m.Data()
 	}
-	bad, err := n.applyBuffered(ctx, payloads, total)
+	// Every committed statement extends the messages' ack wait, so a slow but
+	// live replay keeps its batch and a dead node's batch returns soon.
+	progress := func() {
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+	}
+	bad, err := n.applyBuffered(ctx, payloads, total, progress)
 	if err != nil {
 		return err
 	}
@@ -206,7 +213,8 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 
 // applyBuffered applies the writes of buffer messages and reports which
 // messages could not be decoded (counted as failed, never retried).
-func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts) (bad []bool, err error) {
+// progress, if not nil, is called after each committed statement.
+func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []bool, err error) {
 	bad = make([]bool, len(payloads))
 	var writes []metastore.Write
 	for i, p := range payloads {
@@ -241,6 +249,9 @@ func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *repl
 		}
 		applied += int64(res.Applied)
 		stale += int64(res.Stale)
+		if progress != nil && start+replayChunkRows < len(writes) {
+			progress()
+		}
 	}
 	total.replayed += applied
 	total.stale += stale
@@ -263,7 +274,7 @@ func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) erro
 				for i, m := range msgs {
 					payloads[i] = m.Data
 				}
-				_, err := n.applyBuffered(ctx, payloads, total)
+				_, err := n.applyBuffered(ctx, payloads, total, nil)
 				return err
 			})
 		if err != nil {
