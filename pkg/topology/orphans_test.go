@@ -39,8 +39,18 @@ func TestSweepOrphans(t *testing.T) {
 	}
 	publish := func(from, to int) {
 		for i := from; i <= to; i++ {
-			if _, err := js.Publish(ctx, fmt.Sprintf("wq.%d", i), fmt.Appendf(nil, "m%d", i)); err != nil {
-				t.Fatal(err)
+			// Right after a restart a publish can go unanswered while the
+			// client reconnects: retry it (the message id makes it once).
+			for {
+				pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err := js.Publish(pctx, fmt.Sprintf("wq.%d", i), fmt.Appendf(nil, "m%d", i), jetstream.WithMsgID(fmt.Sprint(i)))
+				cancel()
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatalf("publish m%d: %v", i, err)
+				}
 			}
 		}
 	}
