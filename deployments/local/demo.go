@@ -21,8 +21,6 @@ import (
 	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
-	"github.com/anivault/anivault/pkg/metastore"
-	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/pgembed"
 )
 
@@ -198,7 +196,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("system did not heal: %w", err)
 	}
 	tl.mark("healed: mode normal, write buffer empty")
-	table, err := readTable(ctx, st.DSN)
+	table, err := st.ReadTable(ctx)
 	if err != nil {
 		return err
 	}
@@ -235,31 +233,6 @@ func hostPort(dsn string) (string, error) {
 		return "", fmt.Errorf("DATABASE_URL must name host:port, got %q", dsn)
 	}
 	return rest, nil
-}
-
-func readTable(ctx context.Context, dsn string) (map[int64]metastore.Version, error) {
-	db, err := pgdb.Open(pgdb.Config{DSN: dsn})
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	s, err := metastore.New(db)
-	if err != nil {
-		return nil, err
-	}
-	var lastErr error
-	for range 20 {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		v, err := s.Versions(rctx)
-		cancel()
-		if err == nil {
-			return v, nil
-		}
-		lastErr = err
-		pgdb.DropIdle(db, 2)
-		time.Sleep(250 * time.Millisecond)
-	}
-	return nil, lastErr
 }
 
 // waitHealed waits for mode normal in KV and an empty write buffer.

@@ -22,7 +22,6 @@ import (
 	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
-	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/procs"
 )
@@ -301,7 +300,7 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	r.say("drain: %s after %v", map[bool]string{true: "done", false: "NOT DONE"}[converge.OK], res.DrainTime.Round(100*time.Millisecond))
 
 	// Checks.
-	table, err := readTable(ctx, st.DSN)
+	table, err := st.ReadTable(ctx)
 	if err != nil {
 		return fmt.Errorf("read table: %w", err)
 	}
@@ -926,31 +925,6 @@ func (r *runner) checkPoison(ctx context.Context) *Check {
 		c.fail("%d messages in %s", n, events.StreamPoison)
 	}
 	return c
-}
-
-func readTable(ctx context.Context, dsn string) (map[int64]metastore.Version, error) {
-	db, err := pgdb.Open(pgdb.Config{DSN: dsn})
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
-	s, err := metastore.New(db)
-	if err != nil {
-		return nil, err
-	}
-	var lastErr error
-	for range 20 {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		v, err := s.Versions(rctx)
-		cancel()
-		if err == nil {
-			return v, nil
-		}
-		lastErr = err
-		pgdb.DropIdle(db, 2)
-		time.Sleep(250 * time.Millisecond)
-	}
-	return nil, lastErr
 }
 
 // checkCacheOnlyCause: every automatic entry into cache_only (from normal or
