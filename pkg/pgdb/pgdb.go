@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -29,6 +30,13 @@ type Config struct {
 	ConnMaxLifetime time.Duration
 	// AppName is reported to PostgreSQL as application_name.
 	AppName string
+	// StatementTimeout is set as the connections' statement_timeout, so that a
+	// statement the client gave up on (its read timeout or context expired)
+	// stops in PostgreSQL too instead of running on and holding locks. Zero
+	// means ReadTimeout plus one second (a statement cannot usefully run
+	// longer than the client waits for it); negative leaves the server's
+	// setting. A statement_timeout in the DSN wins.
+	StatementTimeout time.Duration
 }
 
 // DefaultDSN is DATABASE_URL's default.
@@ -53,6 +61,25 @@ func (c *Config) setDefaults() {
 	if c.ConnMaxLifetime <= 0 {
 		c.ConnMaxLifetime = 5 * time.Minute
 	}
+	if c.StatementTimeout == 0 {
+		c.StatementTimeout = c.ReadTimeout + time.Second
+	}
+}
+
+// withStatementTimeout adds statement_timeout to the connection parameters
+// unless the DSN set it (pgdriver.WithConnParams would replace the DSN's).
+func withStatementTimeout(d time.Duration) pgdriver.Option {
+	return func(c *pgdriver.Config) {
+		if d <= 0 {
+			return
+		}
+		if c.ConnParams == nil {
+			c.ConnParams = map[string]any{}
+		}
+		if _, ok := c.ConnParams["statement_timeout"]; !ok {
+			c.ConnParams["statement_timeout"] = strconv.FormatInt(d.Milliseconds(), 10)
+		}
+	}
 }
 
 // Open returns a bun.DB for cfg. It does not touch the network: a database
@@ -67,6 +94,7 @@ func Open(cfg Config) (*bun.DB, error) {
 		pgdriver.WithDialTimeout(cfg.DialTimeout),
 		pgdriver.WithReadTimeout(cfg.ReadTimeout),
 		pgdriver.WithWriteTimeout(cfg.WriteTimeout),
+		withStatementTimeout(cfg.StatementTimeout),
 	}
 	if cfg.AppName != "" {
 		opts = append(opts, pgdriver.WithApplicationName(cfg.AppName))
