@@ -1,8 +1,3 @@
-//go:build chaos
-
-// The short chaos schedules run with `go test -tags chaos ./services/e2e -run TestChaosShort`
-// (`go tool task chaos:short`); see the README for why they are not yet in the default run.
-
 package e2e_test
 
 import (
@@ -26,9 +21,7 @@ import (
 // schedule replays with `go run ./deployments/chaos --seed N --schedules 1
 // --duration 20s --nodes 2 --max-fault 4s --max-gap 3s`.
 func TestChaosShort(t *testing.T) {
-	if testing.Short() {
-		t.Skip("chaos schedules take about a minute each")
-	}
+	t.Parallel()
 	seeds := []uint64{11, 13, 27}
 	covered := map[chaos.Kind]bool{}
 	for _, seed := range seeds {
