@@ -6,9 +6,12 @@ package pgdb
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/uptrace/bun"
@@ -82,6 +85,58 @@ func withStatementTimeout(d time.Duration) pgdriver.Option {
 	}
 }
 
+// dialSlotKey carries, in the context of one Connect, the network connection
+// that pgdriver dialed for it.
+type dialSlotKey struct{}
+
+type dialSlot struct {
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+// withTrackedDial dials like pgdriver's default dialer and records the
+// connection in the Connect's dialSlot.
+func withTrackedDial(timeout time.Duration) pgdriver.Option {
+	return func(c *pgdriver.Config) {
+		d := &net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Minute}
+		c.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := d.DialContext(ctx, network, addr)
+			if err == nil {
+				if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
+					slot.mu.Lock()
+					slot.conn = conn
+					slot.mu.Unlock()
+				}
+			}
+			return conn, err
+		}
+	}
+}
+
+// closingConnector closes the network connection of a failed Connect.
+// pgdriver returns the error of a connection set-up that failed after the
+// dial (the startup and authentication exchange, TLS, or a SET of a
+// connection parameter timing out) without closing the socket: it stayed open
+// until garbage collection, and PostgreSQL kept a backend for it. Under
+// network latency every probe left one behind (found by the chaos runner;
+// TestProberHoldsOneConnectionThroughFaults).
+type closingConnector struct{ inner *pgdriver.Connector }
+
+func (c closingConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	slot := &dialSlot{}
+	cn, err := c.inner.Connect(context.WithValue(ctx, dialSlotKey{}, slot))
+	if err != nil {
+		slot.mu.Lock()
+		if slot.conn != nil {
+			_ = slot.conn.Close()
+		}
+		slot.mu.Unlock()
+	}
+	return cn, err
+}
+
+func (c closingConnector) Driver() driver.Driver { return c.inner.Driver() }
+
 // Open returns a bun.DB for cfg. It does not touch the network: a database
 // that is down at start is reported by the first query, not here.
 func Open(cfg Config) (*bun.DB, error) {
@@ -99,8 +154,8 @@ func Open(cfg Config) (*bun.DB, error) {
 	if cfg.AppName != "" {
 		opts = append(opts, pgdriver.WithApplicationName(cfg.AppName))
 	}
-	connector := pgdriver.NewConnector(opts...)
-	sqldb := sql.OpenDB(connector)
+	opts = append(opts, withTrackedDial(cfg.DialTimeout))
+	sqldb := sql.OpenDB(closingConnector{pgdriver.NewConnector(opts...)})
 	sqldb.SetMaxOpenConns(cfg.MaxOpenConns)
 	sqldb.SetMaxIdleConns(cfg.MaxIdleConns)
 	sqldb.SetConnMaxLifetime(cfg.ConnMaxLifetime)
@@ -198,6 +253,9 @@ func (p *Prober) Probe(ctx context.Context) (time.Duration, error) {
 	}
 	return time.Since(start), err
 }
+
+// Stats reports the prober's pool (at most one open connection).
+func (p *Prober) Stats() sql.DBStats { return p.db.Stats() }
 
 // Close closes the pool.
 func (p *Prober) Close() error { return p.db.Close() }
