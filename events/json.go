@@ -3,12 +3,11 @@ package events
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"io"
 	"reflect"
 	"strconv"
 	"strings"
 	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Marshal encodes v as JSON without HTML escaping, so that a record's encoding
@@ -24,8 +23,8 @@ func Marshal(v any) ([]byte, error) {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
-// fieldNames returns the JSON names of t's fields, embedded structs flattened.
-func fieldNames(t reflect.Type, into map[string]bool) {
+// fieldNames numbers the JSON names of t's fields from 0, embedded structs flattened.
+func fieldNames(t reflect.Type, into map[string]int) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -49,46 +48,126 @@ func fieldNames(t reflect.Type, into map[string]bool) {
 		if name == "" {
 			name = f.Name
 		}
-		into[name] = true
+		if _, ok := into[name]; !ok {
+			into[name] = len(into)
+		}
 	}
 }
 
 // checkKeys rejects top-level keys that are not exactly (case included) one of
 // v's JSON field names, and duplicate keys: encoding/json would match
-// "TITLE" to title and let a later duplicate silently win.
+// "TITLE" to title and let a later duplicate silently win. data must be
+// JSON the decoder has accepted.
 func checkKeys(data []byte, v any) error {
-	known := map[string]bool{}
+	known := map[string]int{}
 	fieldNames(reflect.TypeOf(v), known)
 	if len(known) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if _, err := dec.Token(); err != nil { // {
-		return nil // the full decode reports malformed input
+	seen := make([]bool, len(known))
+	return objectKeys(data, func(key []byte) error {
+		i, ok := known[string(key)]
+		switch {
+		case !ok:
+			return invalid(string(key), "unknown field")
+		case seen[i]:
+			return invalid(string(key), "duplicate field")
+		}
+		seen[i] = true
+		return nil
+	})
+}
+
+// The scanning helpers below walk JSON that is already known to be valid (the
+// decoder or json.Valid accepted it), so they skip rather than check syntax.
+// On other input their answer means nothing, but they never panic or loop.
+// json_internal_test.go checks them against json.Decoder.Token walks.
+
+// objectKeys calls fn with each member name of the JSON object in data, in
+// order and unescaped, and stops at the first error fn returns. fn must not
+// keep key.
+func objectKeys(data []byte, fn func(key []byte) error) error {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return nil
 	}
-	seen := map[string]bool{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil
+	i = skipSpace(data, i+1)
+	for i < len(data) && data[i] == '"' {
+		end := skipString(data, i)
+		key := data[i+1 : max(end-1, i+1)]
+		if bytes.IndexByte(key, '\\') >= 0 || !utf8.Valid(key) {
+			// Unescape as the decoder does (invalid UTF-8 becomes U+FFFD).
+			var s string
+			if err := json.Unmarshal(data[i:end], &s); err != nil {
+				return nil
+			}
+			key = []byte(s)
 		}
-		key, ok := tok.(string)
-		if !ok {
-			return nil
+		if err := fn(key); err != nil {
+			return err
 		}
-		if !known[key] {
-			return invalid(key, "unknown field")
-		}
-		if seen[key] {
-			return invalid(key, "duplicate field")
-		}
-		seen[key] = true
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return nil
+		i = skipSpace(data, end)                  // at the colon
+		i = skipValue(data, skipSpace(data, i+1)) // after the value
+		if i = skipSpace(data, i); i < len(data) && data[i] == ',' {
+			i = skipSpace(data, i+1)
 		}
 	}
 	return nil
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && isSpace(data[i]) {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index just after the string whose opening quote is data[i].
+func skipString(data []byte, i int) int {
+	for i++; i < len(data); i++ {
+		switch data[i] {
+		case '\\':
+			i++ // the escaped character cannot end the string
+		case '"':
+			return i + 1
+		}
+	}
+	return len(data)
+}
+
+// skipValue returns the index just after the value that starts at data[i].
+func skipValue(data []byte, i int) int {
+	if i >= len(data) {
+		return i
+	}
+	switch data[i] {
+	case '"':
+		return skipString(data, i)
+	case '{', '[':
+		depth := 0
+		for i < len(data) {
+			switch data[i] {
+			case '"':
+				i = skipString(data, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return i
+	default: // a number, true, false or null
+		for i < len(data) && !isSpace(data[i]) && data[i] != ',' && data[i] != '}' && data[i] != ']' {
+			i++
+		}
+		return i
+	}
 }
 
 // maxNumberLiteral bounds a number in raw_data: PostgreSQL's jsonb refuses
@@ -97,37 +176,60 @@ const maxNumberLiteral = 64
 
 // checkRawData validates raw_data beyond JSON syntax: it must be something
 // PostgreSQL's jsonb stores as given, so no NUL character, no unpaired UTF-16
-// surrogate escape and no number jsonb cannot hold.
+// surrogate escape and no number jsonb cannot hold. raw must be valid JSON.
 func checkRawData(raw []byte) error {
 	if err := checkEscapes(raw); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	for {
-		tok, err := dec.Token()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return invalid("raw_data", "must be a JSON object: %v", err)
-		}
-		switch t := tok.(type) {
-		case string:
-			if strings.IndexByte(t, 0) >= 0 {
+	// Strings (keys included) and numbers in document order. Outside strings,
+	// only a number starts with '-' or a digit.
+	for i := 0; i < len(raw); {
+		switch c := raw[i]; {
+		case c == '"':
+			end := skipString(raw, i)
+			if hasNULEscape(raw[i:end]) {
 				return invalid("raw_data", "must not contain a NUL character (\\u0000)")
 			}
-		case json.Number:
-			if len(t) > maxNumberLiteral {
-				return invalid("raw_data", "number %.20s... is longer than %d characters", string(t), maxNumberLiteral)
+			i = end
+		case c == '-' || '0' <= c && c <= '9':
+			end := skipValue(raw, i)
+			if err := checkNumber(string(raw[i:end])); err != nil {
+				return err
 			}
-			f, err := strconv.ParseFloat(string(t), 64)
-			mantissa, _, _ := strings.Cut(strings.ToLower(string(t)), "e")
-			if err != nil || (f == 0 && strings.ContainsAny(mantissa, "123456789")) {
-				return invalid("raw_data", "number %s is out of range", string(t))
-			}
+			i = end
+		default:
+			i++
 		}
 	}
+	return nil
+}
+
+// hasNULEscape reports whether the quoted JSON string s holds the escape
+// \u0000, the only way valid JSON puts a NUL character in a string.
+func hasNULEscape(s []byte) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			continue
+		}
+		if bytes.HasPrefix(s[i+1:], []byte("u0000")) {
+			return true
+		}
+		i++ // skip the escaped character: in \\u0000 the u is not an escape
+	}
+	return false
+}
+
+// checkNumber rejects a raw_data number literal jsonb cannot hold.
+func checkNumber(t string) error {
+	if len(t) > maxNumberLiteral {
+		return invalid("raw_data", "number %.20s... is longer than %d characters", t, maxNumberLiteral)
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	mantissa, _, _ := strings.Cut(strings.ToLower(t), "e")
+	if err != nil || (f == 0 && strings.ContainsAny(mantissa, "123456789")) {
+		return invalid("raw_data", "number %s is out of range", t)
+	}
+	return nil
 }
 
 // checkEscapes finds \u escapes of UTF-16 surrogates that are not paired:

@@ -82,6 +82,14 @@ const (
 	ServiceRecoveryManager = "anivault-recovery-manager"
 )
 
+// Message headers: they let a subscriber route or skip a message without
+// decoding its payload. The payload stays the contract and repeats them.
+const (
+	// HeaderSource carries the publishing process's id (the payload's source)
+	// on metadata.changed, so that a cache-node skips its own events undecoded.
+	HeaderSource = "AniVault-Source"
+)
+
 // Subjects applies a SUBJECT_PREFIX to the contract's subjects.
 type Subjects struct {
 	prefix string
