@@ -56,10 +56,10 @@ func closingNote(rep *Report) string {
 			} else {
 				p(" What would make it hold with room to spare is less CPU per write in the node.")
 			}
-			p(" The profiles show where the node's CPU goes: the in-process equivalent of one PUT's CPU besides I/O (`BenchmarkWritePathCPU`, %s) is dominated by `events.DecodeRecord` (`BenchmarkRecordDecodeValidate`: %s; the strict decoder decodes the body, tokenizes it again in `checkKeys` for exact-case and duplicate keys, tokenizes `raw_data` again with `UseNumber`, then encodes the record again in `checkReencodes`) and by encoding the record four times per write (`buffer.append` encodes the whole `BufferedWrite` only to measure its size, the batch encodes it again, `applyLocal` encodes it for the cache, `publishChanged` encodes it inside `metadata.changed`), the rest being HTTP, NATS and GC. In service code (not changed here): encode the record once per write and carry the bytes (`json.RawMessage`) into the buffer batch, the cache entry and the event, with the size taken from that encoding; validate in one tokenizing pass (keys, duplicates and `raw_data` checks together) and drop the re-encode check except for the fields that can fail it (time offsets); optionally send `metadata.changed` without the record body, which every peer decodes and re-encodes.",
+			p(" Where the node's CPU goes: the in-process equivalent of one PUT's CPU besides I/O is `BenchmarkWritePathCPU` (%s), of which `events.DecodeRecord` takes %s (`BenchmarkRecordDecodeValidate`); the rest is HTTP, NATS and GC (see the profiles). Already done to cut it: the record is encoded once per write and its bytes reused by the buffer message, the cache entry and `metadata.changed` (it used to be encoded four times); the strict decoder checks keys and `raw_data` with byte scanners over the validated JSON instead of two more tokenizing passes, and re-encodes only `updated_at` (the one field that can decode and not encode); and a node skips its own `metadata.changed` by a header before decoding it.",
 				microNs(allBenchOutput(rep), "BenchmarkWritePathCPU"), microNs(rep.Micro, "BenchmarkRecordDecodeValidate"))
 			if m := regexp.MustCompile(`(?m)^\s*([\d.]+)%\s+[\d.]+%\s+\[\.\] \S*\(\*Node\)\.handleChanged$`).FindStringSubmatch(w.NodePerfProfile); m != nil {
-				p(" A waste found in the same profile: with a single node running, `handleChanged` appears in %s%% of the node's samples (perf's inclusive figure; call chains overlap, so read it as an order of magnitude), i.e. the node decodes its **own** `metadata.changed` events: it subscribes to the subject it publishes on, and `handleChanged` unmarshals the whole event, record included, through the watermill router before it looks at `source` and drops it. Carrying the source in a header (or a per-node subject) and filtering before decoding would save it.", m[1])
+				p(" A waste found in the same profile: with a single node running, `handleChanged` appears in %s%% of the node's samples (perf's inclusive figure; call chains overlap, so read it as an order of magnitude), even though the node now skips its own events by their header before decoding: what remains is the watermill router's per-message cost (one goroutine hand-off and an ack per event). A per-node subject, or a plain core subscription for these events, would save it.", m[1])
 			}
 		}
 		p("\n")
@@ -109,15 +109,14 @@ func closingNote(rep *Report) string {
 	}
 	if mm := rep.Memory; mm != nil && len(mm.Runs) > 0 {
 		r0 := mm.Runs[0]
-		p("- **Memory.** With %s records of %d bytes offered, the cache kept its own count within the bound (%s MiB accounted in %s entries, %s evictions), but the node's RSS was **%s MiB** with default GC settings (goal ≤ 110 MiB, %s)",
-			commas(int64(mm.Records)), mm.RecordBytes, mibf(float64(r0.CacheBytes)), commas(r0.CacheSize), commas(r0.Evictions), mib(r0.RSS), metWord(r0.WithinBound))
+		p("- **Memory.** With %s records of %d bytes offered and `CACHE_MAX_MEMORY_MB=100` (the node's budget: the cache may hold three quarters of it, counted with each entry's bookkeeping, and the Go memory limit is the budget), the cache held %s MiB accounted in %s entries (%s evictions) and the node's RSS was **%s MiB** (peak %s MiB; goal ≤ 110 MiB, %s)",
+			commas(int64(mm.Records)), mm.RecordBytes, mibf(float64(r0.CacheBytes)), commas(r0.CacheSize), commas(r0.Evictions), mib(r0.RSS), mib(r0.HWM), metWord(r0.WithinBound))
 		for _, r := range mm.Runs[1:] {
-			p(" and **%s MiB** with %s (%s; %.0f GC cycles instead of %.0f, %.1f s of node CPU instead of %.1f s)", mib(r.RSS), r.Label, metWord(r.WithinBound), r.GCCycles, r0.GCCycles, r.CPU, r0.CPU)
+			p("; with %s it was **%s MiB** (%.0f GC cycles instead of %.0f, %.1f s of node CPU instead of %.1f s)", r.Label, mib(r.RSS), r.GCCycles, r0.GCCycles, r.CPU, r0.CPU)
 		}
 		p(".")
-		if len(mm.Runs) > 1 && mm.Runs[1].CacheSize > 0 {
-			r1 := mm.Runs[1]
-			p(" Under the limit the heap in use settles at %s MiB, about the live heap: %.0f bytes per cached entry for %.0f accounted.", mibf(r1.HeapInuse), r1.HeapInuse/float64(r1.CacheSize), float64(r1.CacheBytes)/float64(r1.CacheSize))
+		if r0.CacheSize > 0 {
+			p(" Under the limit the heap in use settles at %s MiB: %.0f bytes per cached entry for %.0f accounted.", mibf(r0.HeapInuse), r0.HeapInuse/float64(r0.CacheSize), float64(r0.CacheBytes)/float64(r0.CacheSize))
 		}
 		for _, pr := range rep.Profiles {
 			if pr.Goal != "memory" {
@@ -136,8 +135,8 @@ func closingNote(rep *Report) string {
 			}
 		}
 		if !r0.WithinBound {
-			p(" RSS is bigger than the cache's count for three reasons: the count covers the encoded record plus 64 bytes, while each entry also costs the LRU list element, the map slot and the allocation's size-class rounding (the in-process memory profile in the profiles section measures it); the Go collector with `GOGC=100` lets the heap grow to twice the live heap before collecting (next GC target %s MiB for %s MiB allocated, garbage included); and the runtime, the NATS and PostgreSQL clients and the idle process take %s MiB before any record. A memory limit at the bound brings RSS close to the live heap at a CPU price, and cannot go below the live heap itself. What would close it: have the node derive `GOMEMLIMIT` from its memory budget (e.g. `debug.SetMemoryLimit`) and size the cache's byte bound below it, leaving room for the idle process and the per-entry overhead — counting that overhead in the cache's accounting (a fixed per-entry cost and the allocation's capacity rather than its length) — so that `CACHE_MAX_MEMORY_MB` bounds the process, not only the payload.",
-				mibf(r0.NextGC), mibf(r0.HeapAlloc), mib(r0.RSSIdle))
+			p(" RSS is above the goal although the cache's count is an upper bound of its heap: the rest is the idle process (%s MiB RSS before any record), the garbage between two collections and the resident binary. What would close it: a larger share of the budget for the rest of the process (a smaller cache), at the price of fewer cached records.",
+				mib(r0.RSSIdle))
 		}
 		p("\n")
 	}

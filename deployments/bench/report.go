@@ -337,7 +337,7 @@ func renderReport(rep *Report) string {
 	}
 	if mm := rep.Memory; mm != nil {
 		p("## 5. Memory\n\n")
-		p("%s records of %d bytes each as served (a fixture record with a `raw_data` payload), %s MiB in all, are offered to two fresh cache-nodes at once, each with `CACHE_MAX_MEMORY_MB=100` and `CACHE_MAX_SIZE=1000000` and its own `SUBJECT_PREFIX`, as `metadata.changed` events carrying the record (the way a peer's write reaches a node; the node decodes the event, encodes the record and caches it, exactly as after a read from PostgreSQL). Publishing is paced to the slower node, so none is dropped. RSS is `VmRSS` (peak `VmHWM`) from `/proc/<pid>/status`; the Go figures come from each node's `/metrics`.\n\n",
+		p("%s records of %d bytes each as served (a fixture record with a `raw_data` payload), %s MiB in all, are offered to two fresh cache-nodes at once, each with `CACHE_MAX_MEMORY_MB=100` (the node's memory budget: a 75 MiB cache bound and, unless `GOMEMLIMIT` is set, a 100 MiB Go memory limit) and `CACHE_MAX_SIZE=1000000` and its own `SUBJECT_PREFIX`, as `metadata.changed` events carrying the record (the way a peer's write reaches a node; the node decodes the event, encodes the record and caches it, exactly as after a read from PostgreSQL). Publishing is paced to the slower node, so none is dropped. RSS is `VmRSS` (peak `VmHWM`) from `/proc/<pid>/status`; the Go figures come from each node's `/metrics`.\n\n",
 			commas(int64(mm.Records)), mm.RecordBytes, mibf(float64(mm.Records)*float64(mm.RecordBytes)))
 		p("| run | keys taken | cache entries | cache accounted (memory_usage_bytes) | evictions | RSS idle | **RSS after** | peak RSS | Go heap alloc | heap in use | next GC target | Go sys | GC cycles | node CPU | RSS ≤ 110 MiB |\n")
 		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
@@ -349,10 +349,7 @@ func renderReport(rep *Report) string {
 			p("\nOffering took %s for both nodes together.", secs(mm.Runs[0].OfferTime))
 			r0 := mm.Runs[0]
 			if r0.CacheSize > 0 {
-				p(" The cache accounts %.0f bytes per entry (the encoded record plus 64).", float64(r0.CacheBytes)/float64(r0.CacheSize))
-				if len(mm.Runs) > 1 && mm.Runs[1].CacheSize > 0 {
-					p(" Under GOMEMLIMIT the heap in use (close to the live heap) is %.0f bytes per cached entry.", mm.Runs[1].HeapInuse/float64(mm.Runs[1].CacheSize))
-				}
+				p(" The cache accounts %.0f bytes per entry (the record's allocation plus 160 bytes of bookkeeping); under the node's memory limit the heap in use (close to the live heap) is %.0f bytes per cached entry.", float64(r0.CacheBytes)/float64(r0.CacheSize), r0.HeapInuse/float64(r0.CacheSize))
 			}
 			p("\n\n")
 		}

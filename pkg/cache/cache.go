@@ -113,7 +113,11 @@ func (c *Cache[K, V]) Peek(k K) (V, bool) {
 
 // Set stores v under k as most recently used, replacing any previous value,
 // then evicts least recently used entries until both bounds hold. size is
-// the caller's estimate of v's memory in bytes (negative counts as 0). An
+// the caller's estimate of v's memory in bytes (negative counts as 0); for
+// MaxBytes to bound the heap, it should include the cache's own cost per
+// entry, which the cache does not add: an LRU list element (three pointers,
+// the key, v, an int64, and 25 bytes of expiry golang-lru keeps) and a map
+// slot (the key and a pointer, at a load between 7/16 and 7/8). An
 // entry larger than MaxBytes on its own is not stored, and any previous
 // value for k is removed so a stale value is not served; Set then returns
 // false.

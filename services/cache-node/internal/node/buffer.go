@@ -39,9 +39,8 @@ type buffer struct {
 }
 
 type bufReq struct {
-	w    events.BufferedWrite
-	size int
-	res  chan error
+	enc []byte // the encoded events.BufferedWrite
+	res chan error
 }
 
 // flushers is the number of batches that may be in flight at once.
@@ -55,13 +54,14 @@ func newBuffer(js jetstream.JetStream, subject string, window time.Duration, max
 		reqs: make(chan bufReq), done: make(chan struct{})}, nil
 }
 
-// append blocks until w is durably buffered or it failed.
-func (b *buffer) append(ctx context.Context, w events.BufferedWrite) error {
-	enc, err := events.Marshal(w)
+// append blocks until w, with body as its record's encoding (nil for a
+// delete), is durably buffered or it failed.
+func (b *buffer) append(ctx context.Context, w events.BufferedWrite, body []byte) error {
+	enc, err := encodeBufferedWrite(w, body)
 	if err != nil {
-		return fmt.Errorf("encode buffered write: %w", err)
+		return err
 	}
-	req := bufReq{w: w, size: len(enc), res: make(chan error, 1)}
+	req := bufReq{enc: enc, res: make(chan error, 1)}
 	ctx, cancel := context.WithTimeout(ctx, b.timeout)
 	defer cancel()
 	select {
@@ -92,19 +92,19 @@ func (b *buffer) run(ctx context.Context) {
 			}
 		}
 		batch := []bufReq{first}
-		bytes := first.size
+		bytes := len(first.enc)
 		timer := time.NewTimer(b.window)
 	gather:
 		for len(batch) < b.max {
 			select {
 			case r := <-b.reqs:
 				// A write that would push the message past the limit opens the next batch.
-				if bytes+r.size+64 > maxBatchBytes {
+				if bytes+len(r.enc)+64 > maxBatchBytes {
 					carry = &r
 					break gather
 				}
 				batch = append(batch, r)
-				bytes += r.size
+				bytes += len(r.enc)
 			case <-timer.C:
 				break gather
 			}
@@ -141,20 +141,16 @@ func (b *buffer) drainRefuse() {
 func (b *buffer) close(context.Context) {}
 
 func (b *buffer) publish(batch []bufReq) error {
-	bb := events.BufferBatch{Writes: make([]events.BufferedWrite, len(batch))}
+	writes := make([][]byte, len(batch))
 	for i, r := range batch {
-		bb.Writes[i] = r.w
+		writes[i] = r.enc
 	}
-	data, err := events.Marshal(bb)
-	if err != nil {
-		return fmt.Errorf("encode buffer batch: %w", err)
-	}
-	msg := &nats.Msg{Subject: b.subject, Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: b.subject, Data: encodeBatch(writes), Header: nats.Header{}}
 	msg.Header.Set(HeaderWrites, strconv.Itoa(len(batch)))
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 	defer cancel()
 	// The message id lets JetStream drop a duplicate if the client retries the publish.
-	_, err = b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(watermill.NewUUID()), jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
+	_, err := b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(watermill.NewUUID()), jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
 	if err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && (apiErr.ErrorCode == 10077 || apiErr.ErrorCode == 10047 || apiErr.ErrorCode == 10028) {

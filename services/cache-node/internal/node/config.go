@@ -20,9 +20,15 @@ type Config struct {
 	NodeID        string
 	SubjectPrefix string
 
-	// CacheMaxSize and CacheMaxMemoryMB bound the cache (CACHE_MAX_SIZE, CACHE_MAX_MEMORY_MB).
+	// CacheMaxSize bounds the cache's entries (CACHE_MAX_SIZE); CacheMaxMemoryMB
+	// is the node's memory budget (CACHE_MAX_MEMORY_MB), three quarters of
+	// which the cache may hold (see cacheBytes).
 	CacheMaxSize     int
 	CacheMaxMemoryMB int
+	// GoMemLimit is GOMEMLIMIT as set, "" when unset. The Go runtime applies
+	// it; when it is unset the node sets a soft memory limit derived from
+	// CacheMaxMemoryMB (see memoryLimit).
+	GoMemLimit string
 	// CacheDisabled turns the cache off (CACHE_DISABLED), so every read goes to the
 	// database: for benchmarks that compare the two paths.
 	CacheDisabled bool
@@ -67,6 +73,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		SubjectPrefix:    r.String("SUBJECT_PREFIX", ""),
 		CacheMaxSize:     int(r.Int("CACHE_MAX_SIZE", 1000, 1, 1<<31-1)),
 		CacheMaxMemoryMB: int(r.Int("CACHE_MAX_MEMORY_MB", 100, 1, 1<<20)),
+		GoMemLimit:       r.String("GOMEMLIMIT", ""),
 		CacheDisabled:    r.Bool("CACHE_DISABLED", false),
 		DBTimeout:        r.Duration("DB_TIMEOUT", healthTimeout),
 		DBMaxConns:       int(r.Int("DB_MAX_CONNS", 16, 1, 1000)),

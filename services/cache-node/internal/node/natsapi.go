@@ -146,6 +146,11 @@ func (n *Node) sweepWriteOrphans(ctx context.Context) {
 
 // handleChanged refreshes the cache from another node's committed or buffered write.
 func (n *Node) handleChanged(msg *message.Message) error {
+	// A node hears its own events too: skip them before decoding. An event
+	// without the header is told by its payload's source.
+	if msg.Metadata.Get(events.HeaderSource) == n.cfg.NodeID {
+		return nil
+	}
 	var ev events.MetadataChanged
 	if err := json.Unmarshal(msg.Payload, &ev); err != nil {
 		n.log.Warn("ignoring undecodable metadata.changed", "error", err)
@@ -159,7 +164,13 @@ func (n *Node) handleChanged(msg *message.Message) error {
 	case ev.Deleted:
 		n.cacheSet(ev.TMDBID, entry{version: ev.Version, deleted: true})
 	case ev.Record != nil && ev.Record.TMDBID == ev.TMDBID:
-		n.applyLocal(ev.TMDBID, ev.Version, false, ev.Record)
+		body, err := events.Marshal(ev.Record)
+		if err != nil {
+			n.log.Error("encode record for cache", "tmdb_id", ev.TMDBID, "error", err)
+			n.cache.Remove(ev.TMDBID)
+			return nil
+		}
+		n.applyLocal(ev.TMDBID, ev.Version, body)
 	default:
 		// No record to serve: drop the stale copy so the next read goes to the database.
 		if e, ok := n.cache.Peek(ev.TMDBID); ok && e.version < ev.Version {

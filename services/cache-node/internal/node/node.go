@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,7 @@ func Run(ctx context.Context, log *slog.Logger) error {
 	}
 	log = log.With("node", cfg.NodeID)
 	log.Info("starting cache-node", "nats", cfg.NATS, "http_addr", cfg.HTTPAddr, "prefix", cfg.SubjectPrefix)
+	applyMemoryLimit(cfg, log)
 	n, err := New(cfg, log)
 	if err != nil {
 		return err
@@ -57,7 +59,53 @@ type entry struct {
 	body    []byte
 }
 
-func (e entry) size() int64 { return int64(len(e.body)) + 64 }
+// entryOverhead is what one cache entry costs the heap besides its body: the
+// LRU list element (golang-lru's entry holding the key, this entry, the
+// cache's size and an expiry time the cache does not use: 112 bytes) and the
+// map slot pointing at it (17 bytes at a load between 7/16 and 7/8: 19 to 39
+// bytes). TestEntrySizeCoversHeap measures 136 to 150 bytes; 160 keeps the
+// cache's count an upper bound.
+const entryOverhead = 160
+
+// size is what e costs the heap: its body's allocation (the capacity, which
+// is the size class the encoder's buffer grew to, not the length) and the
+// entry's bookkeeping.
+func (e entry) size() int64 { return int64(cap(e.body)) + entryOverhead }
+
+// CACHE_MAX_MEMORY_MB is the node's memory budget, not only the cache's:
+// an operator sets it to what the node may use. The cache holds at most
+// three quarters of it (cacheBytes, counted with entry.size, an upper bound
+// of what the entries cost the heap); the rest is for the idle process
+// (runtime, NATS and PostgreSQL clients, HTTP server, metrics: about 12 MiB),
+// requests in flight, group-commit batches and the garbage made between two
+// collections. Unless GOMEMLIMIT is set, the Go memory limit is the budget
+// itself (memoryLimit), so the collector keeps the process near it where
+// GOGC=100 alone would let the heap grow to twice the live heap.
+func cacheBytes(budgetMB int) int64 { return int64(budgetMB) << 20 * 3 / 4 }
+
+// minHeadroom is the least the memory limit leaves beyond a full cache: a
+// small budget cannot hold the idle process, and a limit below the live heap
+// would only make the collector run without end.
+const minHeadroom = 24 << 20
+
+// memoryLimit is the soft memory limit (runtime/debug.SetMemoryLimit) a node
+// sets when GOMEMLIMIT is unset.
+func memoryLimit(budgetMB int) int64 {
+	return max(int64(budgetMB)<<20, cacheBytes(budgetMB)+minHeadroom)
+}
+
+// applyMemoryLimit sets the soft memory limit unless GOMEMLIMIT set one, and logs it.
+func applyMemoryLimit(cfg Config, log *slog.Logger) {
+	if cfg.GoMemLimit != "" {
+		log.Info("memory limit from GOMEMLIMIT", "gomemlimit", cfg.GoMemLimit, "memory_limit_bytes", debug.SetMemoryLimit(-1),
+			"cache_max_bytes", cacheBytes(cfg.CacheMaxMemoryMB))
+		return
+	}
+	limit := memoryLimit(cfg.CacheMaxMemoryMB)
+	debug.SetMemoryLimit(limit)
+	log.Info("memory budget: cache bound and Go memory limit from CACHE_MAX_MEMORY_MB (GOMEMLIMIT unset)", "memory_limit_bytes", limit,
+		"cache_max_bytes", cacheBytes(cfg.CacheMaxMemoryMB), "cache_max_memory_mb", cfg.CacheMaxMemoryMB)
+}
 
 // Node is one cache-node process.
 type Node struct {
@@ -107,7 +155,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c, err := cache.New[int64, entry](cache.Config{MaxEntries: cfg.CacheMaxSize, MaxBytes: int64(cfg.CacheMaxMemoryMB) << 20})
+	c, err := cache.New[int64, entry](cache.Config{MaxEntries: cfg.CacheMaxSize, MaxBytes: cacheBytes(cfg.CacheMaxMemoryMB)})
 	if err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
@@ -280,13 +328,17 @@ func (n *Node) migrateLoop(ctx context.Context) {
 	}
 }
 
-// publishChanged tells every node about a committed or buffered write.
-func (n *Node) publishChanged(id, version int64, deleted, buffered bool, rec *events.Record) {
-	ev := events.MetadataChanged{
-		Envelope: events.Envelope{OccurredAt: time.Now().UTC(), Source: n.cfg.NodeID},
-		TMDBID:   id, Version: version, Deleted: deleted, Buffered: buffered, Record: rec,
+// publishChanged tells every node about a committed or buffered write: body
+// is the record's encoding, nil for a delete. The source also travels as a
+// header, so that the publishing node skips its own event without decoding it.
+func (n *Node) publishChanged(id, version int64, buffered bool, body []byte) {
+	payload, err := encodeChanged(n.cfg.NodeID, time.Now().UTC(), id, version, body == nil, buffered, body)
+	if err == nil {
+		msg := message.NewMessage(watermill.NewUUID(), payload)
+		msg.Metadata.Set(events.HeaderSource, n.cfg.NodeID)
+		err = n.corePub.Publish(n.subj.Of(events.SubjectMetadataChanged), msg)
 	}
-	if err := n.publishCore(n.subj.Of(events.SubjectMetadataChanged), ev); err != nil {
+	if err != nil {
 		n.log.Warn("publish metadata.changed failed", "tmdb_id", id, "error", err)
 	}
 }

@@ -129,11 +129,19 @@ func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
 	}
 	at := time.Now().UTC()
 	deleted := w.Record == nil
-	var rec *events.Record
+	var (
+		rec  *events.Record
+		body []byte // rec encoded once, for the cache, the buffer and metadata.changed
+	)
 	if !deleted {
 		cp := *w.Record
 		cp.Version, cp.UpdatedAt = w.Version, &at
 		rec = &cp
+		var err error
+		if body, err = events.Marshal(rec); err != nil {
+			n.metrics.writes.WithLabelValues("failed").Inc()
+			return WriteResult{}, fmt.Errorf("encode tmdb:%d: %w", w.TMDBID, err)
+		}
 	}
 
 	if n.currentMode() != events.ModeCacheOnly {
@@ -143,8 +151,8 @@ func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
 		})
 		if err == nil {
 			n.metrics.writes.WithLabelValues("committed").Inc()
-			n.applyLocal(w.TMDBID, w.Version, deleted, rec)
-			n.publishChanged(w.TMDBID, w.Version, deleted, false, rec)
+			n.applyLocal(w.TMDBID, w.Version, body)
+			n.publishChanged(w.TMDBID, w.Version, false, body)
 			return WriteResult{Status: "committed", Version: w.Version}, nil
 		}
 		if !resilience.IsUnavailable(err) || ctx.Err() != nil {
@@ -154,29 +162,24 @@ func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
 		n.log.Warn("database write failed, buffering instead", "tmdb_id", w.TMDBID, "version", w.Version, "error", err)
 	}
 
-	bw := events.BufferedWrite{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, AcceptedAt: at, Node: n.cfg.NodeID, Record: rec}
-	if err := n.buffer.append(ctx, bw); err != nil {
+	bw := events.BufferedWrite{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, AcceptedAt: at, Node: n.cfg.NodeID}
+	if err := n.buffer.append(ctx, bw, body); err != nil {
 		n.metrics.writes.WithLabelValues("failed").Inc()
 		n.log.Error("write could not be buffered", "tmdb_id", w.TMDBID, "error", err)
 		return WriteResult{}, fmt.Errorf("%w: write could be neither committed nor durably buffered: %v", ErrUnavailable, err)
 	}
 	n.acceptedTotal.Add(1)
 	n.metrics.writes.WithLabelValues("buffered").Inc()
-	n.applyLocal(w.TMDBID, w.Version, deleted, rec)
-	n.publishChanged(w.TMDBID, w.Version, deleted, true, rec)
+	n.applyLocal(w.TMDBID, w.Version, body)
+	n.publishChanged(w.TMDBID, w.Version, true, body)
 	return WriteResult{Status: "buffered", Version: w.Version}, nil
 }
 
-// applyLocal puts a durable write into this node's cache.
-func (n *Node) applyLocal(id, version int64, deleted bool, rec *events.Record) {
-	if deleted || rec == nil {
+// applyLocal puts a durable write into this node's cache: body is the
+// record's encoding (version and updated_at included), nil for a delete.
+func (n *Node) applyLocal(id, version int64, body []byte) {
+	if body == nil {
 		n.cacheSet(id, entry{version: version, deleted: true})
-		return
-	}
-	body, err := events.Marshal(rec)
-	if err != nil {
-		n.log.Error("encode record for cache", "tmdb_id", id, "error", err)
-		n.cache.Remove(id)
 		return
 	}
 	n.cacheSet(id, entry{version: version, body: body})
