@@ -110,7 +110,28 @@ func (b *buffer) run(ctx context.Context) {
 			}
 		}
 		timer.Stop()
-		sem <- struct{}{}
+		// While every flusher is busy, the batch keeps taking writes (up to
+		// its limits) instead of making them wait for the next one: under
+		// load the messages grow, and JetStream stores fewer of them.
+		acquired := false
+	wait:
+		for carry == nil && len(batch) < b.max {
+			select {
+			case sem <- struct{}{}:
+				acquired = true
+				break wait
+			case r := <-b.reqs:
+				if bytes+len(r.enc)+64 > maxBatchBytes {
+					carry = &r
+					break wait
+				}
+				batch = append(batch, r)
+				bytes += len(r.enc)
+			}
+		}
+		if !acquired {
+			sem <- struct{}{}
+		}
 		go func(batch []bufReq) {
 			defer func() { <-sem }()
 			err := b.publish(batch)

@@ -28,7 +28,7 @@ func testNode(t *testing.T, id string, nc *nats.Conn) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.corePub, err = wmnats.NewCorePublisher(nc, watermill.NopLogger{}); err != nil {
+	if n.changedPub, err = wmnats.NewCorePublisher(nc, watermill.NopLogger{}); err != nil {
 		t.Fatal(err)
 	}
 	return n

@@ -127,6 +127,8 @@ type Node struct {
 	kv      jetstream.KeyValue
 	buffer  *buffer
 	corePub message.Publisher
+	// changedPub publishes metadata.changed on the subscriber's no-echo connection.
+	changedPub message.Publisher
 	jsPub   message.Publisher
 	wmLog   watermill.LoggerAdapter
 	ready   atomic.Bool
@@ -336,7 +338,7 @@ func (n *Node) publishChanged(id, version int64, buffered bool, body []byte) {
 	if err == nil {
 		msg := message.NewMessage(watermill.NewUUID(), payload)
 		msg.Metadata.Set(events.HeaderSource, n.cfg.NodeID)
-		err = n.corePub.Publish(n.subj.Of(events.SubjectMetadataChanged), msg)
+		err = n.changedPub.Publish(n.subj.Of(events.SubjectMetadataChanged), msg)
 	}
 	if err != nil {
 		n.log.Warn("publish metadata.changed failed", "tmdb_id", id, "error", err)
