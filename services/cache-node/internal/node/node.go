@@ -129,9 +129,9 @@ type Node struct {
 	corePub message.Publisher
 	// changedPub publishes metadata.changed on the subscriber's no-echo connection.
 	changedPub message.Publisher
-	jsPub   message.Publisher
-	wmLog   watermill.LoggerAdapter
-	ready   atomic.Bool
+	jsPub      message.Publisher
+	wmLog      watermill.LoggerAdapter
+	ready      atomic.Bool
 	// migrated is set once the schema exists; until then the database counts as unavailable.
 	migrated atomic.Bool
 	// migrateTried is set after the first migration attempt, success or not.
