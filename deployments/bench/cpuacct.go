@@ -46,7 +46,11 @@ func (w *cpuWatch) end(wall float64) {
 }
 
 // procCPU returns utime+stime of pid in seconds (0 when unknown).
-func procCPU(pid int) float64 {
+func procCPU(pid int) float64 { return procTimes(pid, false) }
+
+// procTimes returns utime+stime of pid in seconds, plus cutime+cstime (the
+// CPU of its children that exited and were waited for) with reaped.
+func procTimes(pid int, reaped bool) float64 {
 	if pid <= 0 {
 		return 0
 	}
@@ -66,12 +70,19 @@ func procCPU(pid int) float64 {
 	}
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
+	if reaped && len(f) >= 15 {
+		cut, _ := strconv.ParseFloat(f[13], 64)
+		cst, _ := strconv.ParseFloat(f[14], 64)
+		ut, st = ut+cut, st+cst
+	}
 	return (ut + st) / clockTicks
 }
 
-// postgresCPU sums the CPU time of our PostgreSQL: the postmaster and its
-// live children (backends, writer, WAL writer, checkpointer). Other
-// PostgreSQL servers on the machine are not counted.
+// postgresCPU sums the CPU time of our PostgreSQL: the postmaster, its live
+// children (backends, writer, WAL writer, checkpointer) and the children that
+// exited (backends of closed connections: the postmaster's cutime and
+// cstime), so that the sum never goes down. Other PostgreSQL servers on the
+// machine are not counted.
 func postgresCPU() float64 {
 	b, err := os.ReadFile(filepath.Join(pgDataDir, "postmaster.pid"))
 	if err != nil {
@@ -82,7 +93,7 @@ func postgresCPU() float64 {
 	if err != nil {
 		return 0
 	}
-	sum := procCPU(pm)
+	sum := procTimes(pm, true)
 	dirs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, d := range dirs {
 		pid, _ := strconv.Atoi(filepath.Base(d))
