@@ -93,18 +93,22 @@ func (b *buffer) run(ctx context.Context) {
 		}
 		batch := []bufReq{first}
 		bytes := len(first.enc)
+		// take adds r to the batch; a write that would push the message past
+		// the size limit is carried over to open the next batch instead.
+		take := func(r bufReq) {
+			if bytes+len(r.enc)+64 > maxBatchBytes {
+				carry = &r
+				return
+			}
+			batch = append(batch, r)
+			bytes += len(r.enc)
+		}
 		timer := time.NewTimer(b.window)
 	gather:
-		for len(batch) < b.max {
+		for carry == nil && len(batch) < b.max {
 			select {
 			case r := <-b.reqs:
-				// A write that would push the message past the limit opens the next batch.
-				if bytes+len(r.enc)+64 > maxBatchBytes {
-					carry = &r
-					break gather
-				}
-				batch = append(batch, r)
-				bytes += len(r.enc)
+				take(r)
 			case <-timer.C:
 				break gather
 			}
@@ -121,12 +125,7 @@ func (b *buffer) run(ctx context.Context) {
 				acquired = true
 				break wait
 			case r := <-b.reqs:
-				if bytes+len(r.enc)+64 > maxBatchBytes {
-					carry = &r
-					break wait
-				}
-				batch = append(batch, r)
-				bytes += len(r.enc)
+				take(r)
 			}
 		}
 		if !acquired {
