@@ -219,3 +219,58 @@ func FuzzDecodeStrictModeChanged(f *testing.F) {
 		}
 	})
 }
+
+// FuzzEventPayloads: every other payload that arrives over NATS (the events
+// the services consume, the operator's request, a buffer message) decodes
+// strictly without panicking; an error is a *ValidationError; an accepted
+// payload re-encodes to JSON that decodes again to the same encoding.
+func FuzzEventPayloads(f *testing.F) {
+	for _, s := range []string{
+		`{"occurred_at":"2026-01-01T00:00:00Z","source":"hm-1","status":"healthy","latency_ms":1.5,"consecutive_failures":0,"consecutive_successes":3}`,
+		`{"occurred_at":"2026-01-01T00:00:00Z","source":"hm-1","reason":"2 consecutive health checks failed","consecutive_failures":2}`,
+		`{"occurred_at":"2026-01-01T00:00:00Z","source":"hm-1","downtime_seconds":14.7}`,
+		`{"occurred_at":"2026-01-01T00:00:00Z","source":"n1","epoch":2,"replayed":157,"skipped_stale":2388,"failed":0,"duration_ms":10493}`,
+		`{"id":"n1","mode":"normal","epoch":3,"replayed_epoch":2,"circuit_breaker_state":"closed"}`,
+		`{"writes":[{"tmdb_id":1,"version":5,"deleted":true,"accepted_at":"2026-01-01T00:00:00Z","node":"n1"}]}`,
+		`{"reason":"planned maintenance"}`,
+		`{"occurred_at":"2026-01-01T00:00:00Z","source":"n1","tmdb_id":1,"version":5,"deleted":false,"buffered":true,"record":{"tmdb_id":1,"title":"A"}}`,
+		`{"epoch":"1"}`, `{"writes":[{"tmdb_id":1e999}]}`, `{"reason":"\ud800"}`, `{}`, `[]`, `null`, ``,
+	} {
+		for kind := range uint8(8) {
+			f.Add(kind, []byte(s))
+		}
+	}
+	f.Fuzz(func(t *testing.T, kind uint8, data []byte) {
+		newValue := []func() any{
+			func() any { return new(events.DBHealth) },
+			func() any { return new(events.DBUnhealthy) },
+			func() any { return new(events.DBRecovered) },
+			func() any { return new(events.ReplayCompleted) },
+			func() any { return new(events.NodeStatus) },
+			func() any { return new(events.BufferBatch) },
+			func() any { return new(events.CacheOnlyEnterRequest) },
+			func() any { return new(events.MetadataChanged) },
+		}[int(kind)%8]
+		v := newValue()
+		if err := events.DecodeStrict(data, v); err != nil {
+			checkDecodeError(t, data, err)
+			return
+		}
+		checkAcceptedPayload(t, data)
+		out, err := events.Marshal(v)
+		if err != nil {
+			t.Fatalf("%T: Marshal of an accepted payload: %v", v, err)
+		}
+		v2 := newValue()
+		if err := events.DecodeStrict(out, v2); err != nil {
+			t.Fatalf("%T: %q was accepted but its re-encoding %q is rejected: %v", v, data, out, err)
+		}
+		out2, err := events.Marshal(v2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(out, out2) {
+			t.Fatalf("%T: re-encoding is not stable:\n %q\n %q", v, out, out2)
+		}
+	})
+}
