@@ -97,6 +97,13 @@ func TestREADMECommands(t *testing.T) {
 			continue
 		}
 		out, err := run(ctx, line).CombinedOutput()
+		// A producer's write is applied asynchronously: reading it back
+		// right after the publish may come first, as it would for a user.
+		for deadline := time.Now().Add(15 * time.Second); strings.Contains(line, "metadata.get") &&
+			!strings.Contains(string(out), `"tmdb_id"`) && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond) // the poll interval of a retried CLI command
+			out, err = run(ctx, line).CombinedOutput()
+		}
 		if err != nil {
 			t.Errorf("%s: %v\n%s", line, err, out)
 			continue
