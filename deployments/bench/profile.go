@@ -87,9 +87,12 @@ func head(l []string, n int) []string {
 	return l
 }
 
-// goProfile runs one Go benchmark of deployments/bench with -cpuprofile and
-// returns the top of `go tool pprof -top`.
-func (r *runner) goProfile(ctx context.Context, kind, bench, benchtime string, env ...string) (string, string) {
+// nodePkg holds the cache-node's in-process benchmarks.
+const nodePkg = "./services/cache-node/internal/node"
+
+// goProfile runs one Go benchmark of pkg with -cpuprofile (or -memprofile)
+// and returns the top of `go tool pprof -top`.
+func (r *runner) goProfile(ctx context.Context, pkg, kind, bench, benchtime string, env ...string) (string, string) {
 	name := strings.Map(func(c rune) rune {
 		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' {
 			return c
@@ -99,7 +102,7 @@ func (r *runner) goProfile(ctx context.Context, kind, bench, benchtime string, e
 	prof := filepath.Join(r.cfg.out, kind+"-"+name+".pprof")
 	testBin := filepath.Join(r.cfg.dir, "bench.test")
 	args := []string{"test", "-run=^$", "-bench=" + bench, "-benchtime=" + benchtime, "-benchmem", "-count=1",
-		"-" + kind + "profile=" + prof, "-o", testBin, "./deployments/bench"}
+		"-" + kind + "profile=" + prof, "-o", testBin, pkg}
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = r.cfg.moduleDir
 	cmd.Env = append(os.Environ(), env...)
@@ -130,7 +133,7 @@ func (r *runner) phaseMicro(ctx context.Context) error {
 	if r.cfg.benchtime != "" {
 		args = append(args, "-benchtime="+r.cfg.benchtime)
 	}
-	args = append(args, "./pkg/cache", "./pkg/hlc", "./pkg/resilience", "./deployments/bench/...")
+	args = append(args, "./pkg/cache", "./pkg/hlc", "./pkg/resilience", "./pkg/metastore", nodePkg, "./deployments/bench/...")
 	r.say("go %s", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = r.cfg.moduleDir
@@ -150,7 +153,7 @@ func (r *runner) profiles(ctx context.Context) {
 	rep := r.rep
 	add := func(goal, title, kind, bench, benchtime string, env ...string) {
 		r.say("profile: %s", title)
-		cmd, text := r.goProfile(ctx, kind, bench, benchtime, append(env, "BENCH_EQUIV=1")...)
+		cmd, text := r.goProfile(ctx, nodePkg, kind, bench, benchtime, append(env, "BENCH_EQUIV=1")...)
 		rep.Profiles = append(rep.Profiles, Profile{Goal: goal, Title: title, Command: cmd, Text: text})
 	}
 	if rd := rep.Reads; rd != nil && rd.HitsOverCeiling < 0.7 {
@@ -162,11 +165,11 @@ func (r *runner) profiles(ctx context.Context) {
 			"cpu", "^BenchmarkWritePathCPU$", "2s")
 	}
 	if rp := rep.Replay; rp != nil && rp.BestRatio < 0.5 {
-		add("replay", "replay's CPU on the node for one fetched batch, in process (decode buffer messages, build the statement)",
+		add("replay", "replay's CPU on the node for one fetched batch, in process (decode the buffer messages; building the statement is BenchmarkApplyBatchStatement among the micro-benchmarks)",
 			"cpu", "^BenchmarkReplayDecode$", "2s")
 	}
 	if m := rep.Memory; m != nil && len(m.Runs) > 0 && !m.Runs[0].WithinBound {
-		add("memory", "heap of a full 100 MiB cache of ~2 KiB records, in process (the node's entry: encoded body, accounted as len+64); memory profile, in-use bytes",
+		add("memory", "heap of a full 100 MiB cache of ~2 KiB records, in process (the node's entry, accounted by entry.size); memory profile, in-use bytes",
 			"mem", "^BenchmarkCacheFull2KiB$", "1x", "BENCH_HEAVY=1")
 	}
 }

@@ -172,18 +172,7 @@ func (s *Store) ApplyBatch(ctx context.Context, writes []Write) (Result, error) 
 		TMDBID  int64 `bun:"tmdb_id"`
 		Version int64 `bun:"version"`
 	}
-	_, err := s.db.NewInsert().Model(&rows).
-		On("CONFLICT (tmdb_id) DO UPDATE").
-		Set("title = EXCLUDED.title, original_title = EXCLUDED.original_title, korean_title = EXCLUDED.korean_title").
-		Set("overview = EXCLUDED.overview, poster_path = EXCLUDED.poster_path, backdrop_path = EXCLUDED.backdrop_path").
-		Set("first_air_date = EXCLUDED.first_air_date, last_air_date = EXCLUDED.last_air_date, status = EXCLUDED.status").
-		Set("vote_average = EXCLUDED.vote_average, vote_count = EXCLUDED.vote_count, popularity = EXCLUDED.popularity").
-		Set("number_of_seasons = EXCLUDED.number_of_seasons, number_of_episodes = EXCLUDED.number_of_episodes").
-		Set("genres = EXCLUDED.genres, networks = EXCLUDED.networks, raw_data = EXCLUDED.raw_data").
-		Set("version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at").
-		Where("am.version < EXCLUDED.version").
-		Returning("tmdb_id, version").
-		Exec(ctx, &applied)
+	_, err := upsertQuery(s.db, &rows).Exec(ctx, &applied)
 	if err != nil {
 		return Result{}, fmt.Errorf("apply batch of %d: %w", len(rows), err)
 	}
@@ -226,6 +215,23 @@ func (s *Store) Versions(ctx context.Context) (map[int64]Version, error) {
 type Version struct {
 	Version int64
 	Deleted bool
+}
+
+// upsertQuery is the set-based versioned upsert of rows: a row replaces the
+// stored one only if its version is newer, and the statement returns the
+// rows it applied.
+func upsertQuery(db bun.IDB, rows *[]Row) *bun.InsertQuery {
+	return db.NewInsert().Model(rows).
+		On("CONFLICT (tmdb_id) DO UPDATE").
+		Set("title = EXCLUDED.title, original_title = EXCLUDED.original_title, korean_title = EXCLUDED.korean_title").
+		Set("overview = EXCLUDED.overview, poster_path = EXCLUDED.poster_path, backdrop_path = EXCLUDED.backdrop_path").
+		Set("first_air_date = EXCLUDED.first_air_date, last_air_date = EXCLUDED.last_air_date, status = EXCLUDED.status").
+		Set("vote_average = EXCLUDED.vote_average, vote_count = EXCLUDED.vote_count, popularity = EXCLUDED.popularity").
+		Set("number_of_seasons = EXCLUDED.number_of_seasons, number_of_episodes = EXCLUDED.number_of_episodes").
+		Set("genres = EXCLUDED.genres, networks = EXCLUDED.networks, raw_data = EXCLUDED.raw_data").
+		Set("version = EXCLUDED.version, updated_at = EXCLUDED.updated_at, deleted_at = EXCLUDED.deleted_at").
+		Where("am.version < EXCLUDED.version").
+		Returning("tmdb_id, version")
 }
 
 func toRow(w Write) Row {

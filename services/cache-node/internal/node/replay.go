@@ -215,18 +215,13 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 // messages could not be decoded (counted as failed, never retried).
 // progress, if not nil, is called after each committed statement.
 func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []bool, err error) {
+	writes, errs := decodeBuffered(payloads)
 	bad = make([]bool, len(payloads))
-	var writes []metastore.Write
-	for i, p := range payloads {
-		bb, err := decodeBatch(p)
+	for i, err := range errs {
 		if err != nil {
 			n.log.Error("undecodable buffer message", "error", err)
 			bad[i] = true
 			total.failed++
-			continue
-		}
-		for _, w := range bb.Writes {
-			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
 		}
 	}
 	// One fetch may hold many group-committed messages of up to hundreds of
@@ -260,6 +255,24 @@ func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *repl
 	n.metrics.replayed.Add(float64(applied))
 	n.metrics.replayStale.Add(float64(stale))
 	return bad, nil
+}
+
+// decodeBuffered decodes buffer messages into the writes they hold, and
+// reports for each message the error that made it undecodable (nil if none).
+func decodeBuffered(payloads [][]byte) ([]metastore.Write, []error) {
+	errs := make([]error, len(payloads))
+	var writes []metastore.Write
+	for i, p := range payloads {
+		bb, err := decodeBatch(p)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		for _, w := range bb.Writes {
+			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
+		}
+	}
+	return writes, errs
 }
 
 // sweepBufferOrphans applies and removes buffer messages that a NATS restart
