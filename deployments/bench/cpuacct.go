@@ -51,31 +51,36 @@ func procCPU(pid int) float64 { return procTimes(pid, false) }
 // procTimes returns utime+stime of pid in seconds, plus cutime+cstime (the
 // CPU of its children that exited and were waited for) with reaped.
 func procTimes(pid int, reaped bool) float64 {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command may hold spaces: fields start after the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
+	f := statFields(pid)
+	if len(f) < 15 {
 		return 0
 	}
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	if reaped && len(f) >= 15 {
+	if reaped {
 		cut, _ := strconv.ParseFloat(f[13], 64)
 		cst, _ := strconv.ParseFloat(f[14], 64)
 		ut, st = ut+cut, st+cst
 	}
 	return (ut + st) / clockTicks
+}
+
+// statFields returns the fields of /proc/<pid>/stat after the command (which
+// may hold spaces), so that f[0] is the state; nil when unknown.
+func statFields(pid int) []string {
+	if pid <= 0 {
+		return nil
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
 }
 
 // postgresCPU sums the CPU time of our PostgreSQL: the postmaster, its live
@@ -105,16 +110,7 @@ func postgresCPU() float64 {
 }
 
 func parentPid(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
+	f := statFields(pid)
 	if len(f) < 2 {
 		return 0
 	}

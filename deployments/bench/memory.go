@@ -74,7 +74,7 @@ func (r *runner) phaseMemory(ctx context.Context) error {
 	}
 	var nodes []*stack.Node
 	for i, c := range cfgs {
-		env := mergeMaps(r.common, map[string]string{"CACHE_MAX_MEMORY_MB": "100", "CACHE_MAX_SIZE": "1000000", "SUBJECT_PREFIX": c.prefix})
+		env := stack.MergeEnv(r.common, map[string]string{"CACHE_MAX_MEMORY_MB": "100", "CACHE_MAX_SIZE": "1000000", "SUBJECT_PREFIX": c.prefix})
 		label := "CACHE_MAX_MEMORY_MB=100 CACHE_MAX_SIZE=1000000 SUBJECT_PREFIX=" + c.prefix
 		if c.gomemlimit != "" {
 			env["GOMEMLIMIT"] = c.gomemlimit

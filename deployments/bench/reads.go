@@ -106,7 +106,7 @@ func (r *runner) phaseReads(ctx context.Context) error {
 		return err
 	}
 	// (b) the same cache-node with its cache disabled: every read from PostgreSQL.
-	env := mergeMaps(r.common, map[string]string{"CACHE_DISABLED": "true"})
+	env := stack.MergeEnv(r.common, map[string]string{"CACHE_DISABLED": "true"})
 	nodeDB, err := r.st.StartNode(ctx, "node-nocache", "", env)
 	if err != nil {
 		return err
@@ -205,17 +205,6 @@ func waitHTTP(ctx context.Context, url string) error {
 		}
 	}
 	return fmt.Errorf("%s did not answer 200", url)
-}
-
-func mergeMaps(a, b map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range a {
-		out[k] = v
-	}
-	for k, v := range b {
-		out[k] = v
-	}
-	return out
 }
 
 // serveStatic is the ceiling: a bare net/http handler serving the bytes the

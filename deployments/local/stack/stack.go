@@ -108,13 +108,13 @@ func (s *Stack) proc(name, bin string, env map[string]string) *procs.Proc {
 
 // StartMonitor starts the health-monitor.
 func (s *Stack) StartMonitor(env map[string]string) error {
-	s.Monitor = s.proc("health-monitor", "health-monitor", s.Env(mergeEnv(map[string]string{"NODE_ID": "health-monitor"}, env)))
+	s.Monitor = s.proc("health-monitor", "health-monitor", s.Env(MergeEnv(map[string]string{"NODE_ID": "health-monitor"}, env)))
 	return s.Monitor.Start()
 }
 
 // StartManager starts the recovery-manager.
 func (s *Stack) StartManager(env map[string]string) error {
-	s.Manager = s.proc("recovery-manager", "recovery-manager", s.Env(mergeEnv(map[string]string{"NODE_ID": "recovery-manager"}, env)))
+	s.Manager = s.proc("recovery-manager", "recovery-manager", s.Env(MergeEnv(map[string]string{"NODE_ID": "recovery-manager"}, env)))
 	return s.Manager.Start()
 }
 
@@ -128,7 +128,7 @@ func (s *Stack) StartNode(ctx context.Context, id, addr string, env map[string]s
 		addr = a
 	}
 	n := &Node{ID: id, Addr: addr}
-	n.Proc = s.proc("cache-node-"+id, "cache-node", s.Env(mergeEnv(map[string]string{"NODE_ID": id, "HTTP_ADDR": addr}, env)))
+	n.Proc = s.proc("cache-node-"+id, "cache-node", s.Env(MergeEnv(map[string]string{"NODE_ID": id, "HTTP_ADDR": addr}, env)))
 	if err := n.Start(); err != nil {
 		return nil, err
 	}
@@ -188,7 +188,8 @@ func FreeAddr() (string, error) {
 // AddrWithPort returns 127.0.0.1:port.
 func AddrWithPort(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
-func mergeEnv(a, b map[string]string) map[string]string {
+// MergeEnv returns a copy of a with the entries of b added or replacing.
+func MergeEnv(a, b map[string]string) map[string]string {
 	out := map[string]string{}
 	for k, v := range a {
 		out[k] = v
