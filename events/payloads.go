@@ -126,6 +126,16 @@ type MetadataChanged struct {
 	Record   *Record `json:"record,omitempty"`
 }
 
+// BackfillProgress is the change log backfill's progress (subject
+// changes._backfill): every row with a tmdb_id up to Cursor has been compared
+// with the log; Done once the whole table was.
+type BackfillProgress struct {
+	Cursor    int64     `json:"cursor"`
+	Done      bool      `json:"done"`
+	Published int64     `json:"published"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
 // DeleteRequest is the payload of metadata.delete.
 type DeleteRequest struct {
 	TMDBID int64 `json:"tmdb_id"`

@@ -1,6 +1,9 @@
 package events
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Subjects of the contract, without prefix. Use Subjects.Of (or the helper
 // methods) to apply SUBJECT_PREFIX.
@@ -47,6 +50,13 @@ const (
 	SubjectBufferWrites = "buffer.writes"
 	// SubjectPoison is an extension: events that could not be processed, with the reason in headers.
 	SubjectPoison = "poison.metadata"
+	// SubjectChanges is an extension: the change log, one subject per record
+	// (changes.<tmdb_id>, see ChangeSubject) holding its last durable write.
+	SubjectChanges = "changes"
+	// SubjectChangesBackfill is an extension: the progress of the change log's
+	// backfill from the table (events.BackfillProgress), kept in the log's
+	// stream so that it resumes where it stopped.
+	SubjectChangesBackfill = "changes._backfill"
 )
 
 // Stream, consumer and bucket names. A consumer's durable name is API: renaming
@@ -60,6 +70,10 @@ const (
 	StreamBuffer = "ANIVAULT_BUFFER"
 	// StreamPoison keeps messages that failed permanently, for an operator to inspect.
 	StreamPoison = "ANIVAULT_POISON"
+	// StreamChanges is the change log: a compacted replica of the table, the
+	// last durable write of every record (one subject per record, one message
+	// per subject), read by subject from any replica (direct get).
+	StreamChanges = "ANIVAULT_CHANGES"
 
 	// ConsumerMetadataWriter is the one durable consumer shared by all cache-nodes on StreamMetadata.
 	ConsumerMetadataWriter = "cache-node-writer"
@@ -88,7 +102,31 @@ const (
 	// HeaderSource carries the publishing process's id (the payload's source)
 	// on metadata.changed, so that a cache-node skips its own events undecoded.
 	HeaderSource = "AniVault-Source"
+	// HeaderVersion carries a change log entry's version, and HeaderDeleted
+	// ("true") marks a tombstone, so that a follower reading headers only
+	// knows every record's version without its body.
+	HeaderVersion = "AniVault-Version"
+	HeaderDeleted = "AniVault-Deleted"
 )
+
+// ChangeSubject returns the change log subject of a record, without prefix.
+func ChangeSubject(id int64) string {
+	return SubjectChanges + "." + strconv.FormatInt(id, 10)
+}
+
+// ChangeID returns the record id of a change log subject without prefix
+// (changes.<tmdb_id>), and false for any other subject.
+func ChangeID(base string) (int64, bool) {
+	rest, ok := strings.CutPrefix(base, SubjectChanges+".")
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != rest {
+		return 0, false
+	}
+	return id, true
+}
 
 // Subjects applies a SUBJECT_PREFIX to the contract's subjects.
 type Subjects struct {

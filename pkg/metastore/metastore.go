@@ -49,6 +49,9 @@ var migrations = []pgdb.Migration{
 	deleted_at timestamptz
 )`},
 	{Name: "index live rows", SQL: `CREATE INDEX IF NOT EXISTS anime_metadata_live_idx ON anime_metadata (updated_at) WHERE deleted_at IS NULL`},
+	// The change log's reconciliation reads the rows written recently,
+	// tombstones included.
+	{Name: "index rows by update time", SQL: `CREATE INDEX IF NOT EXISTS anime_metadata_updated_idx ON anime_metadata (updated_at)`},
 }
 
 // Migrate creates or updates the schema; safe when several processes run it at once.
@@ -207,6 +210,57 @@ func (s *Store) Versions(ctx context.Context) (map[int64]Version, error) {
 	out := make(map[int64]Version, len(rows))
 	for _, r := range rows {
 		out[r.TMDBID] = Version{Version: r.Version, Deleted: r.DeletedAt != nil}
+	}
+	return out, nil
+}
+
+// KeyVersion is one row's key, version and tombstone flag.
+type KeyVersion struct {
+	TMDBID  int64 `bun:"tmdb_id"`
+	Version int64 `bun:"version"`
+	Deleted bool  `bun:"deleted"`
+}
+
+// VersionsAfter returns up to limit rows with a tmdb_id greater than after,
+// in tmdb_id order: a resumable walk of the whole table.
+func (s *Store) VersionsAfter(ctx context.Context, after int64, limit int) ([]KeyVersion, error) {
+	var rows []KeyVersion
+	err := s.db.NewRaw(`SELECT tmdb_id, version, deleted_at IS NOT NULL AS deleted FROM anime_metadata WHERE tmdb_id > ? ORDER BY tmdb_id LIMIT ?`, after, limit).
+		Scan(ctx, &rows)
+	if err != nil {
+		return nil, fmt.Errorf("versions after %d: %w", after, err)
+	}
+	return rows, nil
+}
+
+// VersionsSince returns the rows whose updated_at is at or after since.
+func (s *Store) VersionsSince(ctx context.Context, since time.Time) ([]KeyVersion, error) {
+	var rows []KeyVersion
+	err := s.db.NewRaw(`SELECT tmdb_id, version, deleted_at IS NOT NULL AS deleted FROM anime_metadata WHERE updated_at >= ?`, since.UTC()).
+		Scan(ctx, &rows)
+	if err != nil {
+		return nil, fmt.Errorf("versions since %s: %w", since.Format(time.RFC3339), err)
+	}
+	return rows, nil
+}
+
+// GetMany returns the rows of ids that exist, tombstones included, as
+// writes at their stored version.
+func (s *Store) GetMany(ctx context.Context, ids []int64) ([]Write, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	var rows []Row
+	if err := s.db.NewSelect().Model(&rows).Where("am.tmdb_id IN (?)", bun.In(ids)).Scan(ctx); err != nil {
+		return nil, fmt.Errorf("get %d rows: %w", len(ids), err)
+	}
+	out := make([]Write, len(rows))
+	for i := range rows {
+		r := &rows[i]
+		out[i] = Write{TMDBID: r.TMDBID, Version: r.Version, Deleted: r.DeletedAt != nil, UpdatedAt: r.UpdatedAt.UTC()}
+		if r.DeletedAt == nil {
+			out[i].Record = r.Record()
+		}
 	}
 	return out, nil
 }

@@ -115,8 +115,8 @@ func (t *Topology) EnsureManagerConsumers(ctx context.Context) error {
 	return nil
 }
 
-// EnsureWrites creates the metadata stream, the write buffer, the poison stream
-// and the cache-nodes' shared durable consumers.
+// EnsureWrites creates the metadata stream, the write buffer, the change log,
+// the poison stream and the cache-nodes' shared durable consumers.
 func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error {
 	s := t.Subjects
 	limits = limits.withDefaults()
@@ -142,6 +142,20 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 			MaxBytes:    limits.MaxBytes,
 			MaxMsgSize:  MaxBufferMsgBytes,
 			Replicas:    limits.Replicas,
+		},
+		{
+			// A compacted table: one subject per record, its last message
+			// kept. No global limit, so nothing but a newer write of the same
+			// record ever removes an entry.
+			Name:              s.Name(events.StreamChanges),
+			Description:       "Change log: the last durable write of every record (changes.<tmdb_id>), a compacted replica of the table",
+			Subjects:          []string{s.Of(events.SubjectChanges + ".>")},
+			Retention:         jetstream.LimitsPolicy,
+			Discard:           jetstream.DiscardNew,
+			MaxMsgsPerSubject: 1,
+			MaxMsgSize:        MaxBufferMsgBytes,
+			AllowDirect:       true,
+			Replicas:          limits.Replicas,
 		},
 		{
 			Name:        s.Name(events.StreamPoison),

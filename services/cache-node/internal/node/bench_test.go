@@ -74,6 +74,7 @@ func benchNode(b *testing.B) *Node {
 	if err != nil {
 		b.Fatal(err)
 	}
+	n.changes.assumeCurrent()
 	return n
 }
 

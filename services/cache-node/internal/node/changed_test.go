@@ -28,6 +28,7 @@ func testNode(t *testing.T, id string, nc *nats.Conn) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n.changes.assumeCurrent()
 	if n.changedPub, err = wmnats.NewCorePublisher(nc, watermill.NopLogger{}); err != nil {
 		t.Fatal(err)
 	}

@@ -60,6 +60,20 @@ type Config struct {
 
 	// StatusInterval is how often the node publishes node.status (NODE_STATUS_INTERVAL).
 	StatusInterval time.Duration
+
+	// StalenessBound (STALENESS_BOUND) is the most a read may lag behind an
+	// acknowledged write: the node serves from its cache only while it can
+	// prove it has applied every change log entry published longer ago than
+	// this, and drops its cache when it cannot.
+	StalenessBound time.Duration
+	// CacheRevalidateAfter (CACHE_REVALIDATE_AFTER, 0 to turn off) is the age
+	// after which a cached entry is checked against the database on its next
+	// read in normal mode: a safety net for rows changed by another path.
+	CacheRevalidateAfter time.Duration
+	// LogReconcileInterval (LOG_RECONCILE_INTERVAL) is how often the node
+	// compares recently written rows with the change log and logs those the
+	// log is behind on.
+	LogReconcileInterval time.Duration
 }
 
 // LoadConfig reads the environment through r.
@@ -96,12 +110,21 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		ReplayBatchSize:     int(r.Int("REPLAY_BATCH_SIZE", 500, 1, 100_000)),
 		ReplayBatchInterval: r.Duration("REPLAY_BATCH_INTERVAL", 10*time.Millisecond),
 		StatusInterval:      r.Duration("NODE_STATUS_INTERVAL", time.Second),
+
+		StalenessBound:       r.Duration("STALENESS_BOUND", 5*time.Second),
+		CacheRevalidateAfter: r.Duration("CACHE_REVALIDATE_AFTER", time.Minute),
+		LogReconcileInterval: r.Duration("LOG_RECONCILE_INTERVAL", 10*time.Second),
 	}
 	r.Positive("HEALTH_CHECK_TIMEOUT", healthTimeout)
 	r.Positive("DB_TIMEOUT", c.DBTimeout)
 	r.Positive("BREAKER_OPEN_TIMEOUT", c.BreakerOpenTimeout)
 	r.Positive("NODE_STATUS_INTERVAL", c.StatusInterval)
 	r.Positive("BUFFER_TIMEOUT", c.BufferTimeout)
+	r.Positive("STALENESS_BOUND", c.StalenessBound)
+	r.Positive("LOG_RECONCILE_INTERVAL", c.LogReconcileInterval)
+	if c.CacheRevalidateAfter < 0 {
+		r.Fail("CACHE_REVALIDATE_AFTER", "must not be negative")
+	}
 	if c.HTTPAddr == "" {
 		r.Fail("HTTP_ADDR", "must not be empty")
 	}

@@ -23,6 +23,11 @@ type metrics struct {
 	epoch       prometheus.Gauge
 	replayed    prometheus.Counter
 	replayStale prometheus.Counter
+	// reads counts reads that missed the cache, by where they were answered from.
+	reads         *prometheus.CounterVec
+	corrections   prometheus.Counter
+	invalidations prometheus.Counter
+	reconciled    prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -32,18 +37,35 @@ func newMetrics(n *Node) *metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_http_requests_total", Help: "HTTP requests by method and status code."}, []string{"method", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "anivault_http_request_duration_seconds", Help: "HTTP request latency.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"method"}),
-		writes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_writes_total", Help: "Writes by outcome: committed, buffered, failed."}, []string{"outcome"}),
+		writes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_writes_total", Help: "Writes by outcome: committed, buffered, failed; superseded (a producer write older than the stored version), reversioned (an HTTP write versioned again above a newer one)."}, []string{"outcome"}),
 		invalid:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_invalid_requests_total", Help: "Rejected bad input by transport."}, []string{"transport"}),
 		breakerTx:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_circuit_breaker_transitions_total", Help: "Circuit breaker state changes."}, []string{"from", "to"}),
 		mode:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "anivault_mode", Help: "1 for the node's current mode."}, []string{"mode"}),
 		epoch:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "anivault_mode_epoch", Help: "Epoch of the node's current mode."}),
 		replayed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_replay_applied_total", Help: "Buffered writes applied by replay."}),
 		replayStale: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_replay_skipped_stale_total", Help: "Buffered writes skipped on replay because the row was newer."}),
+		reads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_reads_total",
+			Help: "Reads that missed the cache, by source: database, or replica (the change log)."}, []string{"source"}),
+		corrections: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_cache_corrections_total",
+			Help: "Cached entries that revalidation found different from the database (changed by another path)."}),
+		invalidations: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_cache_invalidations_total",
+			Help: "Cached entries dropped because the change log held a newer version."}),
+		reconciled: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_changelog_reconciled_total",
+			Help: "Rows the change log was behind on, logged by the reconcile pass."}),
 	}
 	stat := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.mode, m.epoch, m.replayed, m.replayStale,
+		m.reads, m.corrections, m.invalidations, m.reconciled,
+		stat("anivault_changelog_lag_seconds", "How long ago the node last proved it had applied every change log entry (reads lag writes by at most this).",
+			func() float64 { return n.changes.lag().Seconds() }),
+		stat("anivault_changelog_index_keys", "Records in the node's index of the change log.", func() float64 { return float64(n.changes.keys()) }),
+		stat("anivault_changelog_unlogged_writes", "Durable writes this node has not put in the change log yet.", func() float64 {
+			n.pendingLog.mu.Lock()
+			defer n.pendingLog.mu.Unlock()
+			return float64(len(n.pendingLog.m))
+		}),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stat("anivault_cache_entries", "Entries in the cache.", func() float64 { return float64(n.cache.Len()) }),
 		stat("anivault_cache_bytes", "Bytes of encoded records in the cache.", func() float64 { return float64(n.cache.Bytes()) }),

@@ -168,6 +168,8 @@ func (n *Node) handleChanged(msg *message.Message) error {
 	}
 	n.clock.Observe(ev.Version)
 	switch {
+	case n.changes.latest(ev.TMDBID) > ev.Version:
+		// The change log already holds a newer write.
 	case ev.Deleted:
 		n.cacheSet(ev.TMDBID, entry{version: ev.Version, deleted: true})
 	case ev.Record != nil && ev.Record.TMDBID == ev.TMDBID:

@@ -57,15 +57,16 @@ type entry struct {
 	version int64
 	deleted bool
 	body    []byte
+	at      int64 // when it was cached (unix nanos), for revalidation
 }
 
 // entryOverhead is what one cache entry costs the heap besides its body: the
-// LRU list element (golang-lru's entry holding the key, this entry, the
-// cache's size and an expiry time the cache does not use: 112 bytes) and the
-// map slot pointing at it (17 bytes at a load between 7/16 and 7/8: 19 to 39
-// bytes). TestEntrySizeCoversHeap measures 136 to 150 bytes; 160 keeps the
-// cache's count an upper bound.
-const entryOverhead = 160
+// LRU list element (golang-lru's entry holding the key, this entry with its
+// cache time, the cache's size and an expiry time the cache does not use:
+// 120 bytes) and the map slot pointing at it (17 bytes at a load between 7/16
+// and 7/8: 19 to 39 bytes). TestEntrySizeCoversHeap measures 149 to 166
+// bytes; 176 keeps the cache's count an upper bound.
+const entryOverhead = 176
 
 // size is what e costs the heap: its body's allocation (the capacity, which
 // is the size class the encoder's buffer grew to, not the length) and the
@@ -118,6 +119,13 @@ type Node struct {
 	breaker *resilience.Breaker
 	retrier *resilience.Retrier
 	metrics *metrics
+	// changes is the change log: the proof that the cache is current, the
+	// replica read during an outage.
+	changes *changeLog
+	// pendingLog holds durable writes not yet in the change log.
+	pendingLog unlogged
+	// backfillDone is set once the whole table is known to be in the change log.
+	backfillDone atomic.Bool
 
 	// Set up in Run.
 	db      *bun.DB
@@ -168,6 +176,10 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		clock: hlc.New(cfg.NodeID, nil),
 		cache: c,
 	}
+	n.changes = newChangeLog(n.subj, cfg.NodeID, cfg.StalenessBound, log)
+	n.changes.onChange = func(id, version int64, _ bool) { n.invalidate(id, version) }
+	n.changes.onLapse = func() { n.cache.Purge() }
+	n.pendingLog.m = map[int64]logEntry{}
 	n.metrics = newMetrics(n)
 	n.breaker, err = resilience.NewBreaker(resilience.BreakerConfig{
 		Name:             "postgres",
@@ -217,6 +229,9 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := n.provision(ctx); err != nil {
 		return err
 	}
+	if err := n.changes.attach(ctx, n.js); err != nil {
+		return err
+	}
 	// The database may be down at start: migrate in the background until it works.
 	go n.migrateLoop(ctx)
 
@@ -259,6 +274,9 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.buffer.run(gctx); return nil })
 	g.Go(func() error { n.watchMode(gctx); return nil })
 	g.Go(func() error { n.statusLoop(gctx); return nil })
+	g.Go(func() error { n.changes.run(gctx); return nil })
+	g.Go(func() error { n.relogLoop(gctx); return nil })
+	g.Go(func() error { n.syncLog(gctx); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		n.ready.Store(false)

@@ -28,20 +28,35 @@ type Source string
 const (
 	SourceCache    Source = "cache"
 	SourceDatabase Source = "database"
+	// SourceReplica: the change log's last entry for the record, read when the
+	// database is unavailable or holds an older version than the log.
+	SourceReplica Source = "replica"
 )
 
 // read returns the encoded record of id.
+//
+// The cache serves only while the node can prove it current (changeLog.current):
+// every write acknowledged more than the staleness bound ago has been applied
+// to it. A row read from PostgreSQL is cached only when it is at least as new
+// as the change log's latest version of the record, which the node's index
+// knows; a row older than the log (a buffered write not yet replayed) is
+// answered from the log instead.
 func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
-	if !n.cfg.CacheDisabled {
+	var revalidating *entry
+	if n.cacheUsable() {
 		if e, ok := n.cache.Get(id); ok {
-			if e.deleted {
-				return nil, SourceCache, ErrNotFound
+			if !n.needsRevalidation(e) {
+				if e.deleted {
+					return nil, SourceCache, ErrNotFound
+				}
+				return e.body, SourceCache, nil
 			}
-			return e.body, SourceCache, nil
+			revalidating = &e
 		}
 	}
-	if n.currentMode() == events.ModeCacheOnly {
-		return nil, SourceCache, fmt.Errorf("%w: database unavailable (cache-only mode) and tmdb:%d is not cached", ErrUnavailable, id)
+	mode := n.currentMode()
+	if mode == events.ModeCacheOnly {
+		return n.readReplica(ctx, id, errors.New("database unavailable (cache-only mode)"))
 	}
 	var (
 		rec     *events.Record
@@ -52,26 +67,129 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 		rec, deleted, err = n.store.Get(ctx, id)
 		return err
 	})
+	var rowVersion int64
 	switch {
 	case errors.Is(err, metastore.ErrNotFound):
-		return nil, SourceDatabase, ErrNotFound
 	case err != nil:
 		if resilience.IsUnavailable(err) {
-			return nil, SourceDatabase, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			return n.readReplica(ctx, id, err)
 		}
 		return nil, SourceDatabase, fmt.Errorf("read tmdb:%d: %w", id, err)
+	default:
+		rowVersion = rec.Version
+		n.clock.Observe(rec.Version)
 	}
-	n.clock.Observe(rec.Version)
+
+	if !n.changes.current() {
+		// The index may be behind: ask the log itself whether it holds a newer
+		// write, and cache nothing.
+		le, found, lerr := n.changes.get(ctx, id)
+		switch {
+		case lerr == nil && found && le.version > rowVersion:
+			n.metrics.reads.WithLabelValues(string(SourceReplica)).Inc()
+			return n.serveLog(le)
+		case lerr != nil && mode == events.ModeRecovering:
+			// Buffered writes are being replayed: the row may be older than
+			// one of them, and nothing can tell.
+			return nil, SourceDatabase, fmt.Errorf("%w: replay in progress and the change log is unreachable: %v", ErrUnavailable, lerr)
+		}
+		return n.serveRow(id, rec, deleted, false)
+	}
+	if n.changes.latest(id) > rowVersion {
+		le, found, lerr := n.changes.get(ctx, id)
+		if lerr == nil && found && le.version > rowVersion {
+			n.cacheLog(le)
+			n.metrics.reads.WithLabelValues(string(SourceReplica)).Inc()
+			return n.serveLog(le)
+		}
+		if lerr != nil {
+			return nil, SourceDatabase, fmt.Errorf("%w: tmdb:%d has a newer write than the database holds and the change log is unreachable: %v", ErrUnavailable, id, lerr)
+		}
+	}
+	if revalidating != nil && (rec == nil || revalidating.version != rowVersion) {
+		n.metrics.corrections.Inc()
+		n.log.Warn("cache entry corrected by revalidation", "tmdb_id", id, "cached_version", revalidating.version, "database_version", rowVersion)
+	}
+	return n.serveRow(id, rec, deleted, true)
+}
+
+// serveRow answers a row read from the database (rec nil: no row), caching it when cache is set.
+func (n *Node) serveRow(id int64, rec *events.Record, deleted, cache bool) ([]byte, Source, error) {
+	n.metrics.reads.WithLabelValues(string(SourceDatabase)).Inc()
+	if rec == nil {
+		if cache && n.revalidateAfter() > 0 {
+			// A row may have been removed by something other than the services.
+			n.cache.Remove(id)
+		}
+		return nil, SourceDatabase, ErrNotFound
+	}
 	if deleted {
-		n.cacheSet(id, entry{version: rec.Version, deleted: true})
+		if cache {
+			n.cacheSet(id, entry{version: rec.Version, deleted: true})
+		}
 		return nil, SourceDatabase, ErrNotFound
 	}
 	body, err := events.Marshal(rec)
 	if err != nil {
 		return nil, SourceDatabase, fmt.Errorf("encode tmdb:%d: %w", id, err)
 	}
-	n.cacheSet(id, entry{version: rec.Version, body: body})
+	if cache {
+		n.cacheSet(id, entry{version: rec.Version, body: body})
+	}
 	return body, SourceDatabase, nil
+}
+
+// readReplica answers a record from the change log when the database cannot
+// be read: 503 only for a record the log has never seen while the log's
+// backfill from the table is incomplete; once it is complete, such a record
+// does not exist (404).
+func (n *Node) readReplica(ctx context.Context, id int64, cause error) ([]byte, Source, error) {
+	le, found, err := n.changes.get(ctx, id)
+	if err != nil {
+		return nil, SourceReplica, fmt.Errorf("%w: %v, and the change log is unreachable: %v", ErrUnavailable, cause, err)
+	}
+	if !found {
+		if n.backfillDone.Load() {
+			return nil, SourceReplica, fmt.Errorf("%w: tmdb:%d was never written", ErrNotFound, id)
+		}
+		return nil, SourceReplica, fmt.Errorf("%w: %v, and tmdb:%d is in neither the cache nor the change log", ErrUnavailable, cause, id)
+	}
+	n.metrics.reads.WithLabelValues(string(SourceReplica)).Inc()
+	n.cacheLog(le)
+	return n.serveLog(le)
+}
+
+func (n *Node) serveLog(le logEntry) ([]byte, Source, error) {
+	if le.deleted {
+		return nil, SourceReplica, ErrNotFound
+	}
+	return le.body, SourceReplica, nil
+}
+
+// cacheLog caches a change log entry: the log holds every acknowledged write,
+// so its entry is current.
+func (n *Node) cacheLog(le logEntry) {
+	if le.deleted {
+		n.cacheSet(le.id, entry{version: le.version, deleted: true})
+		return
+	}
+	n.cacheSet(le.id, entry{version: le.version, body: le.body})
+}
+
+// cacheUsable tells whether reads may be served from the cache.
+func (n *Node) cacheUsable() bool {
+	return !n.cfg.CacheDisabled && n.changes.current()
+}
+
+func (n *Node) revalidateAfter() time.Duration { return n.cfg.CacheRevalidateAfter }
+
+// needsRevalidation tells whether a cached entry is old enough to be checked
+// against the database: a safety net for rows changed in PostgreSQL by
+// something other than the services. Only in normal mode, when the database
+// is the source of truth.
+func (n *Node) needsRevalidation(e entry) bool {
+	age := n.cfg.CacheRevalidateAfter
+	return age > 0 && time.Since(time.Unix(0, e.at)) > age && n.currentMode() == events.ModeNormal && n.breaker.State() == "closed"
 }
 
 // dbCall runs fn through the retry policy and the breaker within the node's
@@ -97,19 +215,42 @@ func (n *Node) dbCall(ctx context.Context, fn func(ctx context.Context) error) e
 	return err
 }
 
-// cacheSet stores e unless the cache holds a newer version of id.
+// cacheSet stores e unless the cache holds a newer version of id, or the
+// change log a newer one than e (the node's follower saw it while e was being
+// read). Nothing is cached while the node cannot prove its cache current.
 func (n *Node) cacheSet(id int64, e entry) {
-	if n.cfg.CacheDisabled {
+	if n.cfg.CacheDisabled || !n.changes.current() {
 		return
 	}
-	n.cache.SetIf(id, e, e.size(), func(old entry) bool { return e.version > old.version })
+	if n.changes.latest(id) > e.version {
+		return
+	}
+	e.at = time.Now().UnixNano()
+	n.cache.SetIf(id, e, e.size(), func(old entry) bool { return e.version >= old.version })
+	// The follower may have moved past e between the check and the set; its
+	// invalidation ran before e was in the cache, so drop e here.
+	if n.changes.latest(id) > e.version {
+		if cur, ok := n.cache.Peek(id); ok && cur.version == e.version {
+			n.cache.Remove(id)
+		}
+	}
+}
+
+// invalidate drops a cached entry older than a version the change log holds.
+func (n *Node) invalidate(id, version int64) {
+	if e, ok := n.cache.Peek(id); ok && e.version < version {
+		n.cache.Remove(id)
+		n.metrics.invalidations.Inc()
+	}
 }
 
 // Write is one accepted write before it is committed or buffered.
 type Write struct {
-	TMDBID  int64
-	Record  *events.Record // nil for a delete
-	Version int64          // 0: assign from the node's clock
+	TMDBID int64
+	Record *events.Record // nil for a delete
+	// Version is the producer's version (the stream timestamp of its
+	// message); 0 for an HTTP write, which the node versions from its clock.
+	Version int64
 }
 
 // WriteResult tells the client what happened to its write.
@@ -118,46 +259,98 @@ type WriteResult struct {
 	Version int64  `json:"version"`
 }
 
+// Write outcomes.
+const (
+	StatusCommitted = "committed"
+	StatusBuffered  = "buffered"
+	// StatusSuperseded: a producer's write lost to a newer version of its
+	// record; the table and the log keep the newer one (HTTP writes are
+	// versioned again instead).
+	StatusSuperseded = "superseded"
+)
+
+// maxReversions bounds how often an HTTP write is versioned again after
+// losing to a newer version.
+const maxReversions = 8
+
 // write commits w to the database, or, when the database is unavailable or
-// the system is in cache-only mode, appends it to the durable buffer. A nil
-// error means the write is durable: committed, or acknowledged by the buffer.
+// the system is in cache-only mode, appends it to the durable buffer; then
+// it puts the write in the change log. A nil error means the write is durable
+// and in the log: committed, or acknowledged by the buffer.
+//
+// A write that meets a newer version (in the table or the log) is never
+// reported as written at its own version: an HTTP write is versioned again
+// above it and written again, so the last writer by arrival wins; a
+// producer's write, versioned by its stream timestamp, is superseded.
 func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
-	if w.Version == 0 {
-		w.Version = n.clock.Now()
-	} else {
+	fixed := w.Version != 0
+	if fixed {
 		n.clock.Observe(w.Version)
 	}
+	for attempt := 0; ; attempt++ {
+		if !fixed {
+			w.Version = n.clock.Now()
+		}
+		res, newer, err := n.writeOnce(ctx, w)
+		if err != nil || newer == 0 {
+			return res, err
+		}
+		n.clock.Observe(newer)
+		if fixed || attempt >= maxReversions {
+			n.metrics.writes.WithLabelValues(StatusSuperseded).Inc()
+			return WriteResult{Status: StatusSuperseded, Version: newer}, nil
+		}
+		n.metrics.writes.WithLabelValues("reversioned").Inc()
+	}
+}
+
+// writeOnce writes w at w.Version. newer is not 0 when the table or the log
+// held that newer version of the record, so w was not written (or is
+// already overtaken): nothing was cached or announced.
+func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer int64, err error) {
 	at := time.Now().UTC()
 	deleted := w.Record == nil
 	var (
 		rec  *events.Record
-		body []byte // rec encoded once, for the cache, the buffer and metadata.changed
+		body []byte // rec encoded once, for the cache, the buffer, the log and metadata.changed
 	)
 	if !deleted {
 		cp := *w.Record
 		cp.Version, cp.UpdatedAt = w.Version, &at
 		rec = &cp
-		var err error
 		if body, err = events.Marshal(rec); err != nil {
 			n.metrics.writes.WithLabelValues("failed").Inc()
-			return WriteResult{}, fmt.Errorf("encode tmdb:%d: %w", w.TMDBID, err)
+			return WriteResult{}, 0, fmt.Errorf("encode tmdb:%d: %w", w.TMDBID, err)
 		}
 	}
+	le := logEntry{id: w.TMDBID, version: w.Version, deleted: deleted, at: at, body: body}
 
 	if n.currentMode() != events.ModeCacheOnly {
+		var stored int64
 		err := n.dbCall(ctx, func(ctx context.Context) error {
-			_, err := n.store.ApplyBatch(ctx, []metastore.Write{{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}})
-			return err
+			r, err := n.store.ApplyBatch(ctx, []metastore.Write{{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}})
+			if err != nil || r.Applied == 1 {
+				return err
+			}
+			// The row holds a version at least as new: which one?
+			got, _, gerr := n.store.Get(ctx, w.TMDBID)
+			if gerr != nil {
+				return gerr
+			}
+			stored = got.Version
+			return nil
 		})
 		if err == nil {
-			n.metrics.writes.WithLabelValues("committed").Inc()
-			n.applyLocal(w.TMDBID, w.Version, body)
-			n.publishChanged(w.TMDBID, w.Version, false, body)
-			return WriteResult{Status: "committed", Version: w.Version}, nil
+			if stored > w.Version {
+				return WriteResult{}, stored, nil
+			}
+			// stored == w.Version: this very write was committed before (a
+			// redelivered producer message); make sure it reached the log.
+			return n.logWrite(ctx, le, StatusCommitted)
 		}
 		if !resilience.IsUnavailable(err) || ctx.Err() != nil {
 			n.metrics.writes.WithLabelValues("failed").Inc()
-			return WriteResult{}, fmt.Errorf("write tmdb:%d: %w", w.TMDBID, err)
+			return WriteResult{}, 0, fmt.Errorf("write tmdb:%d: %w", w.TMDBID, err)
 		}
 		n.log.Warn("database write failed, buffering instead", "tmdb_id", w.TMDBID, "version", w.Version, "error", err)
 	}
@@ -166,13 +359,31 @@ func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
 	if err := n.buffer.append(ctx, bw, body); err != nil {
 		n.metrics.writes.WithLabelValues("failed").Inc()
 		n.log.Error("write could not be buffered", "tmdb_id", w.TMDBID, "error", err)
-		return WriteResult{}, fmt.Errorf("%w: write could be neither committed nor durably buffered: %v", ErrUnavailable, err)
+		return WriteResult{}, 0, fmt.Errorf("%w: write could be neither committed nor durably buffered: %v", ErrUnavailable, err)
 	}
 	n.acceptedTotal.Add(1)
-	n.metrics.writes.WithLabelValues("buffered").Inc()
-	n.applyLocal(w.TMDBID, w.Version, body)
-	n.publishChanged(w.TMDBID, w.Version, true, body)
-	return WriteResult{Status: "buffered", Version: w.Version}, nil
+	le.buffered = true
+	return n.logWrite(ctx, le, StatusBuffered)
+}
+
+// logWrite puts a durable write in the change log before it is acknowledged,
+// then caches and announces it. A write the log cannot take in time is
+// answered 503 (it is durable, and the node keeps trying to log it: see
+// relogLoop); one the log already holds a newer version of reports it.
+func (n *Node) logWrite(ctx context.Context, le logEntry, status string) (WriteResult, int64, error) {
+	logged, err := n.changes.publish(ctx, le)
+	if err != nil {
+		n.queueUnlogged(le)
+		n.metrics.writes.WithLabelValues("failed").Inc()
+		return WriteResult{}, 0, fmt.Errorf("%w: tmdb:%d was %s but could not be put in the change log yet: %v", ErrUnavailable, le.id, status, err)
+	}
+	if logged > le.version {
+		return WriteResult{}, logged, nil
+	}
+	n.metrics.writes.WithLabelValues(status).Inc()
+	n.applyLocal(le.id, le.version, le.body)
+	n.publishChanged(le.id, le.version, le.buffered, le.body)
+	return WriteResult{Status: status, Version: le.version}, 0, nil
 }
 
 // applyLocal puts a durable write into this node's cache: body is the

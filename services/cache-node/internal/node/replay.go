@@ -244,6 +244,7 @@ func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *repl
 		}
 		applied += int64(res.Applied)
 		stale += int64(res.Stale)
+		n.logReplayed(ctx, chunk, res.AppliedKeys)
 		if progress != nil && start+replayChunkRows < len(writes) {
 			progress()
 		}

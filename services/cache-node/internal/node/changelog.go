@@ -1,0 +1,382 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/events"
+)
+
+// The change log (stream ANIVAULT_CHANGES) is a compacted replica of the
+// table: one subject per record, changes.<tmdb_id>, holding the record's last
+// durable write (the metadata.changed payload, with the record or as a
+// tombstone). Every write is in it before its writer is answered, so:
+//   - a record missing from the cache is read from it when the database is
+//     unavailable (direct get by subject, from any replica);
+//   - every node follows it (headers only) into an index of every record's
+//     latest version, which invalidates older cache entries and proves
+//     whether a row read from PostgreSQL is current.
+//
+// Nodes publish with a per-subject compare-and-set
+// (Nats-Expected-Last-Subject-Sequence), so the log keeps the highest
+// version of a record whatever order concurrent writers publish in.
+
+// ErrLogMismatch is returned for a change log entry that does not decode.
+var ErrLogMismatch = errors.New("change log entry does not match its subject")
+
+// proveInterval is how often the follower checks that it has applied
+// everything the stream held.
+const proveInterval = 100 * time.Millisecond
+
+// casAttempts bounds the compare-and-set loop of one publish (each failure
+// means another writer published the same record in between).
+const casAttempts = 50
+
+// logEntry is one durable write as the change log holds it.
+type logEntry struct {
+	id, version int64
+	deleted     bool
+	buffered    bool
+	at          time.Time
+	body        []byte // the record's encoding; nil for a tombstone
+}
+
+// changeLog is the node's side of the change log.
+type changeLog struct {
+	js      jetstream.JetStream
+	stream  jetstream.Stream
+	subj    events.Subjects
+	source  string
+	log     *slog.Logger
+	bound   time.Duration
+	filter  string
+	prefix  string // subject prefix of the entries, "changes." with SUBJECT_PREFIX applied
+	backoff time.Duration
+
+	// onChange runs after the follower moved a record's version forward.
+	onChange func(id, version int64, deleted bool)
+	// onLapse runs once when the node can no longer prove it is current.
+	onLapse func()
+
+	mu    sync.RWMutex
+	index map[int64]int64 // latest version of every record in the log; negative: a tombstone
+
+	applied  atomic.Uint64 // the stream sequence the follower has applied up to
+	provenAt atomic.Int64  // unix nanos: every entry published before it is applied
+	loaded   atomic.Bool   // the follower was current at least once since start
+	restart  chan struct{}
+	lapsed   bool // touched only by prove's goroutine
+}
+
+// newChangeLog returns the node's change log, not yet attached to JetStream:
+// until attach and run, the node cannot prove its cache current.
+func newChangeLog(subj events.Subjects, source string, bound time.Duration, log *slog.Logger) *changeLog {
+	return &changeLog{
+		subj: subj, source: source, log: log, bound: bound,
+		filter:   subj.Of(events.SubjectChanges + ".>"),
+		prefix:   subj.Of(events.SubjectChanges + "."),
+		backoff:  500 * time.Millisecond,
+		onChange: func(int64, int64, bool) {},
+		onLapse:  func() {},
+		index:    map[int64]int64{},
+		restart:  make(chan struct{}, 1),
+	}
+}
+
+// attach binds the change log to its stream, which must exist.
+func (l *changeLog) attach(ctx context.Context, js jetstream.JetStream) error {
+	s, err := js.Stream(ctx, l.subj.Name(events.StreamChanges))
+	if err != nil {
+		return fmt.Errorf("change log stream: %w", err)
+	}
+	l.js, l.stream = js, s
+	return nil
+}
+
+func (l *changeLog) subject(id int64) string { return l.subj.Of(events.ChangeSubject(id)) }
+
+// message builds the log message of e.
+func (l *changeLog) message(e logEntry) (*nats.Msg, error) {
+	payload, err := encodeChanged(l.source, e.at, e.id, e.version, e.deleted, e.buffered, e.body)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(l.subject(e.id))
+	msg.Data = payload
+	msg.Header.Set(events.HeaderVersion, strconv.FormatInt(e.version, 10))
+	if e.deleted {
+		msg.Header.Set(events.HeaderDeleted, "true")
+	}
+	msg.Header.Set(events.HeaderSource, l.source)
+	return msg, nil
+}
+
+// publish puts e in the log unless the log holds a version of the record at
+// least as new, and returns the version the log holds afterwards: e.version,
+// or the newer one that superseded it.
+func (l *changeLog) publish(ctx context.Context, e logEntry) (int64, error) {
+	msg, err := l.message(e)
+	if err != nil {
+		return 0, err
+	}
+	for attempt := 0; ; attempt++ {
+		var expect uint64
+		last, err := l.stream.GetLastMsgForSubject(ctx, msg.Subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return 0, fmt.Errorf("change log read %s: %w", msg.Subject, err)
+		default:
+			v, deleted, ok := entryVersion(last.Header)
+			if ok && v >= e.version {
+				l.observe(e.id, v, deleted)
+				return v, nil
+			}
+			expect = last.Sequence
+		}
+		_, err = l.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(expect))
+		if err == nil {
+			l.observe(e.id, e.version, e.deleted)
+			return e.version, nil
+		}
+		if !isWrongLastSequence(err) || attempt >= casAttempts {
+			return 0, fmt.Errorf("change log publish %s: %w", msg.Subject, err)
+		}
+		// Another writer of the same record got in first: read again.
+	}
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// entryVersion reads a log message's version and tombstone flag from its headers.
+func entryVersion(h nats.Header) (version int64, deleted, ok bool) {
+	v, err := strconv.ParseInt(h.Get(events.HeaderVersion), 10, 64)
+	if err != nil || v <= 0 {
+		return 0, false, false
+	}
+	return v, h.Get(events.HeaderDeleted) == "true", true
+}
+
+// get reads the record's last entry from the log (any replica). found is
+// false for a record the log has never seen.
+func (l *changeLog) get(ctx context.Context, id int64) (e logEntry, found bool, err error) {
+	m, err := l.stream.GetLastMsgForSubject(ctx, l.subject(id))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return logEntry{}, false, nil
+	}
+	if err != nil {
+		return logEntry{}, false, fmt.Errorf("change log read tmdb:%d: %w", id, err)
+	}
+	var p struct {
+		TMDBID  int64           `json:"tmdb_id"`
+		Version int64           `json:"version"`
+		Deleted bool            `json:"deleted"`
+		Record  json.RawMessage `json:"record"`
+	}
+	if err := json.Unmarshal(m.Data, &p); err != nil || p.TMDBID != id || p.Version <= 0 || (!p.Deleted && len(p.Record) == 0) {
+		return logEntry{}, false, fmt.Errorf("%w: tmdb:%d at sequence %d", ErrLogMismatch, id, m.Sequence)
+	}
+	l.observe(id, p.Version, p.Deleted)
+	e = logEntry{id: id, version: p.Version, deleted: p.Deleted}
+	if !p.Deleted {
+		e.body = p.Record
+	}
+	return e, true, nil
+}
+
+// observe moves the index to version when it is newer, and tells whether it did.
+func (l *changeLog) observe(id, version int64, deleted bool) bool {
+	v := version
+	if deleted {
+		v = -version
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cur := l.index[id]
+	if abs(cur) >= version {
+		return false
+	}
+	l.index[id] = v
+	return true
+}
+
+// latest returns the newest version of id the node knows the log holds (0 if none).
+func (l *changeLog) latest(id int64) int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return abs(l.index[id])
+}
+
+// keys returns the number of records in the index.
+func (l *changeLog) keys() int {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.index)
+}
+
+func abs(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
+}
+
+// current tells whether the node has applied every entry published more than
+// the staleness bound ago: only then may it serve from its cache.
+func (l *changeLog) current() bool {
+	at := l.provenAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) <= l.bound
+}
+
+// lag is how long ago the node was last proven current (0 before the first time).
+func (l *changeLog) lag() time.Duration {
+	at := l.provenAt.Load()
+	if at == 0 {
+		return 0
+	}
+	return time.Since(time.Unix(0, at))
+}
+
+// run follows the log and proves the node current until ctx is done.
+func (l *changeLog) run(ctx context.Context) {
+	go l.prove(ctx)
+	for ctx.Err() == nil {
+		if err := l.followOnce(ctx); err != nil && ctx.Err() == nil {
+			l.log.Warn("change log follower stopped, restarting", "error", err, "applied_seq", l.applied.Load())
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(l.backoff):
+		}
+	}
+}
+
+// followOnce runs one ordered consumer, headers only: first the last entry
+// of every record, then every new one. The consumer re-creates itself from
+// the last sequence it saw after a gap or a reconnect; a restart of the
+// follower resumes from there too.
+func (l *changeLog) followOnce(ctx context.Context) error {
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{l.filter}, HeadersOnly: true,
+		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy,
+	}
+	if seq := l.applied.Load(); seq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
+	}
+	cons, err := l.js.OrderedConsumer(ctx, l.subj.Name(events.StreamChanges), cfg)
+	if err != nil {
+		return fmt.Errorf("change log consumer: %w", err)
+	}
+	cc, err := cons.Consume(l.handle, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		l.log.Debug("change log follower", "error", err)
+	}))
+	if err != nil {
+		return fmt.Errorf("change log consume: %w", err)
+	}
+	defer cc.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-cc.Closed():
+		return errors.New("consumer closed")
+	case <-l.restart:
+		return errors.New("the stream was reset")
+	}
+}
+
+func (l *changeLog) handle(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	if id, ok := events.ChangeID(l.subj.Base(msg.Subject())); ok {
+		if v, deleted, ok := entryVersion(msg.Headers()); ok && l.observe(id, v, deleted) {
+			l.onChange(id, v, deleted)
+		}
+	}
+	l.applied.Store(meta.Sequence.Stream)
+}
+
+// prove advances provenAt: it notes the stream's last sequence at a moment,
+// and once the follower has applied up to it, every entry published before
+// that moment is applied.
+func (l *changeLog) prove(ctx context.Context) {
+	t := time.NewTicker(proveInterval)
+	defer t.Stop()
+	var (
+		target   uint64
+		targetAt time.Time
+		pending  bool
+	)
+	for {
+		applied := l.applied.Load()
+		if pending && applied >= target {
+			l.provenAt.Store(targetAt.UnixNano())
+			l.loaded.Store(true)
+			pending = false
+		}
+		if !pending {
+			at := time.Now()
+			ictx, cancel := context.WithTimeout(ctx, time.Second)
+			info, err := l.stream.Info(ictx)
+			cancel()
+			if err == nil {
+				last := info.State.LastSeq
+				switch {
+				case applied > last:
+					// The stream was deleted and made again, or purged: what the
+					// node knows proves nothing any more.
+					l.log.Warn("the change log restarted below the follower's position: dropping the index and the cache", "applied_seq", applied, "last_seq", last)
+					l.reset()
+				case applied >= last:
+					l.provenAt.Store(at.UnixNano())
+					l.loaded.Store(true)
+				default:
+					target, targetAt, pending = last, at, true
+				}
+			}
+		}
+		if cur := l.current(); !cur && !l.lapsed && l.provenAt.Load() != 0 {
+			l.lapsed = true
+			l.log.Warn("the node cannot prove its cache current (change log follower behind or disconnected): dropping the cache until it can", "lag", l.lag().String())
+			l.onLapse()
+		} else if cur {
+			l.lapsed = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// reset forgets the follower's position and index and restarts it from the
+// start of the stream.
+func (l *changeLog) reset() {
+	l.mu.Lock()
+	l.index = map[int64]int64{}
+	l.mu.Unlock()
+	l.applied.Store(0)
+	l.provenAt.Store(0)
+	l.loaded.Store(false)
+	l.onLapse()
+	select {
+	case l.restart <- struct{}{}:
+	default:
+	}
+}
