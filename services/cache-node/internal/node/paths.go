@@ -140,18 +140,14 @@ func (n *Node) serveRow(id int64, rec *events.Record, deleted, cache bool) ([]by
 }
 
 // readReplica answers a record from the change log when the database cannot
-// be read: 503 only for a record the log has never seen while the log's
-// backfill from the table is incomplete; once it is complete, such a record
-// does not exist (404).
+// be read. A record the log has never seen is answered 503: the contract's
+// "neither in the cache nor in the change log's replica".
 func (n *Node) readReplica(ctx context.Context, id int64, cause error) ([]byte, Source, error) {
 	le, found, err := n.changes.get(ctx, id)
 	if err != nil {
 		return nil, SourceReplica, fmt.Errorf("%w: %v, and the change log is unreachable: %v", ErrUnavailable, cause, err)
 	}
 	if !found {
-		if n.backfillDone.Load() {
-			return nil, SourceReplica, fmt.Errorf("%w: tmdb:%d was never written", ErrNotFound, id)
-		}
 		return nil, SourceReplica, fmt.Errorf("%w: %v, and tmdb:%d is in neither the cache nor the change log", ErrUnavailable, cause, id)
 	}
 	n.metrics.reads.WithLabelValues(string(SourceReplica)).Inc()
@@ -295,8 +291,10 @@ func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
 		if err != nil || newer == 0 {
 			return res, err
 		}
-		n.clock.Observe(newer)
-		if fixed || attempt >= maxReversions {
+		// A version more than hlc.MaxDrift ahead of the clock is not adopted:
+		// the write cannot be versioned above it, and the client gets the
+		// stored version instead.
+		if !n.clock.Observe(newer) || fixed || attempt >= maxReversions {
 			n.metrics.writes.WithLabelValues(StatusSuperseded).Inc()
 			return WriteResult{Status: StatusSuperseded, Version: newer}, nil
 		}

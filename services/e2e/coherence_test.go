@@ -1,0 +1,476 @@
+package e2e_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/procs"
+)
+
+// readCheck is one node's answer for a key checked against what it must be.
+type readCheck struct {
+	checked, stale, unavailable, replica atomic.Int64
+}
+
+// checkRead reads id from n and compares the answer with want: a stale answer
+// is a version older than want (or a record where want is a tombstone).
+func (c *readCheck) checkRead(n *Node, id int64, want metastore.Version) error {
+	r, err := n.Get(id)
+	if err != nil {
+		return err
+	}
+	c.checked.Add(1)
+	if r.Header.Get("X-AniVault-Source") == "replica" {
+		c.replica.Add(1)
+	}
+	switch r.Code {
+	case 503:
+		c.unavailable.Add(1)
+		return fmt.Errorf("tmdb:%d on %s: 503 %s", id, n.ID, r.Body)
+	case 404:
+		if !want.Deleted {
+			c.stale.Add(1)
+			return fmt.Errorf("tmdb:%d on %s: 404, want v%d", id, n.ID, want.Version)
+		}
+		return nil
+	case 200:
+		var rec events.Record
+		if err := json.Unmarshal(r.Body, &rec); err != nil {
+			return err
+		}
+		if want.Deleted || rec.Version < want.Version {
+			c.stale.Add(1)
+			return fmt.Errorf("tmdb:%d on %s: 200 v%d, want %+v", id, n.ID, rec.Version, want)
+		}
+		return nil
+	}
+	return fmt.Errorf("tmdb:%d on %s: %d %s", id, n.ID, r.Code, r.Body)
+}
+
+// assertServesTable checks that every node answers exactly the table's row
+// for every key: 200 with the row's version, or 404 for a tombstone.
+func assertServesTable(t *testing.T, s *System, nodes []*Node, ids []int64) int {
+	t.Helper()
+	table, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked, bad := 0, 0
+	for _, n := range nodes {
+		for _, id := range ids {
+			want, ok := table[id]
+			r, err := n.Get(id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checked++
+			var rec events.Record
+			_ = json.Unmarshal(r.Body, &rec)
+			switch {
+			case !ok && r.Code == 404, ok && want.Deleted && r.Code == 404, ok && !want.Deleted && r.Code == 200 && rec.Version == want.Version:
+				continue
+			}
+			bad++
+			if bad <= 10 {
+				t.Errorf("tmdb:%d on %s: %d v%d (source %s), table %+v (row %v)", id, n.ID, r.Code, rec.Version, r.Header.Get("X-AniVault-Source"), want, ok)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Fatalf("%d of %d reads differ from the table", bad, checked)
+	}
+	return checked
+}
+
+// The issue's window: rewrite and delete keys in a maintenance window, start
+// a cold node after those writes, read every key from both nodes throughout
+// the recovery. No read is older than the acknowledged write, and after
+// mode.normal every node serves exactly the table.
+func TestColdNodeReadsThroughMaintenanceWindow(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{AutoRecovery: true})
+	n1 := s.StartNode("n1", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	l := newLedger()
+	ids := idRange(1, 400)
+	writeAll(t, []*Node{n1}, l, ids, false, "before", 200)
+	checkReads(t, n1, l, ids) // n1 caches the pre-window rows
+
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "planned maintenance"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeMode(t, n1, events.ModeCacheOnly)
+	writeAll(t, []*Node{n1}, l, ids[:320], false, "rewritten in the window", 202)
+	writeAll(t, []*Node{n1}, l, ids[320:], true, "", 202)
+
+	n2 := s.StartNode("n2", nil) // cold: started after the window's writes
+	waitNodeMode(t, n2, events.ModeCacheOnly)
+	nodes := []*Node{n1, n2}
+
+	// Readers on both nodes through the exit, the replay and mode.normal.
+	var rc readCheck
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for _, n := range nodes {
+		for w := range 2 {
+			wg.Go(func() {
+				for i := w; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					id := ids[(i*7)%len(ids)]
+					l.mu.Lock()
+					want := l.want[id]
+					l.mu.Unlock()
+					if err := rc.checkRead(n, id, want); err != nil {
+						select {
+						case errs <- err:
+						default:
+						}
+					}
+				}
+			})
+		}
+	}
+	// Every key read from the cold node in cache-only mode: from the change log.
+	for _, id := range ids {
+		l.mu.Lock()
+		want := l.want[id]
+		l.mu.Unlock()
+		if err := rc.checkRead(n2, id, want); err != nil {
+			t.Error(err)
+		}
+	}
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	for _, n := range nodes {
+		waitNodeMode(t, n, events.ModeNormal)
+	}
+	// Keep reading a while in normal mode: the stale-forever entries of the
+	// issue were made by reads during recovering and served ever after.
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, id := range ids {
+			l.mu.Lock()
+			want := l.want[id]
+			l.mu.Unlock()
+			if err := rc.checkRead(n2, id, want); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	served := assertServesTable(t, s, nodes, ids)
+	t.Logf("window: %d reads checked during the window and recovery (%d from the change log), stale %d, unavailable %d; after mode.normal %d reads equal the table",
+		rc.checked.Load(), rc.replica.Load(), rc.stale.Load(), rc.unavailable.Load(), served)
+	if rc.stale.Load() != 0 || rc.unavailable.Load() != 0 {
+		t.Fatalf("stale %d, unavailable %d", rc.stale.Load(), rc.unavailable.Load())
+	}
+}
+
+// A node that misses changes (its NATS connection cut while other nodes
+// write, or restarted during writes) serves the latest within the staleness
+// bound.
+func TestMissedChangesReachTheNode(t *testing.T) {
+	t.Parallel()
+	const bound = 2 * time.Second
+	s := NewSystem(t, Options{})
+	proxy, err := faultproxy.Start(hostPort(t, s.NATS.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	env := map[string]string{"STALENESS_BOUND": bound.String()}
+	n1 := s.StartNode("n1", env)
+	cutEnv := map[string]string{"STALENESS_BOUND": bound.String(), "NATS_URL": "nats://" + proxy.Addr()}
+	n2 := s.StartNode("n2", cutEnv)
+	n3 := s.StartNode("n3", env)
+	nodes := []*Node{n1, n2, n3}
+	l := newLedger()
+	ids := idRange(1, 300)
+	writeAll(t, []*Node{n1}, l, ids, false, "first", 200)
+	for _, n := range nodes {
+		checkReads(t, n, l, ids) // every node caches every key
+	}
+
+	// n2's NATS connection is cut while n1 rewrites every key.
+	if err := proxy.BlackHole(); err != nil {
+		t.Fatal(err)
+	}
+	cutAt := time.Now()
+	writeAll(t, []*Node{n1}, l, ids, false, "while n2 is cut off", 200)
+	// Beyond the bound, n2 may no longer serve what it cached before the cut.
+	time.Sleep(time.Until(cutAt.Add(bound + 200*time.Millisecond)))
+	var rc readCheck
+	for _, id := range ids {
+		l.mu.Lock()
+		want := l.want[id]
+		l.mu.Unlock()
+		if err := rc.checkRead(n2, id, want); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := proxy.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	// Reconnected, n2 caches again: still the latest.
+	writeAll(t, []*Node{n3}, l, ids[:100], true, "", 200)
+	time.Sleep(bound)
+	for _, id := range ids {
+		l.mu.Lock()
+		want := l.want[id]
+		l.mu.Unlock()
+		if err := rc.checkRead(n2, id, want); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// n3 restarted while n1 writes.
+	var wg sync.WaitGroup
+	wg.Go(func() { writeAll(t, []*Node{n1}, l, ids[100:], false, "during the restart", 200) })
+	if err := n3.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := n3.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitReady(n3)
+	wg.Wait()
+	time.Sleep(bound)
+	assertServesTable(t, s, nodes, ids)
+	t.Logf("missed changes: %d reads checked on the cut-off node, stale %d", rc.checked.Load(), rc.stale.Load())
+	if rc.stale.Load() != 0 {
+		t.Fatalf("%d stale reads", rc.stale.Load())
+	}
+}
+
+func hostPort(t *testing.T, rawURL string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
+}
+
+// More keys than the cache holds, PostgreSQL killed: every key is readable
+// from every node at its latest acknowledged version.
+func TestEveryKeyReadableDuringOutage(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{PrivatePG: true, AutoRecovery: true})
+	env := map[string]string{"CACHE_MAX_SIZE": "100"}
+	n1 := s.StartNode("n1", env)
+	n2 := s.StartNode("n2", env)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	nodes := []*Node{n1, n2}
+	l := newLedger()
+	ids := idRange(1, 1338)
+	writeAll(t, nodes, l, ids, false, "catalogue", 200)
+	writeAll(t, nodes, l, ids[:100], true, "", 200)
+	if err := s.PG.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeCacheOnly, time.Time{}, 30*time.Second, nil)
+	for _, n := range nodes {
+		waitNodeMode(t, n, events.ModeCacheOnly)
+	}
+	var rc readCheck
+	for _, n := range nodes {
+		for _, id := range ids {
+			l.mu.Lock()
+			want := l.want[id]
+			l.mu.Unlock()
+			if err := rc.checkRead(n, id, want); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Logf("outage reads: %d checked, %d from the change log, stale %d, unavailable %d", rc.checked.Load(), rc.replica.Load(), rc.stale.Load(), rc.unavailable.Load())
+	if rc.replica.Load() < int64(len(ids)) {
+		t.Errorf("only %d reads came from the change log; the cache holds 100 entries of %d keys", rc.replica.Load(), len(ids))
+	}
+	if r, _ := n1.Get(999999); r.Code != 503 {
+		t.Errorf("a key never written: %d, want 503", r.Code)
+	}
+}
+
+// A write with a lower version than the stored row, through each write path:
+// what the client is told agrees with the table, and the loser is neither
+// cached nor served.
+func TestLosingWrites(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{AutoRecovery: true})
+	n1 := s.StartNode("n1", nil)
+	n2 := s.StartNode("n2", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	l := newLedger()
+	writeAll(t, []*Node{n1}, l, []int64{7, 8, 9}, false, "first", 200)
+	for _, n := range []*Node{n1, n2} {
+		checkReads(t, n, l, []int64{7, 8, 9})
+	}
+	// A version ahead of every node's clock: a row written by a host whose
+	// clock runs 30 minutes fast.
+	ahead := l.want[7].Version + int64(30*time.Minute/time.Millisecond)<<12
+	db := s.store.DB()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// HTTP, committed: the stored row is newer than the node's clock.
+	if _, err := db.ExecContext(ctx, `UPDATE anime_metadata SET version = ?, title = 'ahead', updated_at = now() WHERE tmdb_id = 7`, ahead); err != nil {
+		t.Fatal(err)
+	}
+	r, err := n1.Put(anime(7, "committed after the skewed write"))
+	if err != nil || r.Code != 200 {
+		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
+	}
+	var wr WriteResult
+	r.JSON(t, &wr)
+	table, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wr.Version <= ahead || table[7].Version != wr.Version {
+		t.Fatalf("committed v%d, stored row was v%d, table now %+v", wr.Version, ahead, table[7])
+	}
+	l.ack(7, wr.Version, false)
+
+	// A row more than hlc.MaxDrift (an hour) ahead: no node adopts such a
+	// version, so the write cannot win; the client is told the stored version.
+	farAhead := wr.Version + int64(48*time.Hour/time.Millisecond)<<12
+	if _, err := db.ExecContext(ctx, `INSERT INTO anime_metadata (tmdb_id, title, version, updated_at) VALUES (10, 'far ahead', ?, now())`, farAhead); err != nil {
+		t.Fatal(err)
+	}
+	r, err = n2.Put(anime(10, "loses to a far-future row"))
+	if err != nil || r.Code != 200 {
+		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
+	}
+	r.JSON(t, &wr)
+	if wr.Status != "superseded" || wr.Version != farAhead {
+		t.Fatalf("write below a far-future row answered %+v, want superseded at v%d", wr, farAhead)
+	}
+	l.ack(10, farAhead, false)
+
+	// A producer's write, versioned by its stream timestamp, below the row.
+	if _, err := db.ExecContext(ctx, `UPDATE anime_metadata SET version = ?, title = 'ahead', updated_at = now() WHERE tmdb_id = 9`, ahead); err != nil {
+		t.Fatal(err)
+	}
+	publishJS(t, s, events.SubjectMetadataUpsert, anime(9, "producer write that loses"))
+	if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
+		if v := metricValue(t, n1, `anivault_writes_total{outcome="superseded"}`) + metricValue(t, n2, `anivault_writes_total{outcome="superseded"}`); v < 1 {
+			return fmt.Errorf("superseded writes %v", v)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	table, err = s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if table[9].Version != ahead {
+		t.Fatalf("the producer's losing write changed the row: %+v, want v%d", table[9], ahead)
+	}
+	l.ack(9, ahead, false)
+
+	// HTTP, buffered: the change log holds a newer version than the writer's
+	// clock (a node whose clock runs fast buffered it).
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeMode(t, n1, events.ModeCacheOnly)
+	skewed := ahead + 1<<12
+	publishChange(t, s, 8, skewed, anime(8, "buffered by a fast clock"))
+	r, err = n1.Put(anime(8, "buffered after the skewed write"))
+	if err != nil || r.Code != 202 {
+		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
+	}
+	r.JSON(t, &wr)
+	if wr.Version <= skewed {
+		t.Fatalf("buffered v%d below the logged v%d", wr.Version, skewed)
+	}
+	l.ack(8, wr.Version, false)
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	table, err = s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if table[8].Version != wr.Version {
+		t.Fatalf("table %+v, the client was told v%d", table[8], wr.Version)
+	}
+	l.check(t, table)
+	// Every node serves what the table holds (the producer's loser nowhere).
+	if err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+		for _, n := range []*Node{n1, n2} {
+			for _, id := range []int64{7, 8, 9, 10} {
+				r, err := n.Get(id)
+				if err != nil {
+					return err
+				}
+				var rec events.Record
+				_ = json.Unmarshal(r.Body, &rec)
+				if r.Code != 200 || rec.Version != table[id].Version {
+					return fmt.Errorf("tmdb:%d on %s: %d v%d %q, table v%d", id, n.ID, r.Code, rec.Version, rec.Title, table[id].Version)
+				}
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// publishChange puts an entry in the change log as a node would.
+func publishChange(t *testing.T, s *System, id, version int64, rec map[string]any) {
+	t.Helper()
+	rec = with(rec, "version", version, "updated_at", time.Now().UTC().Format(time.RFC3339Nano))
+	payload, _ := json.Marshal(map[string]any{
+		"occurred_at": time.Now().UTC(), "source": "skewed-node", "tmdb_id": id, "version": version,
+		"deleted": false, "buffered": true, "record": rec,
+	})
+	msg := nats.NewMsg(s.subject(events.ChangeSubject(id)))
+	msg.Data = payload
+	msg.Header.Set(events.HeaderVersion, strconv.FormatInt(version, 10))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.JS.PublishMsg(ctx, msg, jetstream.WithExpectStream(s.streamName(events.StreamChanges))); err != nil {
+		t.Fatal(err)
+	}
+}
