@@ -34,7 +34,7 @@ func TestChaosShort(t *testing.T) {
 			cfg := chaos.Config{
 				Seed: seed, Schedules: 1, Duration: 20 * time.Second, Nodes: 2,
 				ModuleDir: "../..", Dir: dir, Out: &out,
-				HTTPWriters: 3, Producers: 2, Readers: 1,
+				HTTPWriters: 3, Producers: 2, Readers: 2,
 				MinFault: time.Second, MaxFault: 4 * time.Second, MinGap: time.Second, MaxGap: 3 * time.Second,
 				DrainTimeout: 90 * time.Second,
 			}
@@ -50,6 +50,18 @@ func TestChaosShort(t *testing.T) {
 			res := rep.Results[0]
 			t.Logf("seed %d: %d faults, %d writes acknowledged, lost %d, outages %d, longest detection %s, longest recovery %s, %v",
 				seed, len(res.Schedule.Faults), res.Counters.Acked(), res.Ledger.Lost, len(res.Outages), res.LongestDetection, res.LongestRecovery, res.Elapsed.Round(time.Second))
+			rd, fin := res.Reads, res.Final
+			t.Logf("seed %d: reads checked %d (bound %v): stale %d, unavailable %d, replica %d, explained %d, errors %d; final reads compared %d, differing %d",
+				seed, rd.Checked, rd.Bound, rd.Stale, rd.Unavailable, rd.Replica, rd.Explained, rd.Errors, fin.Compared, fin.Differing)
+			if rd.Stale != 0 {
+				t.Errorf("%d stale reads:\n  %s", rd.Stale, strings.Join(rd.Check.Errors, "\n  "))
+			}
+			if rd.Checked == 0 {
+				t.Errorf("no read was checked: the readers did not run")
+			}
+			if fin.Differing != 0 {
+				t.Errorf("%d of %d final reads differ from the table:\n  %s", fin.Differing, fin.Compared, strings.Join(fin.Check.Errors, "\n  "))
+			}
 			if rep.Lost() != 0 {
 				t.Errorf("%d acknowledged writes lost", rep.Lost())
 			}

@@ -125,9 +125,16 @@ func (l *changeLog) message(e logEntry) (*nats.Msg, error) {
 // least as new, and returns the version the log holds afterwards: e.version,
 // or the newer one that superseded it.
 func (l *changeLog) publish(ctx context.Context, e logEntry) (int64, error) {
+	v, _, err := l.publishOnce(ctx, e)
+	return v, err
+}
+
+// publishOnce is publish, also telling whether this call added the message
+// (false when the log already held e's version or a newer one).
+func (l *changeLog) publishOnce(ctx context.Context, e logEntry) (int64, bool, error) {
 	msg, err := l.message(e)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	for attempt := 0; ; attempt++ {
 		var expect uint64
@@ -135,22 +142,22 @@ func (l *changeLog) publish(ctx context.Context, e logEntry) (int64, error) {
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
 		case err != nil:
-			return 0, fmt.Errorf("change log read %s: %w", msg.Subject, err)
+			return 0, false, fmt.Errorf("change log read %s: %w", msg.Subject, err)
 		default:
 			v, deleted, ok := entryVersion(last.Header)
 			if ok && v >= e.version {
 				l.observe(e.id, v, deleted)
-				return v, nil
+				return v, false, nil
 			}
 			expect = last.Sequence
 		}
 		_, err = l.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(expect))
 		if err == nil {
 			l.observe(e.id, e.version, e.deleted)
-			return e.version, nil
+			return e.version, true, nil
 		}
 		if !isWrongLastSequence(err) || attempt >= casAttempts {
-			return 0, fmt.Errorf("change log publish %s: %w", msg.Subject, err)
+			return 0, false, fmt.Errorf("change log publish %s: %w", msg.Subject, err)
 		}
 		// Another writer of the same record got in first: read again.
 	}
@@ -198,20 +205,24 @@ func (l *changeLog) get(ctx context.Context, id int64) (e logEntry, found bool, 
 	return e, true, nil
 }
 
-// observe moves the index to version when it is newer, and tells whether it did.
-func (l *changeLog) observe(id, version int64, deleted bool) bool {
+// observe moves the index to version when it is newer, and then tells the
+// node (onChange), whoever learnt of the version first: the follower, a
+// publish or a read of the log.
+func (l *changeLog) observe(id, version int64, deleted bool) {
 	v := version
 	if deleted {
 		v = -version
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	cur := l.index[id]
-	if abs(cur) >= version {
-		return false
+	moved := abs(cur) < version
+	if moved {
+		l.index[id] = v
 	}
-	l.index[id] = v
-	return true
+	l.mu.Unlock()
+	if moved {
+		l.onChange(id, version, deleted)
+	}
 }
 
 // latest returns the newest version of id the node knows the log holds (0 if none).
@@ -304,8 +315,8 @@ func (l *changeLog) handle(msg jetstream.Msg) {
 		return
 	}
 	if id, ok := events.ChangeID(l.subj.Base(msg.Subject())); ok {
-		if v, deleted, ok := entryVersion(msg.Headers()); ok && l.observe(id, v, deleted) {
-			l.onChange(id, v, deleted)
+		if v, deleted, ok := entryVersion(msg.Headers()); ok {
+			l.observe(id, v, deleted)
 		}
 	}
 	l.applied.Store(meta.Sequence.Stream)

@@ -67,7 +67,7 @@ func (n *Node) relogLoop(ctx context.Context) {
 		if len(batch) == 0 {
 			continue
 		}
-		done := n.logEntries(ctx, batch)
+		done, _ := n.logEntries(ctx, batch)
 		n.pendingLog.mu.Lock()
 		for _, le := range done {
 			if cur, ok := n.pendingLog.m[le.id]; ok && cur.version == le.version {
@@ -82,31 +82,33 @@ func (n *Node) relogLoop(ctx context.Context) {
 	}
 }
 
-// logEntries publishes entries to the change log, logEntries at a time, and
-// returns those now in it (or overtaken by a newer version).
-func (n *Node) logEntries(ctx context.Context, entries []logEntry) []logEntry {
-	var (
-		mu   sync.Mutex
-		done []logEntry
-	)
+// logEntries publishes entries to the change log, logParallel at a time,
+// and returns those now in it (or overtaken by a newer version) and how many
+// of them this call added.
+func (n *Node) logEntries(ctx context.Context, entries []logEntry) (done []logEntry, added int) {
+	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(logParallel)
 	for _, le := range entries {
 		g.Go(func() error {
 			pctx, cancel := context.WithTimeout(gctx, 5*time.Second)
 			defer cancel()
-			if _, err := n.changes.publish(pctx, le); err != nil {
+			_, published, err := n.changes.publishOnce(pctx, le)
+			if err != nil {
 				n.log.Debug("change log publish failed", "tmdb_id", le.id, "version", le.version, "error", err)
 				return nil
 			}
 			mu.Lock()
 			done = append(done, le)
+			if published {
+				added++
+			}
 			mu.Unlock()
 			return nil
 		})
 	}
 	_ = g.Wait()
-	return done
+	return done, added
 }
 
 // entryOf turns a stored or replayed write into its change log entry.
@@ -127,7 +129,8 @@ func entryOf(w metastore.Write) (logEntry, error) {
 }
 
 // logBehind logs the rows (at their stored versions) that the change log is
-// behind on, as the node's index knows it. It returns how many it logged.
+// behind on, as the node's index knows it. It returns how many it added to
+// the log (another node may have logged some first).
 func (n *Node) logBehind(ctx context.Context, rows []metastore.KeyVersion) (int, error) {
 	var ids []int64
 	for _, r := range rows {
@@ -156,11 +159,11 @@ func (n *Node) logBehind(ctx context.Context, rows []metastore.KeyVersion) (int,
 		}
 		entries = append(entries, le)
 	}
-	done := n.logEntries(ctx, entries)
+	done, added := n.logEntries(ctx, entries)
 	if len(done) < len(entries) {
-		return len(done), fmt.Errorf("%d of %d rows could not be logged", len(entries)-len(done), len(entries))
+		return added, fmt.Errorf("%d of %d rows could not be logged", len(entries)-len(done), len(entries))
 	}
-	return len(done), nil
+	return added, nil
 }
 
 // syncLog keeps the change log level with the table: it runs the backfill
@@ -318,7 +321,8 @@ func (n *Node) logReplayed(ctx context.Context, chunk []metastore.Write, applied
 		return
 	}
 	logged := map[int64]bool{}
-	for _, le := range n.logEntries(ctx, entries) {
+	done, _ := n.logEntries(ctx, entries)
+	for _, le := range done {
 		logged[le.id] = true
 	}
 	for _, le := range entries {
