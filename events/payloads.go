@@ -240,6 +240,27 @@ type SystemStatus struct {
 	Nodes               []NodeStatus     `json:"nodes"`
 	// NodeID is set on a single node's status (GET /v1/status).
 	NodeID string `json:"node_id,omitempty"`
+	// ChangeLog is set on a single node's status: how far it follows the change log.
+	ChangeLog *ChangeLogStatus `json:"change_log,omitempty"`
+}
+
+// ChangeLogStatus is a cache-node's view of the change log (an extension of
+// GET /v1/status).
+type ChangeLogStatus struct {
+	// Current is true while the node can prove it has applied every entry
+	// published more than StalenessBoundSeconds ago: only then does it serve
+	// from its cache.
+	Current               bool    `json:"current"`
+	LagSeconds            float64 `json:"lag_seconds"`
+	StalenessBoundSeconds float64 `json:"staleness_bound_seconds"`
+	// IndexedRecords is how many records the node knows the latest version of.
+	IndexedRecords int64 `json:"indexed_records"`
+	// AppliedSequence is the stream sequence the node has applied up to.
+	AppliedSequence uint64 `json:"applied_sequence"`
+	// BackfillDone is true once the whole table is known to be in the log.
+	BackfillDone bool `json:"backfill_done"`
+	// UnloggedWrites are durable writes this node has yet to put in the log.
+	UnloggedWrites int64 `json:"unlogged_writes"`
 }
 
 // BufferedWrite is one write held in the durable buffer. Delete is a tombstone.

@@ -257,5 +257,17 @@ func (n *Node) status() events.SystemStatus {
 		Buffer:              *n.bufStatus.Load(),
 		NodeID:              n.cfg.NodeID,
 		Nodes:               []events.NodeStatus{},
+		ChangeLog:           n.changeLogStatus(),
+	}
+}
+
+func (n *Node) changeLogStatus() *events.ChangeLogStatus {
+	n.pendingLog.mu.Lock()
+	unlogged := len(n.pendingLog.m)
+	n.pendingLog.mu.Unlock()
+	return &events.ChangeLogStatus{
+		Current: n.changes.current(), LagSeconds: n.changes.lag().Seconds(), StalenessBoundSeconds: n.cfg.StalenessBound.Seconds(),
+		IndexedRecords: int64(n.changes.keys()), AppliedSequence: n.changes.applied.Load(),
+		BackfillDone: n.backfillDone.Load(), UnloggedWrites: int64(unlogged),
 	}
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -106,11 +107,14 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 			return nil, SourceDatabase, fmt.Errorf("%w: tmdb:%d has a newer write than the database holds and the change log is unreachable: %v", ErrUnavailable, id, lerr)
 		}
 	}
-	if revalidating != nil && (rec == nil || revalidating.version != rowVersion) {
+	body, src, err := n.serveRow(id, rec, deleted, true)
+	if revalidating != nil && (revalidating.version != rowVersion || revalidating.deleted != (rec == nil || deleted) ||
+		(err == nil && !bytes.Equal(body, revalidating.body))) {
 		n.metrics.corrections.Inc()
-		n.log.Warn("cache entry corrected by revalidation", "tmdb_id", id, "cached_version", revalidating.version, "database_version", rowVersion)
+		n.log.Warn("cache entry corrected by revalidation: the row was changed by something other than the services", "tmdb_id", id,
+			"cached_version", revalidating.version, "database_version", rowVersion)
 	}
-	return n.serveRow(id, rec, deleted, true)
+	return body, src, err
 }
 
 // serveRow answers a row read from the database (rec nil: no row), caching it when cache is set.
