@@ -33,7 +33,32 @@ func closingNote(rep *Report) string {
 					m.Cores, benchH, benchD, srvH-srvC)
 			}
 		}
+		if rp := r.Replica; rp.Ops > 0 {
+			srvR, _, _ := rp.CPUPerOp()
+			p(" In cache-only mode a read the cache cannot answer comes from the change log: **replica reads %s req/s (p50 %s, p99 %s)**, beside cache hits %s req/s (p50 %s, p99 %s) and database reads %s req/s (p50 %s, p99 %s), all three driven by wrk in the same run; %.2f× the database path",
+				num(rp.RPS()), ms(rp.P50), ms(rp.P99), num(r.Hits.RPS()), ms(r.Hits.P50), ms(r.Hits.P99), num(r.DB.RPS()), ms(r.DB.P50), ms(r.DB.P99), r.ReplicaOverDB)
+			if srvR > 0 {
+				_, _, benchR := rp.CPUPerOp()
+				p(", at %.0f µs of node CPU per read; the direct get itself is answered by the NATS server, which runs in the bench process: that column (wrk plus the server) is %.0f µs per replica read against %.0f µs per cache hit", srvR, benchR, benchH)
+			}
+			p(".")
+			if !r.ReplicaChecked {
+				p(" **Some reads of the replica runs were not served from the change log** (see the table).")
+			}
+		}
 		p("\n")
+	}
+	if c := rep.ChangeLog; c != nil && c.MsgsAfter > c.MsgsBefore {
+		d := float64(c.MsgsAfter - c.MsgsBefore)
+		p("- **Change log cost.** Every durable write is also an entry of `ANIVAULT_CHANGES`, one per record (the last write): with records of %s bytes it takes **%s MB of stream bytes per 100,000 records** (%.0f bytes per record, from %s records written)",
+			commas(int64(c.RecordBytes)), mbf(c.BytesPer100k), c.BytesPerRecord, commas(int64(c.Records)))
+		if c.StreamDir != "" {
+			p(" and **%s MB on disk** (%s MB allocated)", mbf(c.DirPer100k), mbf(c.DirAllocPer100k))
+		}
+		p("; the NATS server (embedded in the benchmark process, so measured as that process after a forced GC) grew by %+.1f MiB of RSS and %+.1f MiB of Go heap right after the writes (its block caches), and kept %+.1f MiB of RSS and %+.1f MiB of heap once those expired: **about %s MiB of heap (%s MiB RSS) per 100,000 records** that stay (mostly the file store's per-subject state).\n",
+			float64(c.RSSAfter-c.RSSBefore)/(1<<20), (float64(c.HeapAfter)-float64(c.HeapBefore))/(1<<20),
+			float64(c.RSSSettled-c.RSSBefore)/(1<<20), (float64(c.HeapSettled)-float64(c.HeapBefore))/(1<<20),
+			mibf((float64(c.HeapSettled)-float64(c.HeapBefore))/d*100_000), mibf(float64(c.RSSSettled-c.RSSBefore)/d*100_000))
 	}
 	if w := rep.Writes; w != nil {
 		srvB, _, _ := w.Buffered.CPUPerOp()

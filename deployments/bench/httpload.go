@@ -23,6 +23,19 @@ type runStats struct {
 	P99, Max time.Duration
 	Note     string
 	CPU      *cpuUsage // CPU seconds during the measured time, when watched
+	// Load is the load generator: "" for the in-process Go clients, "wrk".
+	Load string `json:",omitempty"`
+	// Sources are the node's own counts of where it served the run's reads
+	// from (cache, database, replica), when it was asked.
+	Sources map[string]int64 `json:",omitempty"`
+	// SourceVerified: every read the node served during the run came from
+	// the path the run measures.
+	SourceVerified bool `json:",omitempty"`
+	// Abandoned: requests the node answered beyond those wrk counted, the
+	// ones in flight when wrk stopped and closed its connections (the node
+	// cancels their context, so those that were waiting on the database or
+	// the change log are counted as 500 or 503 that no client received).
+	Abandoned int64 `json:",omitempty"`
 }
 
 // CPUPerOp returns server-side CPU microseconds per successful operation

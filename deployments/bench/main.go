@@ -5,8 +5,9 @@
 //
 // It builds the services, starts the embedded NATS server (JetStream, fsync
 // before every acknowledgement) and a private PostgreSQL, runs the services as
-// OS processes and measures reads, writes, replay, detection and recovery,
-// memory, an outage timeline and the Go micro-benchmarks. Results go to
+// OS processes and measures reads (driven by wrk, Debian package wrk), the
+// change log's cost, writes, replay, detection and recovery, memory, an
+// outage timeline and the Go micro-benchmarks. Results go to
 // <out>/REPORT.md, <out>/outage-timeline.svg and <out>/results.json.
 package main
 
@@ -35,6 +36,7 @@ type config struct {
 	naiveN      int
 	bigReplay   int
 	memN        int
+	changeLogN  int
 	only        map[string]bool
 	skipMicro   bool
 	benchtime   string
@@ -66,14 +68,15 @@ func main() {
 	fs.StringVar(&c.moduleDir, "module", ".", "repository root (for go build and go test)")
 	fs.IntVar(&c.conns, "conns", 64, "concurrent clients (keep-alive connections) for reads and writes")
 	fs.DurationVar(&c.readDur, "read-duration", 6*time.Second, "measured time of each read run")
-	fs.IntVar(&c.readRounds, "read-rounds", 2, "interleaved rounds of the three read runs (the best of each is compared)")
+	fs.IntVar(&c.readRounds, "read-rounds", 2, "interleaved rounds of the four read runs: cache hits, ceiling, database, replica (the best of each is compared)")
 	fs.DurationVar(&c.writeDur, "write-duration", 6*time.Second, "measured time of each write run")
 	fs.IntVar(&c.writeRounds, "write-rounds", 2, "interleaved rounds of the write runs (the best of each is compared)")
 	fs.IntVar(&c.replayN, "replay-writes", 100_000, "buffered writes replayed")
 	fs.IntVar(&c.naiveN, "naive-writes", 5_000, "one-row-at-a-time upserts timed (extrapolated to --replay-writes)")
 	fs.IntVar(&c.bigReplay, "big-replay-writes", 20_000, "writes replayed from full 256-write buffer messages (0: skip that experiment)")
 	fs.IntVar(&c.memN, "memory-records", 100_000, "records of about 2 KiB offered to the memory-bounded node")
-	fs.StringVar(&only, "only", "", "comma-separated phases to run: reads,writes,replay,memory,detect,timeline,micro (default all)")
+	fs.IntVar(&c.changeLogN, "changelog-records", 20_000, "fixture-shaped records written to measure the change log's disk bytes and the NATS server's memory (scaled to 100,000)")
+	fs.StringVar(&only, "only", "", "comma-separated phases to run: reads,changelog,writes,replay,memory,detect,timeline,micro (default all)")
 	fs.BoolVar(&c.skipMicro, "skip-micro", false, "skip the go test micro-benchmarks")
 	fs.StringVar(&c.benchtime, "benchtime", "", "go test -benchtime for the micro-benchmarks (default go test's 1s)")
 	_ = fs.Parse(os.Args[1:])

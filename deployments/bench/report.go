@@ -19,6 +19,7 @@ type Report struct {
 	Settings     map[string]string
 	PhaseTimes   []phaseTime
 	Reads        *ReadsResult
+	ChangeLog    *ChangeLogResult
 	Writes       *WritesResult
 	Replay       *ReplayResult
 	Detect       *DetectResult
@@ -127,8 +128,12 @@ func runRow(s runStats, unit string) string {
 		other := s.CPU.Other / (s.CPU.Wall * float64(runtime.NumCPU())) * 100
 		cpu = fmt.Sprintf("%s | %s | %s | %.0f %% (other processes %.0f %%)", usOrDash(srv), usOrDash(pg), usOrDash(bench), busy, other)
 	}
+	cs := codes(s.Codes)
+	if s.Abandoned > 0 {
+		cs += fmt.Sprintf(" (the node's count: %s more than wrk's, in flight at its stop)", commas(s.Abandoned))
+	}
 	return fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |", s.Name, s.Clients, secs(s.Duration), num(s.RPS())+" "+unit,
-		ms(s.P50), ms(s.P99), ms(s.Max), commas(s.Errors), codes(s.Codes), cpu)
+		ms(s.P50), ms(s.P99), ms(s.Max), commas(s.Errors), cs, cpu)
 }
 
 func usOrDash(v float64) string {
@@ -176,6 +181,13 @@ func renderReport(rep *Report) string {
 	if r := rep.Reads; r != nil {
 		p("| reads: cache hits / bare net/http ceiling | %.2f (%s / %s req/s) | ≥ 0.7 | %s |\n", r.HitsOverCeiling, num(r.Hits.RPS()), num(r.Ceiling.RPS()), verdict(r.HitsOverCeiling >= 0.7))
 		p("| reads: cache hits / every read from PostgreSQL | %.1f× (%s / %s req/s) | ≥ 5× | %s |\n", r.HitsOverDB, num(r.Hits.RPS()), num(r.DB.RPS()), verdict(r.HitsOverDB >= 5))
+		if r.Replica.Ops > 0 {
+			p("| reads in cache-only mode from the change log (replica), side by side with hits and database | %s req/s, p50 %s, p99 %s (hits %s req/s p99 %s; database %s req/s p99 %s) | – | %s |\n",
+				num(r.Replica.RPS()), ms(r.Replica.P50), ms(r.Replica.P99), num(r.Hits.RPS()), ms(r.Hits.P99), num(r.DB.RPS()), ms(r.DB.P99), okText(r.ReplicaChecked, "every read served from the change log", "reads served from elsewhere"))
+		}
+	}
+	if c := rep.ChangeLog; c != nil && c.MsgsAfter > 0 {
+		p("| change log (ANIVAULT_CHANGES) disk per 100,000 records | %s MB stream bytes, %s MB on disk (%s records written) | – | measured |\n", mbf(c.BytesPer100k), mbf(c.DirPer100k), commas(int64(c.Records)))
 	}
 	if w := rep.Writes; w != nil {
 		p("| writes: buffered (cache-only) / raw JetStream publish per message | %.2f× (%s / %s writes/s) | ≥ 2× | %s |\n", w.BufferedOverRawJS, num(w.Buffered.RPS()), num(w.RawJetStream.RPS()), verdict(w.BufferedOverRawJS >= 2))
@@ -211,26 +223,75 @@ func renderReport(rep *Report) string {
 
 	if r := rep.Reads; r != nil {
 		p("## 1. Reads\n\n")
-		p("%d goroutines of one Go load generator share one `http.Transport` (`MaxIdleConnsPerHost` %d, keep-alive), each sending GET `/v1/anime/{id}` for a random one of the %d fixture records (mean body %d bytes) for a fixed time after a 1 s warm-up. ",
-			r.Hits.Clients, r.Hits.Clients, r.Keys, r.BodyBytesMean)
-		p("The ceiling is a bare `net/http` handler in its own process (the benchmark binary re-executed) serving the bytes the node served, from a map. The database path is a second cache-node started with `CACHE_DISABLED=true` (every read a `SELECT` through the pool of 16); a run counts a read only if `X-AniVault-Source` says where it came from.\n\n")
-		p("%s\n", runHeader)
+		if r.Hits.Load == "wrk" {
+			p("Load: `wrk` (%d thread(s), %d keep-alive connections, `--timeout 10s`) with a Lua script that sends GET `/v1/anime/{id}` for a random one of the %d fixture records (mean body %d bytes) on every request; each measured run follows a 1 s wrk run that is not counted. A measured run: `%s` (the script and the id file are written to the working directory). ",
+				r.WrkThreads, r.Hits.Clients, r.Keys, r.BodyBytesMean, r.WrkCommand)
+			p("The ceiling is a bare `net/http` handler in its own process (the benchmark binary re-executed) serving the bytes the node served, from a map. The database path is a second cache-node started with `CACHE_DISABLED=true`, in normal mode (every read a `SELECT` through the pool of 16). ")
+			p("The replica path is the same node while the system is in cache-only mode: each round the benchmark sends `recovery.cache_only.enter` (planned maintenance: the database stays up, the mode alone sends reads elsewhere), waits for every node to report `cache_only`, runs the reads and leaves with `recovery.cache_only.exit`. With its cache disabled the node can serve nothing from memory, so every read is a miss answered by a direct get of `changes.<tmdb_id>` from the compacted stream `ANIVAULT_CHANGES` (`X-AniVault-Source: replica`). ")
+			p("wrk does not read headers, so where every read came from is the node's own count over the measured run (cache hits from `GET /v1/status`, `anivault_reads_total{source}` from `/metrics`), and the status codes are the node's `anivault_http_requests_total` for GET, counted once the node is quiet after the run: they include the requests in flight when wrk stopped, whose context the node cancels when wrk closes the connections (a read waiting on PostgreSQL or the change log then ends as a 500 or 503 that no client receives; `failed` is what wrk saw: non-2xx/3xx responses, socket errors and timeouts); before the load a few reads of each path were checked one by one (status 200, `X-AniVault-Source`, the version the cache served). CPU per request counts wrk's CPU (its user + system time) with this process's in the bench column.\n\n")
+		} else {
+			p("%d goroutines of one Go load generator share one `http.Transport` (`MaxIdleConnsPerHost` %d, keep-alive), each sending GET `/v1/anime/{id}` for a random one of the %d fixture records (mean body %d bytes) for a fixed time after a 1 s warm-up. ",
+				r.Hits.Clients, r.Hits.Clients, r.Keys, r.BodyBytesMean)
+			p("The ceiling is a bare `net/http` handler in its own process (the benchmark binary re-executed) serving the bytes the node served, from a map. The database path is a second cache-node started with `CACHE_DISABLED=true` (every read a `SELECT` through the pool of 16); a run counts a read only if `X-AniVault-Source` says where it came from.\n\n")
+		}
+		if r.Replica.Ops > 0 {
+			p("**The three read paths side by side** (best round of each):\n\n")
+			p("| path | node, mode | throughput | p50 | p90 | p99 | max | failed | served from (the node's count) | CPU/op: node | CPU/op: PostgreSQL | throughput vs cache hits |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |\n")
+			path := func(label, where string, s runStats) {
+				srv, pg, _ := s.CPUPerOp()
+				from := "–"
+				if s.Sources != nil {
+					from = fmt.Sprintf("cache %s, database %s, replica %s", commas(s.Sources["cache"]), commas(s.Sources["database"]), commas(s.Sources["replica"]))
+					if !s.SourceVerified {
+						from += " (**not only the measured path**)"
+					}
+				}
+				rel := "–"
+				if r.Hits.RPS() > 0 {
+					rel = fmt.Sprintf("%.2f", s.RPS()/r.Hits.RPS())
+				}
+				p("| %s | %s | %s req/s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, where, num(s.RPS()), ms(s.P50), ms(s.P90), ms(s.P99), ms(s.Max), commas(s.Errors), from, usOrDash(srv), usOrDash(pg), rel)
+			}
+			path("**cache hits**", "node-1, normal", r.Hits)
+			path("**database reads**", "`CACHE_DISABLED=true`, normal", r.DB)
+			path("**replica reads** (change log direct get)", "`CACHE_DISABLED=true`, cache_only", r.Replica)
+			p("\n")
+		}
+		p("All rounds:\n\n%s\n", runHeader)
 		for _, s := range r.Rounds {
 			row := runRow(s, "req/s")
-			if s.Name == r.Hits.Name || s.Name == r.Ceiling.Name || s.Name == r.DB.Name {
+			if s.Name == r.Hits.Name || s.Name == r.Ceiling.Name || s.Name == r.DB.Name || s.Name == r.Replica.Name {
 				row = strings.Replace(row, "| "+s.Name+" |", "| **"+s.Name+"** (best) |", 1)
 			}
 			p("%s\n", row)
 		}
 		p("\n")
-		p("Node hit ratio during the hit run: %.4f. **hits / ceiling = %.2f** (goal ≥ 0.7: %s); **hits / database = %.1f×** (goal ≥ 5: %s).\n\n",
+		if len(r.Samples) > 0 {
+			p("Reads checked one by one before the load (tmdb_id: status, `X-AniVault-Source`, version):\n\n")
+			for _, l := range r.Samples {
+				p("- %s\n", l)
+			}
+			p("\n")
+		}
+		p("Node hit ratio during the hit run: %.4f. **hits / ceiling = %.2f** (goal ≥ 0.7: %s); **hits / database = %.1f×** (goal ≥ 5: %s).",
 			r.HitRatioDuringRun, r.HitsOverCeiling, verdict(r.HitsOverCeiling >= 0.7), r.HitsOverDB, verdict(r.HitsOverDB >= 5))
+		if r.Replica.Ops > 0 {
+			p(" **Replica reads: %s req/s, %.2f× the database path, %.2f of the cache hits' throughput**; every read of every replica round served from the change log by the node's count: %s.",
+				num(r.Replica.RPS()), r.ReplicaOverDB, 1/maxf(r.HitsOverReplica, 1e-9), okText(r.ReplicaChecked, "yes", "no"))
+			if len(r.EnterCacheOnly) > 0 {
+				p(" Entering cache-only mode (request → every node reports it) took %s, leaving it (exit request → every node normal, buffer empty) %s.", durList(r.EnterCacheOnly), durList(r.ExitCacheOnly))
+			}
+		}
+		p("\n\n")
 		if r.DBPerfProfile != "" {
 			p("CPU profile during another database-path run (perf over the whole machine; the second part is the CACHE_DISABLED node only):\n\n```\n%s\n```\n\n", r.DBPerfProfile)
 		}
 		if r.NodePerfProfile != "" {
 			p("CPU profile of the cache-node process during another hit run (perf, Go symbols from the binary; the node has no pprof endpoint):\n\n```\n%s\n```\n\n", r.NodePerfProfile)
 		}
+	}
+	if c := rep.ChangeLog; c != nil && c.MsgsAfter > 0 {
+		renderChangeLog(p, c)
 	}
 	if w := rep.Writes; w != nil {
 		p("## 2. Writes\n\n")
@@ -386,6 +447,21 @@ func renderReport(rep *Report) string {
 	}
 	p("\n")
 	return b.String()
+}
+
+// durList formats durations as "a, b and c".
+func durList(ds []time.Duration) string {
+	var parts []string
+	for _, d := range ds {
+		parts = append(parts, ms(d))
+	}
+	switch len(parts) {
+	case 0:
+		return "–"
+	case 1:
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
 }
 
 func orDash(s, prefix string) string {

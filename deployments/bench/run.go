@@ -51,6 +51,8 @@ type runner struct {
 	nodeA, nodeB *stack.Node // the node under test, the second node for the outage phases
 	// writesPerMsg is the mean number of writes in one buffer message measured in the write phase.
 	writesPerMsg float64
+	// snapshots counts the read phase's snapshots of a node's counters (each is two GET requests).
+	snapshots int64
 }
 
 func (r *runner) say(format string, a ...any) {
@@ -79,6 +81,7 @@ func run(ctx context.Context, c config) (*Report, error) {
 		fn   func(context.Context) error
 	}{
 		{"reads", r.phaseReads},
+		{"changelog", r.phaseChangeLog},
 		{"writes", r.phaseWrites},
 		{"replay", r.phaseReplay},
 		{"memory", r.phaseMemory},
