@@ -51,10 +51,10 @@ func TestChaosShort(t *testing.T) {
 			t.Logf("seed %d: %d faults, %d writes acknowledged, lost %d, outages %d, longest detection %s, longest recovery %s, %v",
 				seed, len(res.Schedule.Faults), res.Counters.Acked(), res.Ledger.Lost, len(res.Outages), res.LongestDetection, res.LongestRecovery, res.Elapsed.Round(time.Second))
 			rd, fin := res.Reads, res.Final
-			t.Logf("seed %d: reads checked %d (bound %v): stale %d, unavailable %d, replica %d, explained %d, errors %d; final reads compared %d, differing %d",
-				seed, rd.Checked, rd.Bound, rd.Stale, rd.Unavailable, rd.Replica, rd.Explained, rd.Errors, fin.Compared, fin.Differing)
+			t.Logf("seed %d: reads checked %d (bound %v): stale %d (missed an HTTP write %d, only producer writes %d), unavailable %d, replica %d, explained %d, errors %d; final reads compared %d, differing %d",
+				seed, rd.Checked, rd.Bound, rd.Stale, rd.StaleHTTP, rd.StaleProducer, rd.Unavailable, rd.Replica, rd.Explained, rd.Errors, fin.Compared, fin.Differing)
 			if rd.Stale != 0 {
-				t.Errorf("%d stale reads:\n  %s", rd.Stale, strings.Join(rd.Check.Errors, "\n  "))
+				t.Errorf("%d stale reads: %s\n  %s", rd.Stale, rd.Check.Detail, strings.Join(rd.Check.Errors, "\n  "))
 			}
 			if rd.Checked == 0 {
 				t.Errorf("no read was checked: the readers did not run")

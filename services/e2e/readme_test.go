@@ -72,16 +72,18 @@ func TestREADMECommands(t *testing.T) {
 	}
 	// What each command must print; sub runs in the background and must see a mode event.
 	expect := map[string]string{
-		"kv get":                    `"mode"`,
-		"status.get":                "is_operational",
-		"recovery.force":            "attempted",
-		"recovery.cache_only.enter": "cache_only",
-		"recovery.cache_only.exit":  "recovering",
-		"micro ls":                  events.ServiceRecoveryManager,
-		"stream info":               "ANIVAULT_BUFFER",
-		"consumer info":             "cache-node-replay",
-		"metadata.get":              "tmdb_id",
-		"pub metadata.upsert":       "Published",
+		"kv get":                       `"mode"`,
+		"status.get":                   "is_operational",
+		"recovery.force":               "attempted",
+		"recovery.cache_only.enter":    "cache_only",
+		"recovery.cache_only.exit":     "recovering",
+		"micro ls":                     events.ServiceRecoveryManager,
+		"stream info ANIVAULT_BUFFER":  "ANIVAULT_BUFFER",
+		"stream info ANIVAULT_CHANGES": "ANIVAULT_CHANGES",
+		"stream get ANIVAULT_CHANGES":  "Attack on Titan",
+		"consumer info":                "cache-node-replay",
+		"metadata.get":                 "tmdb_id",
+		"pub metadata.upsert":          "Published",
 	}
 	var sub *exec.Cmd
 	var subOut strings.Builder
@@ -99,8 +101,8 @@ func TestREADMECommands(t *testing.T) {
 		out, err := run(ctx, line).CombinedOutput()
 		// A producer's write is applied asynchronously: reading it back
 		// right after the publish may come first, as it would for a user.
-		for deadline := time.Now().Add(15 * time.Second); strings.Contains(line, "metadata.get") &&
-			!strings.Contains(string(out), `"tmdb_id"`) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(15 * time.Second); (strings.Contains(line, "metadata.get") && !strings.Contains(string(out), `"tmdb_id"`) ||
+			strings.Contains(line, "--last-for") && err != nil) && time.Now().Before(deadline); {
 			time.Sleep(200 * time.Millisecond) // the poll interval of a retried CLI command
 			out, err = run(ctx, line).CombinedOutput()
 		}
