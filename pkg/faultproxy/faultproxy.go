@@ -88,6 +88,20 @@ func (p *Proxy) Disable() {
 	p.proxy.Stop()
 }
 
+// Retarget points the proxy at another upstream (host:port), as a
+// Kubernetes Service or a DNS name moves to a promoted replica: existing
+// connections are cut, new ones reach the new upstream on the same port.
+func (p *Proxy) Retarget(upstream string) error {
+	if _, _, err := net.SplitHostPort(upstream); err != nil {
+		return fmt.Errorf("faultproxy retarget: %w", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.proxy.Stop()
+	p.proxy.Upstream = upstream
+	return p.enableLocked()
+}
+
 // Enable accepts connections again on the same port after Disable.
 func (p *Proxy) Enable() error {
 	p.mu.Lock()

@@ -163,13 +163,29 @@ func Open(cfg Config) (*bun.DB, error) {
 	return bun.NewDB(sqldb, pgdialect.New()), nil
 }
 
-// Ping runs SELECT 1 with its own deadline.
-func Ping(ctx context.Context, db bun.IDB, timeout time.Duration) error {
+// ErrReadOnly is returned by PingWritable for a server that answers but
+// refuses writes: a hot standby, or a primary a failover manager demoted
+// (default_transaction_read_only). SELECT 1 succeeds there.
+var ErrReadOnly = errors.New("database does not take writes")
+
+// PingWritable checks, with its own deadline, that the server answers and
+// would take a write: it is not in recovery and new transactions are not
+// read-only.
+func PingWritable(ctx context.Context, db bun.IDB, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var one int
-	if err := db.NewRaw("SELECT 1").Scan(ctx, &one); err != nil {
-		return fmt.Errorf("select 1: %w", err)
+	var (
+		inRecovery bool
+		readOnly   string
+	)
+	if err := db.NewRaw("SELECT pg_is_in_recovery(), current_setting('transaction_read_only')").Scan(ctx, &inRecovery, &readOnly); err != nil {
+		return fmt.Errorf("health probe: %w", err)
+	}
+	switch {
+	case inRecovery:
+		return fmt.Errorf("health probe: %w: the server is a standby (pg_is_in_recovery)", ErrReadOnly)
+	case readOnly == "on":
+		return fmt.Errorf("health probe: %w: transactions are read-only (default_transaction_read_only)", ErrReadOnly)
 	}
 	return nil
 }
@@ -213,7 +229,7 @@ func DropIdle(db *bun.DB, maxIdle int) {
 	db.SetMaxIdleConns(maxIdle)
 }
 
-// Prober runs SELECT 1 health probes over a pool of exactly one connection,
+// Prober runs health probes (PingWritable) over a pool of exactly one connection,
 // so that however the network misbehaves (black holes, resets, latency) a
 // prober holds at most one server connection. After a failed probe the idle
 // connection is dropped, so the next probe dials afresh and a dead pooled
@@ -233,7 +249,8 @@ func NewProber(dsn, appName string, timeout time.Duration) (*Prober, error) {
 	return &Prober{db: db, timeout: timeout}, nil
 }
 
-// Probe runs SELECT 1 within the timeout and returns its latency. The deadline
+// Probe checks that the database answers and takes writes within the
+// timeout, and returns its latency. The deadline
 // is enforced here even if the driver would wait longer: a server that
 // accepts connections and never answers fails within the timeout.
 func (p *Prober) Probe(ctx context.Context) (time.Duration, error) {
@@ -241,12 +258,12 @@ func (p *Prober) Probe(ctx context.Context) (time.Duration, error) {
 	defer cancel()
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- Ping(ctx, p.db, p.timeout) }()
+	go func() { done <- PingWritable(ctx, p.db, p.timeout) }()
 	var err error
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		err = fmt.Errorf("select 1: %w", ctx.Err())
+		err = fmt.Errorf("health probe: %w", ctx.Err())
 	}
 	if err != nil {
 		DropIdle(p.db, 1)

@@ -162,6 +162,53 @@ func Start(ctx context.Context, opts Options) (_ *Instance, err error) {
 	return inst, nil
 }
 
+// StartReplica makes a streaming replica of the running instance i
+// (pg_basebackup -R: a base backup plus primary_conninfo and standby.signal)
+// in a new directory, on a free port, and starts it as a hot standby. The
+// returned instance must be closed with Close.
+func (i *Instance) StartReplica(ctx context.Context) (_ *Instance, err error) {
+	r := &Instance{binDir: i.binDir, cred: i.cred, ownsBase: true}
+	if r.baseDir, err = makeBaseDir(i.cred); err != nil {
+		return nil, fmt.Errorf("pgembed replica: %w", err)
+	}
+	r.dataDir = filepath.Join(r.baseDir, "data")
+	r.logPath = filepath.Join(r.baseDir, "postgres.log")
+	defer func() {
+		if err != nil {
+			r.removeFiles()
+		}
+	}()
+	if r.port, err = freePort(ctx); err != nil {
+		return nil, fmt.Errorf("pgembed replica: %w", err)
+	}
+	cmd := r.command(ctx, "pg_basebackup", "-D", r.dataDir, "-h", "127.0.0.1", "-p", strconv.Itoa(i.port),
+		"-U", superuser, "-R", "-X", "stream", "-c", "fast", "--no-sync")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("pgembed replica: pg_basebackup: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	// The copied configuration names the primary's port and socket
+	// directory; settings appended later win.
+	if err := r.writeConfig(); err != nil {
+		return nil, fmt.Errorf("pgembed replica: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.startLocked(ctx); err != nil {
+		return nil, fmt.Errorf("pgembed replica: %w", err)
+	}
+	return r, nil
+}
+
+// Promote turns a standby into a primary (pg_ctl promote) and waits until it
+// takes writes.
+func (i *Instance) Promote(ctx context.Context) error {
+	cmd := i.command(ctx, "pg_ctl", "promote", "-w", "-D", i.dataDir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pgembed promote: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 // findBinDir returns a directory containing initdb and postgres.
 func findBinDir(dir string) (string, error) {
 	if dir != "" {

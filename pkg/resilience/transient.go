@@ -111,16 +111,27 @@ func sqlState(err error) (string, bool) {
 }
 
 // transientSQLState reports whether a SQLSTATE describes a condition that a
-// retry (usually on a new connection or a new transaction) can cure.
+// retry (usually on a new connection, a new transaction or another server)
+// can cure: what a failover, a restart, an overloaded or a full server
+// answers, as opposed to what is wrong with the statement.
 func transientSQLState(code string) bool {
-	if len(code) == 5 && code[:2] == "08" { // connection_exception class
+	if len(code) != 5 {
+		return false
+	}
+	switch code[:2] {
+	case "08", // connection_exception
+		"53", // insufficient_resources: disk_full, out_of_memory, too_many_connections, configuration_limit_exceeded
+		"58": // system_error: io_error, undefined_file (a failing disk)
 		return true
 	}
 	switch code {
-	case "57P01", // admin_shutdown
+	case "25006", // read_only_sql_transaction: a demoted primary or a hot standby
+		"57P01", // admin_shutdown
 		"57P02", // crash_shutdown
-		"57P03", // cannot_connect_now
-		"53300", // too_many_connections
+		"57P03", // cannot_connect_now: starting up, shutting down, in recovery
+		"57P05", // idle_session_timeout
+		"55006", // object_in_use
+		"55P03", // lock_not_available
 		"40001", // serialization_failure
 		"40P01": // deadlock_detected
 		return true

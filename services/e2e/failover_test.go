@@ -1,0 +1,252 @@
+package e2e_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/procs"
+)
+
+// writeLoad runs writers HTTP writers over ids on nodes until stop is
+// closed, acknowledging 200 and 202 in the ledger and counting the rest.
+type writeLoad struct {
+	committed, buffered, failed atomic.Int64
+	mu                          sync.Mutex
+	failures                    []string
+	wg                          sync.WaitGroup
+	stop                        chan struct{}
+}
+
+func startWrites(nodes []*Node, l *ledger, ids []int64, writers int) *writeLoad {
+	w := &writeLoad{stop: make(chan struct{})}
+	for i := range writers {
+		w.wg.Go(func() {
+			for j := i; ; j++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				id := ids[(j*writers+i)%len(ids)]
+				n := nodes[j%len(nodes)]
+				r, err := n.Put(anime(id, fmt.Sprintf("writer %d round %d", i, j)))
+				var wr WriteResult
+				switch {
+				case err == nil && (r.Code == 200 || r.Code == 202) && json.Unmarshal(r.Body, &wr) == nil:
+					l.ack(id, wr.Version, false)
+					if r.Code == 200 {
+						w.committed.Add(1)
+					} else {
+						w.buffered.Add(1)
+					}
+				default:
+					w.failed.Add(1)
+					w.mu.Lock()
+					if len(w.failures) < 10 {
+						w.failures = append(w.failures, fmt.Sprintf("tmdb:%d on %s: %v %d %s", id, n.ID, err, r.Code, r.Body))
+					}
+					w.mu.Unlock()
+				}
+			}
+		})
+	}
+	return w
+}
+
+func (w *writeLoad) finish() {
+	close(w.stop)
+	w.wg.Wait()
+}
+
+// superuserExec runs statements on one connection to dsn, in order.
+func superuserExec(t *testing.T, dsn string, stmts ...string) {
+	t.Helper()
+	db := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(dsn)))
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, s := range stmts {
+		if _, err := conn.ExecContext(ctx, s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+// A failover manager demotes the primary to read only for 3 s under load:
+// writes are buffered (202), none fails, the monitor (which checks that the
+// database takes writes) declares it unhealthy and recovered, and every node
+// serves the latest afterwards.
+func TestDemotedPrimaryBuffersWrites(t *testing.T) {
+	t.Parallel()
+	const interval, threshold = 200 * time.Millisecond, 2
+	s := NewSystem(t, Options{PrivatePG: true, MonitorInterval: interval, FailureThreshold: threshold, AutoRecovery: true})
+	n1 := s.StartNode("n1", nil)
+	n2 := s.StartNode("n2", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	waitSchema(t, s)
+	nodes := []*Node{n1, n2}
+	l := newLedger()
+	ids := idRange(1, 200)
+	w := startWrites(nodes, l, ids, 4)
+	time.Sleep(time.Second) // writes commit before the fault
+
+	at := time.Now()
+	superuserExec(t, s.PG.DSN(), "ALTER SYSTEM SET default_transaction_read_only = on", "SELECT pg_reload_conf()")
+	cacheOnly := s.Events.Wait(t, events.SubjectModeCacheOnly, at, interval*threshold+3*time.Second, nil)
+	time.Sleep(3 * time.Second) // the primary stays read only for 3 s
+	writable := time.Now()
+	superuserExec(t, s.PG.DSN(), "SET default_transaction_read_only = off", "ALTER SYSTEM RESET default_transaction_read_only", "SELECT pg_reload_conf()")
+	normal := s.Events.Wait(t, events.SubjectModeNormal, writable, 60*time.Second, nil)
+	w.finish()
+
+	t.Logf("demoted primary: mode.cache_only %v after the demotion, mode.normal %v after it was writable again; writes committed %d, buffered %d, failed %d",
+		cacheOnly.At.Sub(at).Round(time.Millisecond), normal.At.Sub(writable).Round(time.Millisecond), w.committed.Load(), w.buffered.Load(), w.failed.Load())
+	if w.failed.Load() != 0 {
+		t.Fatalf("%d writes failed: %v", w.failed.Load(), w.failures)
+	}
+	if w.buffered.Load() == 0 {
+		t.Fatal("no write was buffered while the primary refused writes")
+	}
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	assertServesTable(t, s, nodes, ids)
+}
+
+// A switchover: the primary is stopped, its streaming replica promoted, and
+// the address the services use (a fault proxy, as a Kubernetes Service or a
+// DNS name) moved to it, while writers keep going. No write fails, none is
+// lost, and every node serves the latest from the new primary.
+func TestSwitchoverToPromotedReplica(t *testing.T) {
+	t.Parallel()
+	const interval, threshold = 200 * time.Millisecond, 2
+	s := NewSystem(t, Options{PrivatePG: true, MonitorInterval: interval, FailureThreshold: threshold, AutoRecovery: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	replica, err := s.PG.StartReplica(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		_ = replica.Close(cctx)
+	})
+	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	u, err := url.Parse(s.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = proxy.Addr()
+	s.opts.DatabaseURL = u.String()
+
+	n1 := s.StartNode("n1", nil)
+	n2 := s.StartNode("n2", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	waitSchema(t, s)
+	nodes := []*Node{n1, n2}
+	l := newLedger()
+	ids := idRange(1, 200)
+	w := startWrites(nodes, l, ids, 4)
+	time.Sleep(time.Second)
+
+	// The failover manager's switchover: stop the old primary (a fast
+	// shutdown streams the last WAL to the replica), promote the replica,
+	// move the address.
+	at := time.Now()
+	if err := s.PG.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := replica.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := proxy.Retarget(fmt.Sprintf("127.0.0.1:%d", replica.Port())); err != nil {
+		t.Fatal(err)
+	}
+	moved := time.Now()
+	// Back to normal: either the switchover was shorter than the monitor's
+	// detection (the mode never left normal; the fast path buffered what
+	// met the gap and the background drain replays it), or it went through
+	// cache_only and recovering. Either way every node commits again.
+	committedBefore := w.committed.Load()
+	var normalAfter time.Duration
+	if err := procs.Eventually(60*time.Second, 50*time.Millisecond, func() error {
+		mc, err := s.ModeKV()
+		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
+		}
+		if err == nil && mc.Mode != events.ModeNormal {
+			return fmt.Errorf("mode %s", mc.Mode)
+		}
+		if w.committed.Load() < committedBefore+20 {
+			return fmt.Errorf("no commits on the new primary yet")
+		}
+		st, err := s.Status()
+		if err != nil {
+			return err
+		}
+		if st.Buffer.Pending != 0 {
+			return fmt.Errorf("buffer pending %d", st.Buffer.Pending)
+		}
+		normalAfter = time.Since(moved)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	w.finish()
+	cacheOnly := 0
+	for _, e := range s.Events.All() {
+		if e.Subject == events.SubjectModeCacheOnly && !e.At.Before(at) {
+			cacheOnly++
+		}
+	}
+	t.Logf("switchover: stop+promote+move took %v; normal and committing with an empty buffer %v after the move (cache-only periods %d); writes committed %d, buffered %d, failed %d",
+		moved.Sub(at).Round(time.Millisecond), normalAfter.Round(time.Millisecond), cacheOnly, w.committed.Load(), w.buffered.Load(), w.failed.Load())
+	if w.failed.Load() != 0 {
+		t.Fatalf("%d writes failed: %v", w.failed.Load(), w.failures)
+	}
+
+	// The table is now the promoted replica's.
+	db, err := pgdb.Open(pgdb.Config{DSN: replica.DSNFor(u.Path[1:]), DialTimeout: 2 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if s.store, err = metastore.New(db); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	assertServesTable(t, s, nodes, ids)
+}
