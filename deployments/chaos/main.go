@@ -32,6 +32,7 @@ func main() {
 	fs.IntVar(&cfg.HTTPWriters, "http-writers", 4, "concurrent HTTP writers")
 	fs.IntVar(&cfg.Producers, "producers", 2, "concurrent JetStream producers (metadata.upsert/delete)")
 	fs.IntVar(&cfg.Readers, "readers", 2, "concurrent HTTP readers")
+	fs.DurationVar(&cfg.StalenessBound, "staleness-bound", 5*time.Second, "STALENESS_BOUND of the cache-nodes, and the bound the read checkers judge with")
 	fs.DurationVar(&cfg.Pause, "pause", 5*time.Millisecond, "pause between two requests of one client")
 	fs.DurationVar(&cfg.MinFault, "min-fault", time.Second, "shortest database fault")
 	fs.DurationVar(&cfg.MaxFault, "max-fault", 8*time.Second, "longest database fault")

@@ -17,7 +17,11 @@ import (
 // runner (deployments/chaos): two cache-nodes, the health-monitor, the
 // recovery-manager, NATS and a private PostgreSQL behind a fault proxy, with
 // HTTP writers and JetStream producers on overlapping keys. The seeds are
-// fixed and chosen so that together they inject every kind of fault; any
+// fixed and chosen so that together they inject every kind of fault. Two
+// readers read the written keys from every node throughout; a read older
+// than a write acknowledged more than the staleness bound (5s) before it
+// fails the test, and so does a node that, after the drain, serves anything
+// but the table's row. Any
 // schedule replays with `go run ./deployments/chaos --seed N --schedules 1
 // --duration 20s --nodes 2 --max-fault 4s --max-gap 3s`.
 func TestChaosShort(t *testing.T) {
@@ -51,8 +55,8 @@ func TestChaosShort(t *testing.T) {
 			t.Logf("seed %d: %d faults, %d writes acknowledged, lost %d, outages %d, longest detection %s, longest recovery %s, %v",
 				seed, len(res.Schedule.Faults), res.Counters.Acked(), res.Ledger.Lost, len(res.Outages), res.LongestDetection, res.LongestRecovery, res.Elapsed.Round(time.Second))
 			rd, fin := res.Reads, res.Final
-			t.Logf("seed %d: reads checked %d (bound %v): stale %d (missed an HTTP write %d, only producer writes %d), unavailable %d, replica %d, explained %d, errors %d; final reads compared %d, differing %d",
-				seed, rd.Checked, rd.Bound, rd.Stale, rd.StaleHTTP, rd.StaleProducer, rd.Unavailable, rd.Replica, rd.Explained, rd.Errors, fin.Compared, fin.Differing)
+			t.Logf("seed %d: reads checked %d (bound %v): stale %d, unavailable %d, replica %d, explained %d, errors %d, behind a producer write (not a violation) %d; final reads compared %d, differing %d",
+				seed, rd.Checked, rd.Bound, rd.Stale, rd.Unavailable, rd.Replica, rd.Explained, rd.Errors, rd.ProducerLag, fin.Compared, fin.Differing)
 			if rd.Stale != 0 {
 				t.Errorf("%d stale reads: %s\n  %s", rd.Stale, rd.Check.Detail, strings.Join(rd.Check.Errors, "\n  "))
 			}

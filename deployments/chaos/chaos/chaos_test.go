@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -147,6 +148,167 @@ func TestCheckLedger(t *testing.T) {
 				t.Errorf("failed checks %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+func TestCheckReads(t *testing.T) {
+	const bound = 5 * time.Second
+	const bms = int(bound / time.Millisecond)
+	t0 := time.Now().Add(-time.Minute)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	v := func(n int) int64 { return versionAt(ms(n), 7) }
+	put := func(key int64, start int, ver int64) Op {
+		return Op{Key: key, Node: "http://n1", Start: ms(start), End: ms(start + 5), Acked: true, Version: ver, Status: 200}
+	}
+	del := func(key int64, start int, ver int64) Op {
+		op := put(key, start, ver)
+		op.Delete = true
+		return op
+	}
+	unknown := func(key int64, start, end int, delete bool) Op {
+		return Op{Key: key, Node: "http://n1", Start: ms(start), End: ms(end), Indeterminate: true, Delete: delete, Err: "timeout"}
+	}
+	prod := func(key int64, start int, seq uint64, delete bool) Op {
+		return Op{Key: key, Producer: true, Delete: delete, Start: ms(start), End: ms(start + 3), Acked: true, Seq: seq}
+	}
+	// read answers at ms(start) + bound + after, for 20 ms.
+	read := func(key int64, after int, status int, ver int64) Read {
+		start := ms(after).Add(bound)
+		return Read{Key: key, Node: "http://n2", Start: start, End: start.Add(20 * time.Millisecond), Status: status, Version: ver, Source: "cache", Mode: "normal"}
+	}
+	cases := []struct {
+		name        string
+		ops         []Op
+		reads       []Read
+		stale       int
+		unavailable int
+	}{
+		{"current 200", []Op{put(1, 0, v(0)), put(1, 100, v(100))}, []Read{read(1, 200, 200, v(100))}, 0, 0},
+		{"stale 200: an older version after the bound", []Op{put(1, 0, v(0)), put(1, 100, v(100))}, []Read{read(1, 200, 200, v(0))}, 1, 0},
+		{"stale 404: an upsert acknowledged before the bound", []Op{put(1, 0, v(0))}, []Read{read(1, 100, 404, 0)}, 1, 0},
+		{"older version within the bound is not stale", []Op{put(1, 0, v(0)), put(1, 100, v(100))},
+			[]Read{read(1, 50, 200, v(0)), read(1, 104, 200, v(0))}, 0, 0},
+		{"404 within the bound of the first write", []Op{put(1, 0, v(0))}, []Read{read(1, 4, 404, 0)}, 0, 0},
+		{"no write yet", []Op{put(1, 0, v(0))}, []Read{read(2, 100, 404, 0), read(1, -1000, 404, 0)}, 0, 0},
+		{"404 explained by a delete with an unknown outcome", []Op{put(1, 0, v(0)), unknown(1, 200, 900, true)},
+			[]Read{read(1, 100, 404, 0)}, 0, 0},
+		{"404 explained by a delete in flight", []Op{put(1, 0, v(0)), del(1, bms+100, v(bms+100))},
+			[]Read{read(1, 100, 404, 0)}, 0, 0},
+		{"404 not explained by a delete that started after the read", []Op{put(1, 0, v(0)), unknown(1, bms+500, bms+900, true)},
+			[]Read{read(1, 100, 404, 0)}, 1, 0},
+		{"404 not explained by an unknown-outcome upsert", []Op{put(1, 0, v(0)), unknown(1, 200, 900, false)},
+			[]Read{read(1, 100, 404, 0)}, 1, 0},
+		{"404 after an acknowledged delete", []Op{put(1, 0, v(0)), del(1, 100, v(100))}, []Read{read(1, 200, 404, 0)}, 0, 0},
+		{"stale 200 after an acknowledged delete", []Op{put(1, 0, v(0)), del(1, 100, v(100))}, []Read{read(1, 200, 200, v(0))}, 1, 0},
+		{"200 of the delete's version", []Op{put(1, 0, v(0)), del(1, 100, v(100))}, []Read{read(1, 200, 200, v(100))}, 1, 0},
+		{"200 after a delete explained by an upsert with an unknown outcome", []Op{put(1, 0, v(0)), del(1, 100, v(100)), unknown(1, 300, 900, false)},
+			[]Read{read(1, 200, 200, v(500))}, 0, 0},
+		{"200 after a delete, outside the unknown upsert's window", []Op{put(1, 0, v(0)), del(1, 100, v(100)), unknown(1, 300, 900, false)},
+			[]Read{read(1, 200, 200, v(5000))}, 1, 0},
+		{"503 is unavailable, not stale", []Op{put(1, 0, v(0))}, []Read{read(1, 100, 503, 0)}, 0, 1},
+		// A producer's write is visible once a node applied it, which the
+		// client cannot see: reads behind one are counted, not failed (see
+		// TestCheckReadsProducerLag).
+		{"producer: version below the window", []Op{prod(2, 0, 1, false), prod(2, 100, 2, false)},
+			[]Read{read(2, 200, 200, hlc.FromStream(ms(1)))}, 0, 0},
+		{"producer: version in the window", []Op{prod(2, 0, 1, false), prod(2, 100, 2, false)},
+			[]Read{read(2, 200, 200, hlc.FromStream(ms(101)))}, 0, 0},
+		{"producer: 404 after an upsert", []Op{prod(2, 0, 1, false)}, []Read{read(2, 100, 404, 0)}, 0, 0},
+		{"producer: 404 after a delete", []Op{prod(2, 0, 1, false), prod(2, 100, 2, true)}, []Read{read(2, 200, 404, 0)}, 0, 0},
+		{"superseded http write sets the floor but not the kind", []Op{put(1, 0, v(0)), {Key: 1, Node: "http://n1", Start: ms(100), End: ms(105), Acked: true, Superseded: true, Version: v(50), Status: 200}},
+			[]Read{read(1, 200, 404, 0), read(1, 200, 200, v(0))}, 1, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := CheckReads(c.ops, c.reads, bound, nil)
+			if r.Stale != c.stale || r.Unavailable != c.unavailable || r.Check.OK != (c.stale == 0) {
+				t.Errorf("stale %d unavailable %d ok %v, want stale %d unavailable %d; %s %v", r.Stale, r.Unavailable, r.Check.OK, c.stale, c.unavailable, r.Check.Detail, r.Check.Errors)
+			}
+			if r.Check.Warn {
+				t.Errorf("%s is advisory", r.Check.Name)
+			}
+			if r.StaleHTTP != r.Stale {
+				t.Errorf("stale %d, of which missed an HTTP write %d", r.Stale, r.StaleHTTP)
+			}
+		})
+	}
+}
+
+func TestCheckReadsBlamesTheMissedWrite(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	ops := []Op{
+		{Key: 1, Start: ms(0), End: ms(5), Acked: true, Version: versionAt(ms(0), 7)},
+		{Key: 1, Producer: true, Start: ms(100), End: ms(103), Acked: true, Seq: 1},
+		{Key: 2, Producer: true, Start: ms(0), End: ms(3), Acked: true, Seq: 2},
+		{Key: 2, Start: ms(100), End: ms(105), Acked: true, Version: versionAt(ms(100), 7)},
+		{Key: 3, Start: ms(0), End: ms(5), Acked: true, Version: versionAt(ms(0), 7)},
+		{Key: 3, Start: ms(200), End: ms(205), Acked: true, Version: versionAt(ms(200), 7)},
+	}
+	start := ms(2000)
+	reads := []Read{
+		// Misses only the producer write of key 1: counted, not stale.
+		{Key: 1, Start: start, End: start.Add(time.Millisecond), Status: 200, Version: versionAt(ms(0), 7)},
+		// Misses the HTTP write of key 2, 1895 ms after its ack.
+		{Key: 2, Start: start, End: start.Add(time.Millisecond), Status: 200, Version: hlc.FromStream(ms(1))},
+		// Misses both HTTP writes of key 3: the lag counts from the first.
+		{Key: 3, Start: start, End: start.Add(time.Millisecond), Status: 200, Version: hlc.FromStream(ms(-10))},
+	}
+	r := CheckReads(ops, reads, time.Second, nil)
+	if r.Stale != 2 || r.StaleHTTP != 2 || r.ProducerLag != 1 || r.MaxLagHTTP != 1995*time.Millisecond {
+		t.Fatalf("%+v", r)
+	}
+	if len(r.Check.Errors) != 2 || !strings.HasPrefix(r.Check.Errors[0], "tmdb:2 ") {
+		t.Fatalf("violations %v", r.Check.Errors)
+	}
+}
+
+// A read behind a producer write that the stream acknowledged more than the
+// bound earlier is counted, never failed: the write becomes visible when a
+// node applies it, which the client does not see.
+func TestCheckReadsProducerLag(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute)
+	ms := func(n int) time.Time { return t0.Add(time.Duration(n) * time.Millisecond) }
+	ops := []Op{{Key: 4, Producer: true, Start: ms(0), End: ms(3), Acked: true, Seq: 9}}
+	reads := []Read{
+		{Key: 4, Start: ms(5000), End: ms(5001), Status: 404},
+		{Key: 4, Start: ms(500), End: ms(501), Status: 404}, // within the bound: nothing had to be visible
+	}
+	r := CheckReads(ops, reads, time.Second, nil)
+	if r.Stale != 0 || r.ProducerLag != 1 || !r.Check.OK {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestCheckFinalReads(t *testing.T) {
+	table := map[int64]metastore.Version{1: {Version: 10}, 2: {Version: 20, Deleted: true}}
+	ok := []FinalAnswer{{Node: "a", Key: 1, Status: 200, Version: 10}, {Node: "a", Key: 2, Status: 404}, {Node: "a", Key: 3, Status: 404}}
+	if r := CheckFinalReads(ok, table, time.Second); !r.Check.OK || r.Compared != 3 || r.Differing != 0 {
+		t.Fatalf("exact answers: %+v %v", r, r.Check.Errors)
+	}
+	bad := []FinalAnswer{{Node: "a", Key: 1, Status: 200, Version: 9}, {Node: "a", Key: 1, Status: 404}, {Node: "b", Key: 2, Status: 200, Version: 20},
+		{Node: "b", Key: 3, Status: 200, Version: 1}, {Node: "b", Key: 1, Status: 503, Err: "unavailable"}, {Node: "b", Key: 1, Err: "connection reset"},
+		{Node: "b", Key: 1, Status: 200, Version: 10, Err: "body: garbage"}}
+	if r := CheckFinalReads(bad, table, time.Second); r.Check.OK || r.Compared != len(bad) || r.Differing != len(bad) {
+		t.Fatalf("every answer differs: %+v %v", r, r.Check.Errors)
+	}
+}
+
+func TestStalenessBoundReachesTheServices(t *testing.T) {
+	var c Config
+	c.Defaults()
+	if c.StalenessBound != 5*time.Second || c.ServiceEnv()["STALENESS_BOUND"] != "5s" {
+		t.Fatalf("default bound %v, env %q", c.StalenessBound, c.ServiceEnv()["STALENESS_BOUND"])
+	}
+	c = Config{Env: map[string]string{"STALENESS_BOUND": "1.5"}}
+	c.Defaults()
+	if c.StalenessBound != 1500*time.Millisecond || c.ServiceEnv()["STALENESS_BOUND"] != "1.5s" {
+		t.Fatalf("bound from Env: %v, env %q", c.StalenessBound, c.ServiceEnv()["STALENESS_BOUND"])
+	}
+	c = Config{StalenessBound: 2 * time.Second, Env: map[string]string{"STALENESS_BOUND": "9s"}}
+	c.Defaults()
+	if c.ServiceEnv()["STALENESS_BOUND"] != "2s" {
+		t.Fatalf("the field must win over Env: %q", c.ServiceEnv()["STALENESS_BOUND"])
 	}
 }
 

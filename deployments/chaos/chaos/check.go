@@ -83,6 +83,9 @@ func describe(op Op) string {
 		via = "producer"
 	}
 	state := "acked"
+	if op.Superseded {
+		state = "acked(superseded)"
+	}
 	switch {
 	case op.Indeterminate:
 		state = "unknown(" + truncate(op.Err, 60) + ")"
@@ -285,4 +288,316 @@ func opVersion(op *Op) string {
 		return "none"
 	}
 	return describe(*op)
+}
+
+// Names of the read-side checkers.
+const (
+	CheckNoStaleRead = "no stale read"
+	CheckServesTable = "every node serves the table"
+)
+
+// ReadResult is what the stale-read checker found.
+type ReadResult struct {
+	Bound       time.Duration // the staleness bound the reads were judged with
+	Reads       int           // every read recorded
+	Checked     int           // 200 and 404 answers judged
+	Stale       int           // judged stale (must be 0)
+	Unavailable int           // 503: in neither the cache nor the change log while the database was away
+	Replica     int           // judged answers served from the change log (X-AniVault-Source: replica)
+	Errors      int           // transport errors and unexpected answers (not judged)
+	Explained   int           // 404s after an upsert and records after a delete, explained by a later write (acknowledged within the bound, in flight, or of unknown outcome)
+	// StaleHTTP counts the stale reads (each missed an acknowledged HTTP
+	// write); MaxLagHTTP is the longest time from such a write's
+	// acknowledgement to the read.
+	StaleHTTP  int
+	MaxLagHTTP time.Duration
+	// ProducerLag counts reads that are not stale against any node's
+	// acknowledgement but older than a producer write the stream
+	// acknowledged more than the bound before: not a violation (a producer's
+	// write is visible once a node applied it), reported as a figure.
+	ProducerLag int
+	Check       *Check
+}
+
+// FinalReads is what the final read-back found.
+type FinalReads struct {
+	Compared  int // reads compared with the table (keys written × live nodes)
+	Differing int // answers other than the row (must be 0)
+	Check     *Check
+}
+
+// minVersion is the lowest version an acknowledged write can have: the exact
+// version of an HTTP write, the lower end of a producer write's window.
+func minVersion(op Op) int64 {
+	if op.Producer {
+		lo, _ := producerWindow(op)
+		return lo
+	}
+	return op.Version
+}
+
+// versionWindow bounds the version a write can have been applied at: exact
+// for an acknowledged HTTP write, httpWindow/producerWindow otherwise.
+func versionWindow(op Op) (lo, hi int64) {
+	if op.Acked && !op.Producer {
+		return op.Version, op.Version
+	}
+	return window(op)
+}
+
+// CheckReads judges every read against the writes (Jepsen-style, from the
+// client's side only): once a write is acknowledged, no node serves an older
+// version of its record than it, beyond the staleness bound.
+//
+// For a read that started at s, the newest write that must be visible is W,
+// the acknowledged write of the key that ended before s - bound with the
+// highest (lowest possible) version: the floor. Writes that may have been
+// applied besides are every acknowledged write (in flight ones included) and
+// every write with an unknown outcome (a timeout, a 5xx, a failed
+// connection) that started before the read ended.
+//
+//   - 200 with a version below the floor is stale;
+//   - 404 is stale when W is an upsert, unless a delete that may have been
+//     applied can be newer than W (its version, or its window's upper end,
+//     above the floor);
+//   - 200 when W is a delete is stale unless an upsert that may have been
+//     applied can have produced the version read, above the floor;
+//   - 503 is not stale (counted as unavailable); other answers are errors.
+//
+// An HTTP write answered "superseded" promises the record's version is at
+// least the one it was told, but not whether it is a delete: it sets the
+// floor but never decides a 404 or a 200 by its kind.
+//
+// during, when not nil, describes what was going on (faults) between two
+// times, for the violations.
+func CheckReads(ops []Op, reads []Read, bound time.Duration, during func(a, b time.Time) string) ReadResult {
+	c := newCheck(CheckNoStaleRead)
+	res := ReadResult{Bound: bound, Reads: len(reads), Check: c}
+	byKey := map[int64][]Op{}
+	for _, op := range ops {
+		if op.Acked || op.Indeterminate {
+			byKey[op.Key] = append(byKey[op.Key], op)
+		}
+	}
+	for k := range byKey {
+		kops := byKey[k]
+		sort.Slice(kops, func(i, j int) bool { return kops[i].Start.Before(kops[j].Start) })
+	}
+	keys := map[int64]bool{}
+	bySource := map[string]int{}
+	var stale []violation
+	for _, rd := range reads {
+		switch rd.Status {
+		case 200, 404:
+		case 503:
+			res.Unavailable++
+			continue
+		default:
+			res.Errors++
+			continue
+		}
+		res.Checked++
+		keys[rd.Key] = true
+		if rd.Source == "replica" {
+			res.Replica++
+		}
+		kops := byKey[rd.Key]
+		cutoff := rd.Start.Add(-bound)
+		// judge decides the read against the writes acknowledged before the
+		// cutoff: the nodes' acknowledgements (HTTP) only, or the stream's
+		// acknowledgements of producer writes too.
+		judge := func(withProducers bool) (why string, w *Op, floor int64, explained bool) {
+			for i := range kops {
+				op := &kops[i]
+				if !op.Acked || op.End.After(cutoff) || (op.Producer && !withProducers) {
+					continue
+				}
+				if v := minVersion(*op); w == nil || v > floor {
+					w, floor = op, v
+				}
+			}
+			if w == nil {
+				return "", nil, 0, false // nothing had to be visible yet
+			}
+			// may lists the writes that may have been applied by the end of the
+			// read and satisfy ok.
+			may := func(ok func(op Op, lo, hi int64) bool) bool {
+				for _, op := range kops {
+					if !op.Start.Before(rd.End) || op.Superseded {
+						continue
+					}
+					lo, hi := versionWindow(op)
+					if ok(op, lo, hi) {
+						return true
+					}
+				}
+				return false
+			}
+			switch {
+			case rd.Status == 200 && rd.Version < floor:
+				why = fmt.Sprintf("v%d is older than the newest write acknowledged before the read started less the bound", rd.Version)
+			case rd.Status == 200 && w.Delete && !w.Superseded:
+				if may(func(op Op, lo, hi int64) bool {
+					return !op.Delete && rd.Version > floor && rd.Version >= lo && rd.Version <= hi
+				}) {
+					return "", w, floor, true
+				}
+				why = fmt.Sprintf("v%d is a record, but the newest write acknowledged before the read started less the bound is a delete, and no upsert that may have been applied can have produced v%d", rd.Version, rd.Version)
+			case rd.Status == 404 && !w.Delete && !w.Superseded:
+				if may(func(op Op, lo, hi int64) bool { return op.Delete && hi > floor }) {
+					return "", w, floor, true
+				}
+				why = "not found, but the newest write acknowledged before the read started less the bound is an upsert, and no delete that may have been applied can be newer"
+			}
+			return why, w, floor, false
+		}
+		why, w, floor, explained := judge(false)
+		if why == "" {
+			// Not stale against the nodes' acknowledgements. A producer's
+			// write is acknowledged by the stream before any node applied
+			// it; it is promised durable then, and visible once a node
+			// applied it (the bound counts from there, which the client
+			// cannot see). A read that lags one is reported, not failed.
+			pwhy, _, _, pexplained := judge(true)
+			switch {
+			case pwhy != "":
+				res.ProducerLag++
+			case explained || pexplained:
+				res.Explained++
+			}
+			continue
+		}
+		res.Stale++
+		// The writes the answer missed: acknowledged before the cutoff and
+		// newer than what was served (for a 404 or a record after a
+		// delete, the newest one); how late the read was is measured from
+		// the first of them.
+		missed := []*Op{w}
+		if rd.Status == 200 && rd.Version < floor {
+			missed = missed[:0]
+			for i := range kops {
+				if op := &kops[i]; op.Acked && !op.End.After(cutoff) && minVersion(*op) > rd.Version {
+					missed = append(missed, op)
+				}
+			}
+		}
+		first, viaHTTP := missed[0], false
+		for _, op := range missed {
+			if op.End.Before(first.End) {
+				first = op
+			}
+			viaHTTP = viaHTTP || !op.Producer
+		}
+		lag := rd.Start.Sub(first.End)
+		if viaHTTP {
+			res.StaleHTTP++
+			res.MaxLagHTTP = max(res.MaxLagHTTP, lag)
+		}
+		bySource[rd.Source+"/"+rd.Mode]++
+		answer := "404"
+		if rd.Status == 200 {
+			answer = fmt.Sprintf("200 v%d", rd.Version)
+		}
+		ctx := ""
+		if during != nil {
+			if d := during(cutoff, rd.End); d != "" {
+				ctx = "; faults between read start less the bound and read end: " + d
+			}
+		}
+		stale = append(stale, violation{http: viaHTTP, msg: fmt.Sprintf(
+			"tmdb:%d on %s: %s (source %q, mode %q) read @%s+%dms, %.2fs after the first missed write was acknowledged (%s): %s; newest acknowledged before %s: %s%s; writes around it:%s",
+			rd.Key, rd.Node, answer, rd.Source, rd.Mode, rd.Start.Format("15:04:05.000"), rd.End.Sub(rd.Start).Milliseconds(), lag.Seconds(), describe(*first), why,
+			cutoff.Format("15:04:05.000"), describe(*w), ctx, around(kops, w, rd))})
+	}
+	// The first violations reported: those that missed an HTTP write first
+	// (the node itself acknowledged it), then the others, each in time order.
+	sort.SliceStable(stale, func(i, j int) bool { return stale[i].http && !stale[j].http })
+	for _, v := range stale {
+		c.fail("%s", v.msg)
+	}
+	var srcs []string
+	for k, n := range bySource {
+		srcs = append(srcs, fmt.Sprintf("%s %d", k, n))
+	}
+	sort.Strings(srcs)
+	c.Detail = fmt.Sprintf("%d reads judged (200/404) on %d keys against the writes acknowledged %v before them: stale %d; of another kind than that write, explained by a later write (acknowledged within the bound, in flight or of unknown outcome) %d; 503 unavailable %d; from the change log %d; errors %d; behind a producer write the stream acknowledged (not a violation) %d",
+		res.Checked, len(keys), bound, res.Stale, res.Explained, res.Unavailable, res.Replica, res.Errors, res.ProducerLag)
+	if res.Stale > 0 {
+		c.Detail += fmt.Sprintf(" [stale reads %d (latest %.2fs after the missed write's ack); by source/mode: %s]",
+			res.StaleHTTP, res.MaxLagHTTP.Seconds(), strings.Join(srcs, ", "))
+	}
+	return res
+}
+
+type violation struct {
+	http bool
+	msg  string
+}
+
+// around lists the writes of a key from the newest one that had to be
+// visible (w) to the end of the read rd, at most eight, for a violation.
+func around(kops []Op, w *Op, rd Read) string {
+	var sel []Op
+	for _, op := range kops {
+		if (op.End.After(w.Start) || op.Start.Equal(w.Start)) && op.Start.Before(rd.End) {
+			sel = append(sel, op)
+		}
+	}
+	more := 0
+	if len(sel) > 8 {
+		more = len(sel) - 8
+		sel = sel[len(sel)-8:]
+	}
+	var b strings.Builder
+	if more > 0 {
+		fmt.Fprintf(&b, "\n      (%d earlier)", more)
+	}
+	for _, op := range sel {
+		b.WriteString("\n      " + describe(op))
+	}
+	return b.String()
+}
+
+// FinalAnswer is one node's answer for a key after the drain.
+type FinalAnswer struct {
+	Node    string
+	Key     int64
+	Status  int // 0: a transport error (Err)
+	Version int64
+	Source  string
+	Err     string
+}
+
+// CheckFinalReads compares the answers read from every live node after the
+// drain with the table: each must be exactly the row, 200 with the row's
+// version for a live row, 404 for a tombstone or no row.
+func CheckFinalReads(answers []FinalAnswer, table map[int64]metastore.Version, bound time.Duration) FinalReads {
+	c := newCheck(CheckServesTable)
+	res := FinalReads{Check: c}
+	nodes := map[string]bool{}
+	for _, a := range answers {
+		res.Compared++
+		nodes[a.Node] = true
+		row, ok := table[a.Key]
+		want := "404"
+		if ok && !row.Deleted {
+			want = fmt.Sprintf("200 v%d", row.Version)
+		}
+		got := fmt.Sprintf("%d", a.Status)
+		switch {
+		case a.Status == 0:
+			got = "error " + truncate(a.Err, 100)
+		case a.Status == 200 && a.Err == "":
+			got = fmt.Sprintf("200 v%d", a.Version)
+		case a.Err != "":
+			got += " " + truncate(a.Err, 100)
+		}
+		if got != want {
+			res.Differing++
+			c.fail("tmdb:%d on %s: %s (source %q), the table holds %s", a.Key, a.Node, got, a.Source, rowString(row, ok))
+		}
+	}
+	c.Detail = fmt.Sprintf("%d reads (every key written, from %d live nodes, %v after the drain) compared with the table: %d differ",
+		res.Compared, len(nodes), bound, res.Differing)
+	return res
 }

@@ -5,8 +5,11 @@
 // write overlapping keys, then heals everything, waits for the system to
 // drain, and checks Jepsen-style that no acknowledged write was lost, that
 // every key ends in its last acknowledged state, that no delete was undone,
-// that the nodes converged, that the write buffer's accounting holds and that
-// the recovery-manager's counters agree with the outages injected.
+// that the nodes converged, that the write buffer's accounting holds, that
+// the recovery-manager's counters agree with the outages injected, that no
+// read served a version older than a write acknowledged more than the
+// staleness bound before it, and that after the drain every node serves
+// exactly the table.
 //
 // A schedule is generated up front from its seed alone (math/rand/v2 PCG),
 // printed before it runs, and replays exactly from that seed.
@@ -57,6 +60,11 @@ type Config struct {
 	HealthInterval   time.Duration // HEALTH_CHECK_INTERVAL
 	HealthTimeout    time.Duration // HEALTH_CHECK_TIMEOUT
 	FailureThreshold int           // HEALTH_FAILURE_THRESHOLD
+	// StalenessBound (STALENESS_BOUND, 5s by default) is how long after a
+	// write is acknowledged a node may still serve an older version of its
+	// record. The services get it and the read checkers judge with it; a
+	// STALENESS_BOUND in Env sets it when the field is zero.
+	StalenessBound time.Duration
 	// Env is added to (and overrides) every service's environment.
 	Env map[string]string
 	// LogLevel of the services (LOG_LEVEL).
@@ -129,12 +137,30 @@ func (c *Config) Defaults() {
 	if c.FailureThreshold <= 0 {
 		c.FailureThreshold = 2
 	}
+	if c.StalenessBound <= 0 {
+		c.StalenessBound = 5 * time.Second
+		if d := parseDuration(c.Env["STALENESS_BOUND"]); d > 0 {
+			c.StalenessBound = d
+		}
+	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 2 * time.Minute
 	}
+}
+
+// parseDuration reads a duration as the services do: Go syntax or plain
+// seconds; 0 when it is neither.
+func parseDuration(s string) time.Duration {
+	if d, err := time.ParseDuration(s); err == nil {
+		return d
+	}
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		return time.Duration(f * float64(time.Second))
+	}
+	return 0
 }
 
 // Validate reports settings that cannot work.
@@ -159,7 +185,8 @@ func (c Config) ScheduleOptions() ScheduleOptions {
 }
 
 // ServiceEnv is the environment of every service: tight detection and
-// recovery settings so that a schedule sees many outages.
+// recovery settings so that a schedule sees many outages, and the staleness
+// bound the read checkers judge with.
 func (c Config) ServiceEnv() map[string]string {
 	e := map[string]string{
 		"LOG_LEVEL": c.LogLevel, "LOG_FORMAT": "json",
@@ -177,6 +204,10 @@ func (c Config) ServiceEnv() map[string]string {
 	}
 	for k, v := range c.Env {
 		e[k] = v
+	}
+	if c.StalenessBound > 0 {
+		// The checkers judge reads with this bound: the services must keep it.
+		e["STALENESS_BOUND"] = c.StalenessBound.String()
 	}
 	return e
 }

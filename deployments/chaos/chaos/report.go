@@ -42,6 +42,24 @@ func (r Report) Acked() int64 {
 	return n
 }
 
+// ReadTotals sums the read checkers' figures over every schedule.
+func (r Report) ReadTotals() (reads ReadResult, final FinalReads) {
+	for _, s := range r.Results {
+		reads.Reads += s.Reads.Reads
+		reads.Checked += s.Reads.Checked
+		reads.Stale += s.Reads.Stale
+		reads.Unavailable += s.Reads.Unavailable
+		reads.Replica += s.Reads.Replica
+		reads.Errors += s.Reads.Errors
+		reads.Explained += s.Reads.Explained
+		reads.ProducerLag += s.Reads.ProducerLag
+		final.Compared += s.Final.Compared
+		final.Differing += s.Final.Differing
+	}
+	reads.Bound = r.Config.StalenessBound
+	return reads, final
+}
+
 // FaultsByKind counts the faults run, by kind.
 func (r Report) FaultsByKind() map[Kind]int {
 	m := map[Kind]int{}
@@ -94,6 +112,8 @@ func PrintResult(w io.Writer, s ScheduleResult) {
 	fmt.Fprintf(w, "  writes acknowledged %d (http committed %d, http buffered %d, producer %d); unknown outcome %d; refused by a dead node %d; rejected %d\n",
 		c.Acked(), c.HTTPCommitted, c.HTTPBuffered, c.ProducerAcked, c.HTTPIndeterminate+c.ProducerIndeterminate, c.Refused, c.Rejected)
 	fmt.Fprintf(w, "  reads %d (503 while uncached in an outage: %d, errors %d)\n", c.Reads, c.ReadsUnavailable, c.ReadErrors)
+	fmt.Fprintf(w, "  reads checked %d (bound %v): stale %d, unavailable %d, replica %d, behind a producer write (not a violation) %d; final reads compared %d, differing %d\n",
+		s.Reads.Checked, s.Reads.Bound, s.Reads.Stale, s.Reads.Unavailable, s.Reads.Replica, s.Reads.ProducerLag, s.Final.Compared, s.Final.Differing)
 	if len(s.UnknownCauses) > 0 {
 		type kv struct {
 			k string
@@ -206,6 +226,10 @@ func (r Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "writes acknowledged: %d (http committed %d, http buffered %d, producer %d); unknown outcome %d\n",
 		c.Acked(), c.HTTPCommitted, c.HTTPBuffered, c.ProducerAcked, c.HTTPIndeterminate+c.ProducerIndeterminate)
 	fmt.Fprintf(w, "lost:                %d\n", r.Lost())
+	rd, fin := r.ReadTotals()
+	fmt.Fprintf(w, "reads checked:       %d (staleness bound %v): stale %d, unavailable (503) %d, replica %d, behind a producer write (not a violation) %d\n",
+		rd.Checked, rd.Bound, rd.Stale, rd.Unavailable, rd.Replica, rd.ProducerLag)
+	fmt.Fprintf(w, "final reads:         %d compared with the table, %d differing\n", fin.Compared, fin.Differing)
 	fmt.Fprintf(w, "outages:             %d (total_failures %d, total_recoveries %d)\n", outages, failures, recoveries)
 	fmt.Fprintf(w, "longest detection:   %s\n", r.LongestDetection())
 	fmt.Fprintf(w, "longest recovery:    %s\n", r.LongestRecovery())

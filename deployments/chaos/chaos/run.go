@@ -44,6 +44,10 @@ type ScheduleResult struct {
 	Err      error
 	Counters Counters
 	Ledger   LedgerResult
+	// Reads is the stale-read checker's result over the workload's reads;
+	// Final the read-back of every key from every live node after the drain.
+	Reads    ReadResult
+	Final    FinalReads
 	Checks   []*Check
 	Executed []Executed
 	Outages  []Outage
@@ -262,6 +266,7 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	r.say("load stopped; waiting for the last faults to be reverted")
 	faults.Wait()
 	res.Counters = wl.Counters()
+	reads := wl.Reads()
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -307,6 +312,19 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	ops := wl.Ops()
 	res.Ledger = CheckLedger(ops, table)
 	res.UnknownCauses = unknownCauses(ops)
+	names := r.nodeNames()
+	res.Reads = CheckReads(ops, reads, cfg.StalenessBound, func(a, b time.Time) string { return r.faultsDuring(res.Executed, a, b) })
+	nameNodes(res.Reads.Check, names)
+	r.say("reads: %d judged, stale %d, 503 unavailable %d, from the change log %d; waiting the staleness bound (%v) to read every key back from every node",
+		res.Reads.Checked, res.Reads.Stale, res.Reads.Unavailable, res.Reads.Replica, cfg.StalenessBound)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(cfg.StalenessBound):
+	}
+	res.Final = CheckFinalReads(r.readBack(ctx, writtenKeys(ops)), table, cfg.StalenessBound)
+	nameNodes(res.Final.Check, names)
+	r.say("final reads: %d compared with the table, %d differ", res.Final.Compared, res.Final.Differing)
 	hist, err := ReadHistory(ctx, r.js, r.subj)
 	if err != nil {
 		return err
@@ -324,9 +342,95 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	leak := r.checkConnections(ctx)
 	orphans := r.checkOrphans(ctx)
 	res.Checks = append(res.Checks, res.Ledger.Checks...)
+	res.Checks = append(res.Checks, res.Reads.Check, res.Final.Check)
 	res.Checks = append(res.Checks, converge, r.checkBuffer(ctx, res, hist), r.checkCounters(res, hist), r.checkCacheOnlyCause(res, hist),
 		announced, alive, r.checkPoison(ctx), leak, orphans, r.checkHealthView(status))
 	return nil
+}
+
+// nodeNames maps the nodes' base URLs to their ids.
+func (r *runner) nodeNames() map[string]string {
+	m := map[string]string{}
+	for _, n := range r.nodes {
+		m[n.URL()] = n.ID
+	}
+	return m
+}
+
+// nameNodes writes the nodes' ids next to their URLs in a check's violations.
+func nameNodes(c *Check, names map[string]string) {
+	for i, e := range c.Errors {
+		for url, id := range names {
+			e = strings.ReplaceAll(e, url, id+" ("+url+")")
+		}
+		c.Errors[i] = e
+	}
+}
+
+// faultsDuring describes the faults active at some time between a and b,
+// with their times relative to the start of the load.
+func (r *runner) faultsDuring(executed []Executed, a, b time.Time) string {
+	var parts []string
+	for _, e := range executed {
+		if e.Start.Before(b) && e.End.After(a) {
+			parts = append(parts, fmt.Sprintf("%s on %s +%.2fs..+%.2fs", e.Kind, e.Target, e.Start.Sub(r.begin).Seconds(), e.End.Sub(r.begin).Seconds()))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// writtenKeys lists the keys of every write attempted, in order.
+func writtenKeys(ops []Op) []int64 {
+	seen := map[int64]bool{}
+	var keys []int64
+	for _, op := range ops {
+		if !seen[op.Key] {
+			seen[op.Key] = true
+			keys = append(keys, op.Key)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
+}
+
+// readBack GETs every key from every live node, once each.
+func (r *runner) readBack(ctx context.Context, keys []int64) []FinalAnswer {
+	var out []FinalAnswer
+	for _, n := range r.nodes {
+		if !n.Running() {
+			continue
+		}
+		for _, id := range keys {
+			a := FinalAnswer{Node: n.URL(), Key: id}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/anime/%d", n.URL(), id), nil)
+			resp, err := httpClient.Do(req)
+			if err != nil {
+				a.Err = err.Error()
+				out = append(out, a)
+				continue
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			a.Status, a.Source = resp.StatusCode, resp.Header.Get("X-AniVault-Source")
+			var v struct {
+				TMDBID  int64 `json:"tmdb_id"`
+				Version int64 `json:"version"`
+			}
+			switch {
+			case err != nil:
+				a.Status, a.Err = 0, "read body: "+err.Error()
+			case a.Status == 200:
+				if json.Unmarshal(b, &v) != nil || v.TMDBID != id {
+					a.Err = "body: " + truncate(string(b), 100)
+				}
+				a.Version = v.Version
+			case a.Status != 404:
+				a.Err = truncate(strings.TrimSpace(string(b)), 100)
+			}
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func (r *runner) procs() []*procs.Proc {

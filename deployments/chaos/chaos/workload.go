@@ -38,6 +38,25 @@ type Op struct {
 	Version       int64  // HTTP: the acknowledged version
 	Seq           uint64 // producer: the stream sequence of the acknowledged message
 	Err           string
+	// Superseded: an HTTP write answered 200 "superseded": it was not written
+	// at a version of its own; Version is the newer version the record holds
+	// (written by another write, whose kind this answer does not tell).
+	Superseded bool
+}
+
+// Read is one GET the workload's readers made, with what the node answered.
+type Read struct {
+	Key   int64
+	Node  string // the node's base URL
+	Start time.Time
+	End   time.Time
+	// Status is the HTTP status (0: a transport error, see Err).
+	Status int
+	// Version is the record's version from a 200's body (0 otherwise).
+	Version int64
+	// Source and Mode are the X-AniVault-Source and X-AniVault-Mode headers.
+	Source, Mode string
+	Err          string
 }
 
 // Counters are the workload's running totals.
@@ -68,8 +87,9 @@ type Workload struct {
 	stopping atomic.Bool
 	wg       sync.WaitGroup
 
-	mu  sync.Mutex
-	ops []Op
+	mu      sync.Mutex
+	ops     []Op
+	readLog []Read
 
 	httpCommitted, httpBuffered, prodAcked atomic.Int64
 	httpIndet, prodIndet                   atomic.Int64
@@ -126,7 +146,7 @@ func (w *Workload) Start(seed uint64, httpWriters, producers, readers int) {
 	}
 	for i := range readers {
 		rng := rand.New(rand.NewPCG(seed, 0x3000+uint64(i)))
-		w.wg.Go(func() { w.reader(rng) })
+		w.wg.Go(func() { w.reader(rng, i) })
 	}
 }
 
@@ -143,6 +163,14 @@ func (w *Workload) Ops() []Op {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]Op(nil), w.ops...)
+}
+
+// Reads returns a copy of every read made (refused connections to a dead
+// node excepted: nothing was asked).
+func (w *Workload) Reads() []Read {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]Read(nil), w.readLog...)
 }
 
 // Counters returns the running totals.
@@ -218,7 +246,7 @@ func (w *Workload) httpWriter(rng *rand.Rand) {
 		}
 		switch {
 		case (resp.StatusCode == 200 || resp.StatusCode == 202) && json.Unmarshal(b, &wr) == nil && wr.Version > 0:
-			op.Acked, op.Version = true, wr.Version
+			op.Acked, op.Version, op.Superseded = true, wr.Version, wr.Status == "superseded"
 			if resp.StatusCode == 200 {
 				w.httpCommitted.Add(1)
 			} else {
@@ -279,26 +307,58 @@ func (w *Workload) producer(rng *rand.Rand) {
 	}
 }
 
-func (w *Workload) reader(rng *rand.Rand) {
-	for w.sleep() {
+// reader reads keys that the writers write, from every node in turn (reader
+// i starts at node i), through every fault, and records every answer.
+func (w *Workload) reader(rng *rand.Rand, first int) {
+	for k := first; w.sleep(); k++ {
 		id := w.allKeys[rng.IntN(len(w.allKeys))]
-		node := w.nodes[rng.IntN(len(w.nodes))]
+		node := w.nodes[k%len(w.nodes)]
+		rd := Read{Key: id, Node: node, Start: time.Now()}
 		resp, err := w.client.Get(fmt.Sprintf("%s/v1/anime/%d", node, id))
 		if err != nil {
-			if !errors.Is(err, syscall.ECONNREFUSED) {
-				w.readErrs.Add(1)
+			rd.End = time.Now()
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue // the node is down: nothing was asked
 			}
+			rd.Err = err.Error()
+			w.readErrs.Add(1)
+			w.recordRead(rd)
 			continue
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
+		b, rerr := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		switch resp.StatusCode {
-		case 200, 404:
+		rd.End, rd.Status = time.Now(), resp.StatusCode
+		rd.Source, rd.Mode = resp.Header.Get("X-AniVault-Source"), resp.Header.Get("X-AniVault-Mode")
+		switch {
+		case rerr != nil:
+			rd.Status, rd.Err = 0, "read body: "+rerr.Error()
+			w.readErrs.Add(1)
+		case resp.StatusCode == 200:
+			var v struct {
+				TMDBID  int64 `json:"tmdb_id"`
+				Version int64 `json:"version"`
+			}
+			if err := json.Unmarshal(b, &v); err != nil || v.Version <= 0 || v.TMDBID != id {
+				rd.Err = fmt.Sprintf("200 without a version of tmdb:%d: %s", id, truncate(string(b), 120))
+				w.readErrs.Add(1)
+				break
+			}
+			rd.Version = v.Version
 			w.reads.Add(1)
-		case 503:
-			w.readsUnavail.Add(1) // not cached while the database is away: an honest answer
+		case resp.StatusCode == 404:
+			w.reads.Add(1)
+		case resp.StatusCode == 503:
+			w.readsUnavail.Add(1) // in neither the cache nor the change log while the database is away
 		default:
+			rd.Err = truncate(string(bytes.TrimSpace(b)), 120)
 			w.readErrs.Add(1)
 		}
+		w.recordRead(rd)
 	}
+}
+
+func (w *Workload) recordRead(rd Read) {
+	w.mu.Lock()
+	w.readLog = append(w.readLog, rd)
+	w.mu.Unlock()
 }

@@ -180,6 +180,19 @@ func (n *Node) statusLoop(ctx context.Context) {
 	}
 }
 
+// statusNow publishes node.status without waiting for the next tick (after
+// a mode change); it never blocks the caller.
+func (n *Node) statusNow() {
+	if n.corePub == nil {
+		return
+	}
+	go func() {
+		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), n.nodeStatus()); err != nil {
+			n.log.Debug("publish node.status failed", "error", err)
+		}
+	}()
+}
+
 func (n *Node) refreshBufferStatus(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

@@ -120,4 +120,7 @@ func (n *Node) applyMode(mc events.ModeChanged) {
 	if mc.Mode == events.ModeRecovering {
 		n.startReplay(mc.Epoch)
 	}
+	// Tell the manager at once, so that it counts this node as live in the
+	// new mode without waiting for the next report.
+	n.statusNow()
 }

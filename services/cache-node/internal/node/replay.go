@@ -96,14 +96,18 @@ func (n *Node) replayLoop(ctx context.Context, epoch int64) {
 		Epoch:    epoch, Replayed: total.replayed, SkippedStale: total.stale, Failed: total.failed,
 		DurationMS: time.Since(start).Milliseconds(),
 	}
-	for ctx.Err() == nil {
-		if err := n.publishEvent(ctx, n.subj.Of(events.SubjectReplayCompleted), ev); err == nil {
+	// The buffer was drained: report it even if the mode moves on meanwhile
+	// (the manager may already have announced normal), within a bound of its own.
+	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer pcancel()
+	for {
+		err := n.publishEvent(pctx, n.subj.Of(events.SubjectReplayCompleted), ev)
+		if err == nil {
 			break
-		} else {
-			n.log.Warn("publish replay.completed failed, retrying", "error", err)
 		}
+		n.log.Warn("publish replay.completed failed, retrying", "error", err)
 		select {
-		case <-ctx.Done():
+		case <-pctx.Done():
 			return
 		case <-time.After(time.Second):
 		}
@@ -301,11 +305,19 @@ func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) erro
 	}
 }
 
-// backgroundDrain replays writes buffered in normal mode by the fast path (a
-// transient database error too short for the monitor to declare an outage):
-// without it they would wait for the next outage's recovery.
+// backgroundDrain replays writes buffered by the fast path (a transient
+// database error too short for the monitor to declare an outage) in normal
+// mode, and in recovering once this node's replay for the epoch is done:
+// without it they would wait for the next outage's recovery, and the manager,
+// which announces normal only with an empty buffer, would wait for ever.
 func (n *Node) backgroundDrain(ctx context.Context) {
-	if n.currentMode() != events.ModeNormal || n.breaker.State() != "closed" || n.bufStatus.Load().Pending == 0 {
+	if n.breaker.State() != "closed" || n.bufStatus.Load().Pending == 0 {
+		return
+	}
+	switch mc, _ := n.mode.get(); {
+	case mc.Mode == events.ModeNormal:
+	case mc.Mode == events.ModeRecovering && n.replay.completedEpoch() >= mc.Epoch:
+	default:
 		return
 	}
 	if !n.drainMu.TryLock() {
