@@ -11,7 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -223,4 +226,76 @@ func (s *Server) Restart(ctx context.Context) error {
 		return fmt.Errorf("natsembed restart: %w", err)
 	}
 	return nil
+}
+
+// StartCluster starts n servers with JetStream as one cluster (named
+// "anivault", routes on free ports of 127.0.0.1), each with its store in
+// baseDir/s<i>, and waits until the cluster has a JetStream meta leader. The
+// servers are returned in order; ClusterURL joins their client URLs.
+func StartCluster(ctx context.Context, n int, baseDir string, syncAlways bool) (_ []*Server, err error) {
+	if n < 1 {
+		return nil, errors.New("natsembed cluster: n must be at least 1")
+	}
+	ports := make([]int, 2*n)
+	for i := range ports {
+		if ports[i], err = freePort(ctx); err != nil {
+			return nil, fmt.Errorf("natsembed cluster: %w", err)
+		}
+	}
+	var routes []string
+	for i := range n {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[n+i]))
+	}
+	var servers []*Server
+	defer func() {
+		if err != nil {
+			for _, s := range servers {
+				s.Shutdown()
+			}
+		}
+	}()
+	for i := range n {
+		dir := filepath.Join(baseDir, fmt.Sprintf("s%d", i+1))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("natsembed cluster: %w", err)
+		}
+		conf := filepath.Join(dir, "server.conf")
+		body := fmt.Sprintf("server_name: s%d\ncluster {\n  name: anivault\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n",
+			i+1, ports[n+i], strings.Join(routes, ", "))
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			return nil, fmt.Errorf("natsembed cluster: %w", err)
+		}
+		s, err := Start(ctx, Options{Port: ports[i], StoreDir: filepath.Join(dir, "store"), SyncAlways: syncAlways, ConfigFile: conf})
+		if err != nil {
+			return nil, fmt.Errorf("natsembed cluster: server %d: %w", i+1, err)
+		}
+		servers = append(servers, s)
+	}
+	for {
+		leader := false
+		for _, s := range servers {
+			s.mu.Lock()
+			if s.srv != nil && s.srv.JetStreamIsLeader() {
+				leader = true
+			}
+			s.mu.Unlock()
+		}
+		if leader {
+			return servers, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("natsembed cluster: no JetStream meta leader: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// ClusterURL joins the client URLs of servers, for NATS_URL.
+func ClusterURL(servers []*Server) string {
+	urls := make([]string, len(servers))
+	for i, s := range servers {
+		urls[i] = s.URL()
+	}
+	return strings.Join(urls, ",")
 }

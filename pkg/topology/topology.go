@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/anivault/anivault/events"
@@ -69,7 +70,7 @@ func New(js jetstream.JetStream, subj events.Subjects) (*Topology, error) {
 // EnsureEvents creates the events stream (db.*, mode.*, replay.*) and the mode KV bucket.
 func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error) {
 	s := t.Subjects
-	_, err := t.JS.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	err := t.ensureStream(ctx, jetstream.StreamConfig{
 		Name:              s.Name(events.StreamEvents),
 		Description:       "AniVault events: database health, mode changes, replay reports",
 		Subjects:          []string{s.Of("db.>"), s.Of("mode.>"), s.Of("replay.>")},
@@ -84,7 +85,7 @@ func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error)
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", events.StreamEvents, err)
 	}
-	kv, err := t.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := t.ensureKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      s.Name(events.BucketName),
 		Description: "AniVault current mode (key mode)",
 		History:     16,
@@ -95,6 +96,115 @@ func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error)
 		return nil, fmt.Errorf("ensure kv %s: %w", events.BucketName, err)
 	}
 	return kv, nil
+}
+
+// CallTimeout bounds one provisioning request. While several processes
+// create or update the same streams at once (a fleet started together on a
+// fresh cluster), a request can go unanswered; the caller retries within its
+// start budget instead of waiting for ever.
+const CallTimeout = 5 * time.Second
+
+// ensureStream creates want, or updates the existing stream when its
+// configuration differs. It never lowers the replicas of an existing stream
+// (a process started with the default BUFFER_REPLICAS=1 must not weaken a
+// stream another made with 3), and it sends no update when nothing differs,
+// so that many processes provisioning at once are quick and safe.
+func (t *Topology) ensureStream(ctx context.Context, want jetstream.StreamConfig) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	st, err := t.JS.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if _, err = t.JS.CreateStream(ctx, want); err == nil || !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return err
+		}
+		// Another process created it in between: compare with theirs.
+		st, err = t.JS.Stream(ctx, want.Name)
+	}
+	if err != nil {
+		return err
+	}
+	have := st.CachedInfo().Config
+	want.Replicas = max(want.Replicas, have.Replicas)
+	if sameStream(have, want) {
+		return nil
+	}
+	_, err = t.JS.UpdateStream(ctx, want)
+	return err
+}
+
+// sameStream tells whether the server's configuration have already is want,
+// for the fields AniVault sets (the server fills in defaults for the others).
+func sameStream(have, want jetstream.StreamConfig) bool {
+	limit := func(v int64) int64 {
+		if v <= 0 {
+			return -1
+		}
+		return v
+	}
+	size := func(v int32) int32 {
+		if v <= 0 {
+			return -1
+		}
+		return v
+	}
+	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
+		have.Retention == want.Retention && have.Discard == want.Discard && have.Storage == want.Storage &&
+		have.Replicas == want.Replicas && have.MaxAge == want.MaxAge && have.AllowDirect == want.AllowDirect &&
+		limit(have.MaxMsgs) == limit(want.MaxMsgs) && limit(have.MaxBytes) == limit(want.MaxBytes) &&
+		limit(have.MaxMsgsPerSubject) == limit(want.MaxMsgsPerSubject) && size(have.MaxMsgSize) == size(want.MaxMsgSize)
+}
+
+// ensureKeyValue creates the bucket, or updates it when its history or
+// description differ or its replicas are below want's; it never lowers them.
+func (t *Topology) ensureKeyValue(ctx context.Context, want jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	kv, err := t.JS.KeyValue(ctx, want.Bucket)
+	if err == nil {
+		st, serr := t.JS.Stream(ctx, "KV_"+want.Bucket)
+		if serr != nil {
+			return nil, serr
+		}
+		have := st.CachedInfo().Config
+		if have.Replicas >= want.Replicas && have.MaxMsgsPerSubject == int64(want.History) && have.Description == want.Description {
+			return kv, nil
+		}
+		want.Replicas = max(want.Replicas, have.Replicas)
+	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, err
+	}
+	return t.JS.CreateOrUpdateKeyValue(ctx, want)
+}
+
+// filters returns a consumer's subject filters sorted: the server may keep
+// one filter in FilterSubject or in FilterSubjects.
+func filters(c jetstream.ConsumerConfig) []string {
+	out := slices.Clone(c.FilterSubjects)
+	if c.FilterSubject != "" {
+		out = append(out, c.FilterSubject)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ensureConsumer creates or updates a durable consumer, sending no update
+// when the fields AniVault sets already match.
+func (t *Topology) ensureConsumer(ctx context.Context, stream string, want jetstream.ConsumerConfig) error {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	c, err := t.JS.Consumer(ctx, stream, want.Durable)
+	if err == nil {
+		have := c.CachedInfo().Config
+		if have.Description == want.Description && have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
+			have.MaxDeliver == want.MaxDeliver && (want.MaxAckPending == 0 || have.MaxAckPending == want.MaxAckPending) &&
+			slices.Equal(filters(have), filters(want)) {
+			return nil
+		}
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return err
+	}
+	_, err = t.JS.CreateOrUpdateConsumer(ctx, stream, want)
+	return err
 }
 
 // EnsureManagerConsumers creates the recovery-manager's durable consumers.
@@ -108,7 +218,7 @@ func (t *Topology) EnsureManagerConsumers(ctx context.Context) error {
 		c.AckWait = 30 * time.Second
 		c.MaxDeliver = -1
 		c.DeliverPolicy = jetstream.DeliverAllPolicy
-		if _, err := t.JS.CreateOrUpdateConsumer(ctx, s.Name(events.StreamEvents), c); err != nil {
+		if err := t.ensureConsumer(ctx, s.Name(events.StreamEvents), c); err != nil {
 			return fmt.Errorf("ensure consumer %s: %w", c.Durable, err)
 		}
 	}
@@ -170,7 +280,7 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 	}
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage
-		if _, err := t.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+		if err := t.ensureStream(ctx, sc); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
 		}
 	}
@@ -192,7 +302,7 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 		c.cfg.AckWait = WriteAckWait
 		c.cfg.MaxDeliver = -1
 		c.cfg.DeliverPolicy = jetstream.DeliverAllPolicy
-		if _, err := t.JS.CreateOrUpdateConsumer(ctx, c.stream, c.cfg); err != nil {
+		if err := t.ensureConsumer(ctx, c.stream, c.cfg); err != nil {
 			return fmt.Errorf("ensure consumer %s: %w", c.cfg.Durable, err)
 		}
 	}

@@ -26,3 +26,21 @@ func Start(t testing.TB) *natsembed.Server {
 	t.Cleanup(srv.Shutdown)
 	return srv
 }
+
+// StartCluster starts a cluster of n embedded servers with JetStream (stores
+// in t.TempDir(), fsync on every write) and shuts them down in t.Cleanup.
+func StartCluster(t testing.TB, n int) []*natsembed.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	servers, err := natsembed.StartCluster(ctx, n, t.TempDir(), true)
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			s.Shutdown()
+		}
+	})
+	return servers
+}
