@@ -64,13 +64,19 @@ type Options struct {
 	// DatabaseURL overrides the DSN the services use (for a fault proxy in front of PostgreSQL).
 	DatabaseURL string
 	Env         map[string]string
+	// NATSCluster, when above 1, runs NATS as an in-process JetStream
+	// cluster of that many servers; the services get every server's URL.
+	NATSCluster int
 }
 
 // System is one running AniVault: NATS, PostgreSQL and the service processes.
 type System struct {
 	t       *testing.T
 	opts    Options
-	NATS    *natsembed.Server
+	NATS *natsembed.Server
+	// Cluster holds every server when Options.NATSCluster is set (NATS is the first).
+	Cluster []*natsembed.Server
+	natsURL string
 	PG      *pgembed.Instance
 	DSN     string
 	dir     string
@@ -111,14 +117,20 @@ func NewSystem(t *testing.T, opts Options) *System {
 		opts.RecoveryCheck = time.Minute
 	}
 	s := &System{t: t, opts: opts, dir: t.TempDir()}
-	s.NATS = natstest.Start(t)
+	if opts.NATSCluster > 1 {
+		s.Cluster = natstest.StartCluster(t, opts.NATSCluster)
+		s.NATS, s.natsURL = s.Cluster[0], natsembed.ClusterURL(s.Cluster)
+	} else {
+		s.NATS = natstest.Start(t)
+		s.natsURL = s.NATS.URL()
+	}
 	if opts.PrivatePG {
 		s.PG = pgtest.NewInstance(t)
 		s.DSN = s.PG.DSN()
 	} else {
 		s.DSN = pgtest.NewDatabase(t)
 	}
-	nc, err := nats.Connect(s.NATS.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(s.natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +159,7 @@ func (s *System) dbURL() string {
 
 func (s *System) env(extra map[string]string) map[string]string {
 	e := map[string]string{
-		"NATS_URL":              s.NATS.URL(),
+		"NATS_URL":              s.natsURL,
 		"DATABASE_URL":          s.dbURL(),
 		"SUBJECT_PREFIX":        s.opts.Prefix,
 		"LOG_LEVEL":             "debug",
@@ -201,6 +213,17 @@ func freeAddr(t *testing.T) string {
 // StartNode starts a cache-node and waits until it is ready.
 func (s *System) StartNode(id string, extra map[string]string) *Node {
 	s.t.Helper()
+	n := s.NewNode(id, extra)
+	if err := n.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.WaitReady(n)
+	return n
+}
+
+// NewNode prepares a cache-node process without starting it.
+func (s *System) NewNode(id string, extra map[string]string) *Node {
+	s.t.Helper()
 	addr := freeAddr(s.t)
 	env := s.env(map[string]string{
 		"NODE_ID": id, "HTTP_ADDR": addr, "NODE_STATUS_INTERVAL": "200ms",
@@ -212,10 +235,6 @@ func (s *System) StartNode(id string, extra map[string]string) *Node {
 		env[k] = v
 	}
 	n := &Node{Proc: s.proc("cache-node-"+id, "cache-node", env), ID: id, Addr: addr}
-	if err := n.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	s.WaitReady(n)
 	s.Nodes = append(s.Nodes, n)
 	return n
 }
@@ -245,6 +264,15 @@ func (s *System) WaitReady(n *Node) {
 // StartMonitor starts the health-monitor.
 func (s *System) StartMonitor(extra map[string]string) *procs.Proc {
 	s.t.Helper()
+	if err := s.NewMonitor(extra).Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	return s.Monitor
+}
+
+// NewMonitor prepares the health-monitor process without starting it.
+func (s *System) NewMonitor(extra map[string]string) *procs.Proc {
+	s.t.Helper()
 	env := s.env(map[string]string{
 		"NODE_ID":                   "monitor",
 		"HEALTH_FAILURE_THRESHOLD":  fmt.Sprint(s.opts.FailureThreshold),
@@ -254,14 +282,21 @@ func (s *System) StartMonitor(extra map[string]string) *procs.Proc {
 		env[k] = v
 	}
 	s.Monitor = s.proc("health-monitor", "health-monitor", env)
-	if err := s.Monitor.Start(); err != nil {
-		s.t.Fatal(err)
-	}
 	return s.Monitor
 }
 
 // StartManager starts the recovery-manager and waits until its endpoints answer.
 func (s *System) StartManager(extra map[string]string) *procs.Proc {
+	s.t.Helper()
+	if err := s.NewManager(extra).Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.WaitManager()
+	return s.Manager
+}
+
+// NewManager prepares the recovery-manager process (once) without starting it.
+func (s *System) NewManager(extra map[string]string) *procs.Proc {
 	s.t.Helper()
 	env := s.env(map[string]string{
 		"NODE_ID":                 "manager",
@@ -276,10 +311,6 @@ func (s *System) StartManager(extra map[string]string) *procs.Proc {
 	if s.Manager == nil {
 		s.Manager = s.proc("recovery-manager", "recovery-manager", env)
 	}
-	if err := s.Manager.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	s.WaitManager()
 	return s.Manager
 }
 
