@@ -71,8 +71,8 @@ type Options struct {
 
 // System is one running AniVault: NATS, PostgreSQL and the service processes.
 type System struct {
-	t       *testing.T
-	opts    Options
+	t    *testing.T
+	opts Options
 	NATS *natsembed.Server
 	// Cluster holds every server when Options.NATSCluster is set (NATS is the first).
 	Cluster []*natsembed.Server
