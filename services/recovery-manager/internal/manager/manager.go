@@ -102,6 +102,8 @@ type Manager struct {
 
 	inputs chan input
 	prober *pgdb.Prober
+	// runCtx is Run's context: announcements are retried until it ends.
+	runCtx context.Context
 
 	// Owned by the loop goroutine.
 	health     *events.DBHealth
@@ -168,6 +170,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	m.runCtx = ctx
 	m.wmLog = wmnats.Logger(m.log)
 	m.jsPub, err = wmnats.NewJetStreamPublisher(m.nc, m.wmLog)
 	if err != nil {
@@ -182,6 +185,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		} else {
 			m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
+			if cur.Epoch > 0 {
+				go m.reannounce(ctx, cur)
+			}
 		}
 	}
 	router, err := m.newRouter(ctx)
@@ -344,22 +350,64 @@ func (m *Manager) announce(prev, next events.ModeChanged) {
 	case events.ModeNormal:
 		m.log.Info("Recovery completed", append(attrs, "total_recoveries", counters(next).TotalRecoveries)...)
 	}
+	m.publishMode(next)
+}
+
+// publishMode publishes the mode event of next until JetStream takes it or
+// the manager stops. The KV holds the truth; the event announces it. Its
+// message id is the epoch's, so that a repeat (a retry, or the announcement
+// a restarted manager makes again) is dropped by the stream's dedupe window.
+func (m *Manager) publishMode(next events.ModeChanged) {
 	b, err := json.Marshal(next)
 	if err != nil {
 		return
 	}
 	subject := m.subj.Of(next.Mode.Subject())
-	// The KV holds the truth; the event is published until JetStream takes it.
+	id := fmt.Sprintf("anivault-mode-epoch-%d", next.Epoch)
 	go func() {
-		for i := 0; i < 20; i++ {
-			if err := m.jsPub.Publish(subject, message.NewMessage(watermill.NewUUID(), b)); err == nil {
+		for {
+			if err := m.jsPub.Publish(subject, message.NewMessage(id, b)); err == nil {
 				return
 			} else {
-				m.log.Warn("publish mode event failed, retrying", "subject", subject, "error", err)
+				m.log.Warn("publish mode event failed, retrying", "subject", subject, "epoch", next.Epoch, "error", err)
 			}
-			time.Sleep(500 * time.Millisecond)
+			select {
+			case <-m.runCtx.Done():
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
 		}
 	}()
+}
+
+// reannounce publishes the mode in KV again when the events stream has no
+// mode event for its epoch: the manager that moved the mode may have died
+// before JetStream took its announcement.
+func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := m.js.Stream(ctx, m.subj.Name(events.StreamEvents))
+	if err != nil {
+		m.log.Warn("checking the last mode event failed", "error", err)
+		return
+	}
+	var last int64 = -1
+	for _, mode := range []events.Mode{events.ModeNormal, events.ModeCacheOnly, events.ModeRecovering} {
+		msg, err := st.GetLastMsgForSubject(ctx, m.subj.Of(mode.Subject()))
+		if err != nil {
+			continue
+		}
+		var mc events.ModeChanged
+		if json.Unmarshal(msg.Data, &mc) == nil && mc.Epoch > last {
+			last = mc.Epoch
+		}
+	}
+	if last < cur.Epoch {
+		m.log.Warn("the mode in KV was never announced (its manager stopped first): announcing it now", "mode", cur.Mode, "epoch", cur.Epoch, "last_announced_epoch", last)
+		m.publishMode(cur)
+		return
+	}
+	m.log.Info("the mode in KV is announced", "epoch", cur.Epoch)
 }
 
 // evaluate finishes a recovery once every live node replayed and the buffer is empty.
