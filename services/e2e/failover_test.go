@@ -250,3 +250,83 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	l.check(t, got)
 	assertServesTable(t, s, nodes, ids)
 }
+
+// Three health-monitors. One is cut off from PostgreSQL alone (its
+// connection black-holed): it declares the database unhealthy, but the
+// fleet stays in normal mode. Then one of the others dies and PostgreSQL
+// really stops: the two that remain agree, and detection is not delayed.
+func TestMonitorsAreOutvoted(t *testing.T) {
+	t.Parallel()
+	const interval, threshold = 200 * time.Millisecond, 2
+	s := NewSystem(t, Options{PrivatePG: true, MonitorInterval: interval, MonitorTimeout: time.Second, FailureThreshold: threshold, AutoRecovery: true})
+	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	u, err := url.Parse(s.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = proxy.Addr()
+	n1 := s.StartNode("n1", nil)
+	s.StartManager(nil)
+	m1 := s.StartMonitor(map[string]string{"NODE_ID": "monitor-1"})
+	s.StartMonitor(map[string]string{"NODE_ID": "monitor-2"})
+	cut := s.StartMonitor(map[string]string{"NODE_ID": "monitor-3", "DATABASE_URL": u.String()})
+	waitSchema(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	at := time.Now()
+	if err := proxy.BlackHole(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cut.WaitOutput(ctx, "database declared unhealthy"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Manager.WaitOutput(ctx, "db.unhealthy from a minority of the health-monitors"); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range s.Events.All() {
+		if e.Subject == events.SubjectModeCacheOnly && e.At.After(at) {
+			t.Fatalf("one monitor of three cut off from the database put the fleet in cache-only mode: %s", e.Data)
+		}
+	}
+	if mc, err := s.ModeKV(); err != nil || mc.Mode != events.ModeNormal {
+		t.Fatalf("mode %+v, %v; want normal", mc, err)
+	}
+	l := newLedger()
+	writeAll(t, []*Node{n1}, l, idRange(1, 20), false, "while one monitor is cut off", 200)
+
+	// A monitor dies, then PostgreSQL stops: monitor-2 and the cut-off
+	// monitor-3 are a majority; the dead one does not hold detection up.
+	if err := m1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	stop := time.Now()
+	if err := s.PG.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	bound := interval*threshold + 2*time.Second
+	cacheOnly := s.Events.Wait(t, events.SubjectModeCacheOnly, stop, bound+3*time.Second, nil)
+	t.Logf("monitors: one of three cut off alone kept the fleet in normal mode; with one dead, a real outage was declared %v after PostgreSQL stopped (bound %v): %s",
+		cacheOnly.At.Sub(stop).Round(time.Millisecond), bound, cacheOnly.Mode().Reason)
+	if d := cacheOnly.At.Sub(stop); d > bound {
+		t.Errorf("detection took %v, bound %v", d, bound)
+	}
+	// PostgreSQL back, the proxy healed: recovery.
+	if err := proxy.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	if err := s.PG.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, back, 60*time.Second, nil)
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+}

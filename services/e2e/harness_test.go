@@ -281,7 +281,11 @@ func (s *System) NewMonitor(extra map[string]string) *procs.Proc {
 	for k, v := range extra {
 		env[k] = v
 	}
-	s.Monitor = s.proc("health-monitor", "health-monitor", env)
+	name := "health-monitor"
+	if id := extra["NODE_ID"]; id != "" {
+		name += "-" + id
+	}
+	s.Monitor = s.proc(name, "health-monitor", env)
 	return s.Monitor
 }
 

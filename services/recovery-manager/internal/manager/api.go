@@ -83,10 +83,9 @@ func (m *Manager) handleDBEvent(msg *message.Message) error {
 				m.log.Info("ignoring db.unhealthy older than the current mode", "occurred_at", ev.OccurredAt, "since", cur.Since)
 				return nil, nil
 			}
-			_, err = m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
-				return OnUnhealthy(c, ev.Reason, time.Now())
-			})
-			return nil, err
+			m.monitors.heard(ev.Source, events.HealthUnhealthy, ev.OccurredAt, time.Now(), false)
+			m.pendingVerdict, m.pendingVerdictReason = events.SubjectDBUnhealthy, ev.Reason
+			return nil, m.actOnVerdict(ctx, cur)
 		})
 		return err
 	case events.SubjectDBRecovered:
@@ -102,14 +101,13 @@ func (m *Manager) handleDBEvent(msg *message.Message) error {
 			if !ev.OccurredAt.IsZero() && ev.OccurredAt.Before(cur.Since) {
 				return nil, nil
 			}
+			m.monitors.heard(ev.Source, events.HealthHealthy, ev.OccurredAt, time.Now(), false)
 			if !m.cfg.AutoRecovery {
 				m.log.Info("database recovered; automatic recovery is disabled, waiting for recovery.force")
 				return nil, nil
 			}
-			_, err = m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
-				return OnRecovered(c, m.cfg.AutoRecovery, time.Now())
-			})
-			return nil, err
+			m.pendingVerdict, m.pendingVerdictReason = events.SubjectDBRecovered, ""
+			return nil, m.actOnVerdict(ctx, cur)
 		})
 		return err
 	}
@@ -140,9 +138,49 @@ func (m *Manager) handleHealth(msg *message.Message) error {
 	}
 	_, err := m.submit(msg.Context(), func(context.Context) (any, error) {
 		m.health = &ev
+		if ev.Source != "" && ev.Status != events.HealthUnknown {
+			m.monitors.heard(ev.Source, ev.Status, ev.OccurredAt, time.Now(), true)
+		}
 		return nil, nil
 	})
 	return err
+}
+
+// actOnVerdict moves the mode for the pending monitor transition once a
+// majority of the live monitors agrees with it; until then it waits (the
+// loop re-evaluates on every tick).
+func (m *Manager) actOnVerdict(ctx context.Context, cur events.ModeChanged) error {
+	now := time.Now()
+	switch m.pendingVerdict {
+	case events.SubjectDBUnhealthy:
+		yes, agree, live := m.monitors.majority(events.HealthUnhealthy, time.Time{}, now)
+		if !yes {
+			if !m.minorityLogged {
+				m.log.Warn("db.unhealthy from a minority of the health-monitors: not acting until a majority agrees", "unhealthy", agree, "monitors", live)
+				m.minorityLogged = true
+			}
+			return nil // keep waiting: the others still reach the database
+		}
+		m.pendingVerdict, m.minorityLogged = "", false
+		reason := m.pendingVerdictReason
+		if live > 1 {
+			reason = fmt.Sprintf("%s (%d of %d monitors)", reason, agree, live)
+		}
+		_, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
+			return OnUnhealthy(c, reason, now)
+		})
+		return err
+	case events.SubjectDBRecovered:
+		if yes, _, _ := m.monitors.majority(events.HealthUnhealthy, time.Time{}, now); yes {
+			return nil // a majority still sees the database down
+		}
+		m.pendingVerdict = ""
+		_, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
+			return OnRecovered(c, m.cfg.AutoRecovery, now)
+		})
+		return err
+	}
+	return nil
 }
 
 func (m *Manager) handleNodeStatus(msg *message.Message) error {
@@ -344,6 +382,13 @@ func (m *Manager) systemStatus(ctx context.Context) events.SystemStatus {
 	if h := m.health; h != nil {
 		st.HealthStatus = h.Status
 		st.HealthStatistics = h.Statistics
+	}
+	// With several monitors, the verdict is the majority's.
+	now := time.Now()
+	if yes, _, live := m.monitors.majority(events.HealthUnhealthy, time.Time{}, now); live > 1 && yes {
+		st.HealthStatus = events.HealthUnhealthy
+	} else if yes, _, live := m.monitors.majority(events.HealthHealthy, time.Time{}, now); live > 1 && yes {
+		st.HealthStatus = events.HealthHealthy
 	}
 	rank := map[string]int{"closed": 0, "half_open": 1, "open": 2}
 	var okRetries, ops float64

@@ -107,6 +107,13 @@ type Manager struct {
 
 	// Owned by the loop goroutine.
 	health     *events.DBHealth
+	monitors   monitorVotes
+	// pendingVerdict is a transition (db.unhealthy or db.recovered) a
+	// minority of the monitors reported, with its reason, waiting for a
+	// majority.
+	pendingVerdict       string
+	pendingVerdictReason string
+	minorityLogged       bool
 	nodes      map[string]nodeSeen
 	lastStatus events.ModeChanged
 }
@@ -137,7 +144,7 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 		return nil, err
 	}
 	return &Manager{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
-		inputs: make(chan input), nodes: map[string]nodeSeen{}}, nil
+		inputs: make(chan input), nodes: map[string]nodeSeen{}, monitors: monitorVotes{}}, nil
 }
 
 // Run serves until ctx is done.
@@ -410,15 +417,33 @@ func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
 	m.log.Info("the mode in KV is announced", "epoch", cur.Epoch)
 }
 
-// evaluate finishes a recovery once every live node replayed and the buffer is empty.
+// evaluate acts on the monitors' majority (a db.unhealthy or db.recovered
+// that a minority sent is acted on once a majority agrees), and finishes a
+// recovery once every live node replayed and the buffer is empty.
 func (m *Manager) evaluate(ctx context.Context) {
 	cur, _, err := m.readMode(ctx)
-	if err != nil || cur.Mode != events.ModeRecovering {
+	if err != nil {
 		return
 	}
-	// A fresh unhealthy verdict during replay sends the system back to cache-only.
-	if h := m.health; h != nil && h.Status == events.HealthUnhealthy && h.OccurredAt.After(cur.Since) {
-		m.onUnhealthy(ctx, "health check failed during recovery: "+h.Error)
+	if m.pendingVerdict != "" {
+		if err := m.actOnVerdict(ctx, cur); err != nil {
+			m.log.Warn("acting on the monitors' verdict failed", "error", err)
+		}
+		if cur, _, err = m.readMode(ctx); err != nil {
+			return
+		}
+	}
+	if cur.Mode != events.ModeRecovering {
+		return
+	}
+	// A fresh unhealthy verdict of a majority of the monitors during replay
+	// sends the system back to cache-only.
+	if yes, agree, live := m.monitors.majority(events.HealthUnhealthy, cur.Since, time.Now()); yes {
+		reason := fmt.Sprintf("health check failed during recovery (%d of %d monitors)", agree, live)
+		if h := m.health; h != nil && h.Error != "" {
+			reason += ": " + h.Error
+		}
+		m.onUnhealthy(ctx, reason)
 		return
 	}
 	live := m.liveNodes(time.Now())
