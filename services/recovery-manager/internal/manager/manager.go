@@ -106,16 +106,16 @@ type Manager struct {
 	runCtx context.Context
 
 	// Owned by the loop goroutine.
-	health     *events.DBHealth
-	monitors   monitorVotes
+	health   *events.DBHealth
+	monitors monitorVotes
 	// pendingVerdict is a transition (db.unhealthy or db.recovered) a
 	// minority of the monitors reported, with its reason, waiting for a
 	// majority.
 	pendingVerdict       string
 	pendingVerdictReason string
 	minorityLogged       bool
-	nodes      map[string]nodeSeen
-	lastStatus events.ModeChanged
+	nodes                map[string]nodeSeen
+	lastStatus           events.ModeChanged
 }
 
 type nodeSeen struct {
