@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/natsembed"
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/procs"
 )
@@ -28,12 +31,33 @@ type writeLoad struct {
 	committed, buffered, failed atomic.Int64
 	mu                          sync.Mutex
 	failures                    []string
+	codes                       map[int]int // answers other than 200 and 202, by code (0: no answer)
+	acks                        []time.Time // when each acknowledged write was answered
 	wg                          sync.WaitGroup
 	stop                        chan struct{}
 }
 
+// longestGap is the longest time between two acknowledged writes (or from
+// from to the first) within [from, to].
+func (w *writeLoad) longestGap(from, to time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	acks := slices.Clone(w.acks)
+	slices.SortFunc(acks, func(a, b time.Time) int { return a.Compare(b) })
+	var gap time.Duration
+	prev := from
+	for _, a := range acks {
+		if a.Before(from) || a.After(to) {
+			continue
+		}
+		gap = max(gap, a.Sub(prev))
+		prev = a
+	}
+	return max(gap, to.Sub(prev))
+}
+
 func startWrites(nodes []*Node, l *ledger, ids []int64, writers int) *writeLoad {
-	w := &writeLoad{stop: make(chan struct{})}
+	w := &writeLoad{stop: make(chan struct{}), codes: map[int]int{}}
 	for i := range writers {
 		w.wg.Go(func() {
 			for j := i; ; j++ {
@@ -49,6 +73,9 @@ func startWrites(nodes []*Node, l *ledger, ids []int64, writers int) *writeLoad 
 				switch {
 				case err == nil && (r.Code == 200 || r.Code == 202) && json.Unmarshal(r.Body, &wr) == nil:
 					l.ack(id, wr.Version, false)
+					w.mu.Lock()
+					w.acks = append(w.acks, time.Now())
+					w.mu.Unlock()
 					if r.Code == 200 {
 						w.committed.Add(1)
 					} else {
@@ -57,6 +84,7 @@ func startWrites(nodes []*Node, l *ledger, ids []int64, writers int) *writeLoad 
 				default:
 					w.failed.Add(1)
 					w.mu.Lock()
+					w.codes[r.Code]++
 					if len(w.failures) < 10 {
 						w.failures = append(w.failures, fmt.Sprintf("tmdb:%d on %s: %v %d %s", id, n.ID, err, r.Code, r.Body))
 					}
@@ -329,4 +357,95 @@ func TestMonitorsAreOutvoted(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.check(t, got)
+}
+
+// NATS as a three-server JetStream cluster with every stream and the bucket
+// replicated 3 ways: the server leading the buffer stream is stopped while
+// the system is in cache-only mode under write load, then started again.
+// No acknowledged write is lost; writes refused during the leader election
+// are 503, never a false 202.
+func TestBufferLeaderLoss(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{NATSCluster: 3, AutoRecovery: true, Env: map[string]string{"BUFFER_REPLICAS": "3"}})
+	n1 := s.StartNode("n1", nil)
+	n2 := s.StartNode("n2", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	nodes := []*Node{n1, n2}
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance during a NATS server loss"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitNodeMode(t, n, events.ModeCacheOnly)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := s.JS.Stream(ctx, s.streamName(events.StreamBuffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		t.Fatalf("buffer stream info: %+v %v", info, err)
+	}
+	var leader *natsembed.Server
+	for i, srv := range s.Cluster {
+		if info.Cluster.Leader == fmt.Sprintf("s%d", i+1) {
+			leader = srv
+		}
+	}
+	if leader == nil {
+		t.Fatalf("buffer leader %q is none of the servers", info.Cluster.Leader)
+	}
+	l := newLedger()
+	ids := idRange(1, 300)
+	w := startWrites(nodes, l, ids, 4)
+	for w.buffered.Load() < 200 { // load before the fault
+		if ctx.Err() != nil {
+			t.Fatal("no buffered writes")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	killed := time.Now()
+	leader.Shutdown()
+	for w.buffered.Load() < 1000 { // the system takes writes again without that server
+		if ctx.Err() != nil {
+			t.Fatalf("writes did not resume after the leader was lost: %d buffered, %v", w.buffered.Load(), w.codes)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := leader.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	for n := w.buffered.Load(); w.buffered.Load() < n+500; {
+		if ctx.Err() != nil {
+			t.Fatal("writes stopped after the server came back")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.finish()
+	gap := w.longestGap(killed, restarted)
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, at, 2*time.Minute, nil)
+	w.mu.Lock()
+	codes := maps.Clone(w.codes)
+	w.mu.Unlock()
+	t.Logf("buffer leader (%s) lost under load in cache-only mode: longest time without an acknowledged write %v; buffered %d, refused %d %v",
+		info.Cluster.Leader, gap.Round(time.Millisecond), w.buffered.Load(), w.failed.Load(), codes)
+	for code, n := range codes {
+		if code != 503 {
+			t.Errorf("%d writes answered %d; a write refused during the election must be 503", n, code)
+		}
+	}
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	assertServesTable(t, s, nodes, ids)
 }
