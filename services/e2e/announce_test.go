@@ -53,3 +53,66 @@ func TestUnannouncedModeIsAnnouncedOnRestart(t *testing.T) {
 		}
 	}
 }
+
+// Losing the mode key, or the whole bucket, never freezes nodes on an old
+// epoch: the manager continues from the newest epoch it knows (its own, or
+// the newest announced in the events stream), writes the key again, and the
+// next mode change reaches every node.
+func TestLostModeKeyOrBucket(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{AutoRecovery: true})
+	n1 := s.StartNode("n1", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "first"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	last := s.Events.Wait(t, events.SubjectModeNormal, at, 30*time.Second, nil).Mode().Epoch
+	waitNodeMode(t, n1, events.ModeNormal)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	// The key purged (history and all).
+	kv, err := s.JS.KeyValue(ctx, events.BucketName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(ctx, events.KeyMode); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "after the key was lost"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	if mr.Epoch <= last {
+		t.Fatalf("cache_only.enter after the key was lost answered epoch %d, the fleet was at %d", mr.Epoch, last)
+	}
+	waitNodeMode(t, n1, events.ModeCacheOnly)
+
+	// The bucket deleted, then a restarted manager (nothing in memory).
+	if err := s.Manager.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.JS.DeleteKeyValue(ctx, events.BucketName); err != nil {
+		t.Fatal(err)
+	}
+	s.StartManager(nil)
+	before := mr.Epoch
+	at = time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	normal := s.Events.Wait(t, events.SubjectModeNormal, at, 30*time.Second, nil).Mode()
+	if normal.Epoch <= before {
+		t.Fatalf("mode.normal at epoch %d after the bucket was lost at epoch %d", normal.Epoch, before)
+	}
+	waitNodeMode(t, n1, events.ModeNormal)
+	mc, err := s.ModeKV()
+	if err != nil || mc.Epoch != normal.Epoch {
+		t.Fatalf("KV holds %+v (%v), want epoch %d", mc, err, normal.Epoch)
+	}
+}

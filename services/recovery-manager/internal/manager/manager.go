@@ -104,6 +104,7 @@ type Manager struct {
 	prober *pgdb.Prober
 	// runCtx is Run's context: announcements are retried until it ends.
 	runCtx context.Context
+	top    *topology.Topology
 
 	// Owned by the loop goroutine.
 	health   *events.DBHealth
@@ -164,6 +165,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	top.Replicas = m.cfg.Buffer.Replicas
+	m.top = top
 	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
 		kv, err := top.EnsureEvents(ctx)
 		if err != nil {
@@ -264,8 +266,18 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	e, err := m.kv.Get(ctx, events.KeyMode)
+	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		// The bucket was deleted: make it again, then treat the key as lost.
+		if kv, perr := m.top.EnsureEvents(ctx); perr != nil {
+			return events.ModeChanged{}, 0, fmt.Errorf("read mode: the bucket is gone and making it again failed: %w", perr)
+		} else {
+			m.kv = kv
+		}
+		m.log.Warn("the mode bucket was deleted: made it again", "bucket", m.subj.Name(events.BucketName))
+		err = jetstream.ErrKeyNotFound
+	}
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return events.ModeChanged{Mode: events.ModeNormal, Epoch: 0, Counters: &events.ManagerCounters{}}, 0, nil
+		return m.lostMode(ctx), 0, nil
 	}
 	if err != nil {
 		return events.ModeChanged{}, 0, fmt.Errorf("read mode: %w", err)
@@ -278,11 +290,62 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 	return mc, e.Revision(), nil
 }
 
-// initMode creates the mode key at epoch 0 (normal); losing the race to
-// another manager is fine.
+// lostMode is the mode to continue from when the key is absent: a fresh
+// system starts in normal mode at epoch 0, but a key that was deleted (or a
+// bucket made again) must not send the epochs back to 0, or every node,
+// which only ever moves to newer epochs, would stay on its old one for
+// ever. The newest epoch known is this manager's last, or the newest
+// announced in the events stream; the key is written again with it.
+func (m *Manager) lostMode(ctx context.Context) events.ModeChanged {
+	base := events.ModeChanged{Mode: events.ModeNormal, Epoch: 0, Counters: &events.ManagerCounters{}}
+	if m.lastStatus.Epoch > 0 {
+		base = m.lastStatus
+	}
+	if ann, ok := m.lastAnnounced(ctx); ok && ann.Epoch > base.Epoch {
+		base = ann
+		if base.Counters == nil {
+			base.Counters = &events.ManagerCounters{}
+		}
+	}
+	if base.Epoch > 0 {
+		m.log.Warn("the mode key is missing: writing it again from the newest epoch known", "mode", base.Mode, "epoch", base.Epoch)
+		if err := m.initMode(ctx, base); err != nil {
+			m.log.Warn("writing the mode key again failed", "error", err)
+		}
+	}
+	return base
+}
+
+// lastAnnounced returns the newest mode event in the events stream.
+func (m *Manager) lastAnnounced(ctx context.Context) (events.ModeChanged, bool) {
+	st, err := m.js.Stream(ctx, m.subj.Name(events.StreamEvents))
+	if err != nil {
+		return events.ModeChanged{}, false
+	}
+	var (
+		last  events.ModeChanged
+		found bool
+	)
+	for _, mode := range []events.Mode{events.ModeNormal, events.ModeCacheOnly, events.ModeRecovering} {
+		msg, err := st.GetLastMsgForSubject(ctx, m.subj.Of(mode.Subject()))
+		if err != nil {
+			continue
+		}
+		var mc events.ModeChanged
+		if json.Unmarshal(msg.Data, &mc) == nil && mc.Mode.Valid() && (!found || mc.Epoch > last.Epoch) {
+			last, found = mc, true
+		}
+	}
+	return last, found
+}
+
+// initMode creates the mode key with cur (epoch 0, normal, on a fresh
+// system); losing the race to another manager is fine.
 func (m *Manager) initMode(ctx context.Context, cur events.ModeChanged) error {
 	cur.Envelope = events.Envelope{OccurredAt: time.Now().UTC(), Source: m.cfg.NodeID}
-	cur.Since = cur.OccurredAt
+	if cur.Since.IsZero() {
+		cur.Since = cur.OccurredAt
+	}
 	b, err := json.Marshal(cur)
 	if err != nil {
 		return err
@@ -393,21 +456,9 @@ func (m *Manager) publishMode(next events.ModeChanged) {
 func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := m.js.Stream(ctx, m.subj.Name(events.StreamEvents))
-	if err != nil {
-		m.log.Warn("checking the last mode event failed", "error", err)
-		return
-	}
 	var last int64 = -1
-	for _, mode := range []events.Mode{events.ModeNormal, events.ModeCacheOnly, events.ModeRecovering} {
-		msg, err := st.GetLastMsgForSubject(ctx, m.subj.Of(mode.Subject()))
-		if err != nil {
-			continue
-		}
-		var mc events.ModeChanged
-		if json.Unmarshal(msg.Data, &mc) == nil && mc.Epoch > last {
-			last = mc.Epoch
-		}
+	if ann, ok := m.lastAnnounced(ctx); ok {
+		last = ann.Epoch
 	}
 	if last < cur.Epoch {
 		m.log.Warn("the mode in KV was never announced (its manager stopped first): announcing it now", "mode", cur.Mode, "epoch", cur.Epoch, "last_announced_epoch", last)
