@@ -40,6 +40,10 @@ const (
 	SubjectCacheOnlyEnter = "recovery.cache_only.enter"
 	// SubjectCacheOnlyExit asks the recovery-manager to leave cache-only mode through recovering.
 	SubjectCacheOnlyExit = "recovery.cache_only.exit"
+	// SubjectRecoveryComplete is an extension: the operator ends recovering
+	// now, without waiting for every live node's replay.completed (a node
+	// whose replay cannot finish); what is still buffered keeps draining.
+	SubjectRecoveryComplete = "recovery.complete"
 	// SubjectStatusGet asks the recovery-manager for the system status.
 	SubjectStatusGet = "status.get"
 

@@ -3,10 +3,12 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/procs"
 )
 
 // A manager that moved the mode in KV and died before JetStream took its
@@ -114,5 +116,82 @@ func TestLostModeKeyOrBucket(t *testing.T) {
 	mc, err := s.ModeKV()
 	if err != nil || mc.Epoch != normal.Epoch {
 		t.Fatalf("KV holds %+v (%v), want epoch %d", mc, err, normal.Epoch)
+	}
+}
+
+// A live node whose replay cannot finish holds the system in recovering;
+// the operator's way out is recovery.complete: the mode moves to normal,
+// and every acknowledged write reaches the table.
+func TestOperatorCompletesAStuckRecovery(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{AutoRecovery: true})
+	n1 := s.StartNode("n1", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeMode(t, n1, events.ModeCacheOnly)
+	l := newLedger()
+	writeAll(t, []*Node{n1}, l, idRange(1, 100), false, "buffered", 202)
+
+	// A node that reports itself live and never replays (stuck on a
+	// database it cannot reach, say).
+	stop := make(chan struct{})
+	defer close(stop)
+	report := func() {
+		b, _ := json.Marshal(events.NodeStatus{Envelope: events.Envelope{OccurredAt: time.Now().UTC(), Source: "stuck"},
+			ID: "stuck", Mode: events.ModeRecovering, LastSeen: time.Now().UTC()})
+		_ = s.NC.Publish(s.subject(events.SubjectNodeStatus), b)
+	}
+	report()
+	go func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				report()
+			}
+		}
+	}()
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	epoch := mr.Epoch
+	s.Events.Wait(t, events.SubjectReplayCompleted, at, 30*time.Second, nil)
+	// n1 has replayed, the buffer is empty, and the manager still waits for "stuck".
+	if err := procs.Eventually(10*time.Second, 50*time.Millisecond, func() error {
+		st, err := s.Status()
+		if err != nil {
+			return err
+		}
+		if st.Mode != events.ModeRecovering || st.Buffer.Pending != 0 {
+			return fmt.Errorf("mode %s, pending %d", st.Mode, st.Buffer.Pending)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Request(events.SubjectRecoveryComplete, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	if mr.Mode != events.ModeNormal || mr.Epoch != epoch+1 {
+		t.Fatalf("recovery.complete answered %+v, want normal at epoch %d", mr, epoch+1)
+	}
+	waitNodeMode(t, n1, events.ModeNormal)
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.Manager.WaitOutput(ctx, "Recovery completed by the operator"); err != nil {
+		t.Error(err)
 	}
 }

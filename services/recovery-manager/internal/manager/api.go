@@ -216,6 +216,7 @@ func (m *Manager) addMicroService() (micro.Service, error) {
 		{"force", events.SubjectRecoveryForce, m.handleForce},
 		{"cache_only_enter", events.SubjectCacheOnlyEnter, m.handleEnter},
 		{"cache_only_exit", events.SubjectCacheOnlyExit, m.handleExit},
+		{"complete", events.SubjectRecoveryComplete, m.handleComplete},
 		{"status", events.SubjectStatusGet, m.handleStatus},
 	} {
 		if err := svc.AddEndpoint(ep.name, ep.h, micro.WithEndpointSubject(m.subj.Of(ep.subject))); err != nil {
@@ -347,6 +348,38 @@ func (m *Manager) handleEnter(req micro.Request) {
 	}, m.modeChange(func(c events.ModeChanged) (events.ModeChanged, bool) {
 		return OnEnterCacheOnly(c, reason, time.Now())
 	}))
+}
+
+// handleComplete ends recovering at the operator's word when the replay
+// cannot finish (a node that never reports replay.completed): once the
+// database takes writes, the mode moves to normal; writes still buffered
+// are drained in the background by the nodes in normal mode.
+func (m *Manager) handleComplete(req micro.Request) {
+	m.serveOnLoop(req, &struct{}{}, nil, func(ctx context.Context) (any, error) {
+		cur, _, err := m.readMode(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if cur.Mode != events.ModeRecovering {
+			return events.ModeReply{Mode: cur.Mode, Epoch: cur.Epoch}, nil
+		}
+		if err := m.checkDB(ctx); err != nil {
+			return nil, fmt.Errorf("the database does not take writes yet, staying in recovering: %w", err)
+		}
+		var waiting []string
+		for _, n := range m.liveNodes(time.Now()) {
+			if n.status.ReplayedEpoch < cur.Epoch {
+				waiting = append(waiting, n.status.ID)
+			}
+		}
+		pending, _ := m.bufferPending(ctx)
+		m.log.Warn("Recovery completed by the operator before every node replayed; what is still buffered drains in the background",
+			"epoch", cur.Epoch, "nodes_not_replayed", waiting, "buffer_pending", pending)
+		next, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
+			return OnReplayDone(c, cur.Epoch, time.Now())
+		})
+		return events.ModeReply{Mode: next.Mode, Epoch: next.Epoch}, err
+	})
 }
 
 func (m *Manager) handleExit(req micro.Request) {
