@@ -67,6 +67,9 @@ type changeLog struct {
 	onChange func(id, version int64, deleted bool)
 	// onLapse runs once when the node can no longer prove it is current.
 	onLapse func()
+	// validate checks an entry read from the log before it is served and
+	// returns the record's canonical encoding (nil for a tombstone).
+	validate func(id, version int64, deleted bool, raw []byte) ([]byte, error)
 
 	mu    sync.RWMutex
 	index map[int64]int64 // latest version of every record in the log; negative: a tombstone
@@ -88,6 +91,7 @@ func newChangeLog(subj events.Subjects, source string, bound time.Duration, log 
 		backoff:  500 * time.Millisecond,
 		onChange: func(int64, int64, bool) {},
 		onLapse:  func() {},
+		validate: func(_, _ int64, _ bool, raw []byte) ([]byte, error) { return raw, nil },
 		index:    map[int64]int64{},
 		restart:  make(chan struct{}, 1),
 	}
@@ -197,10 +201,14 @@ func (l *changeLog) get(ctx context.Context, id int64) (e logEntry, found bool, 
 	if err := json.Unmarshal(m.Data, &p); err != nil || p.TMDBID != id || p.Version <= 0 || (!p.Deleted && len(p.Record) == 0) {
 		return logEntry{}, false, fmt.Errorf("%w: tmdb:%d at sequence %d", ErrLogMismatch, id, m.Sequence)
 	}
+	body, err := l.validate(id, p.Version, p.Deleted, p.Record)
+	if err != nil {
+		return logEntry{}, false, fmt.Errorf("%w: tmdb:%d at sequence %d: %v", ErrLogMismatch, id, m.Sequence, err)
+	}
 	l.observe(id, p.Version, p.Deleted)
 	e = logEntry{id: id, version: p.Version, deleted: p.Deleted}
 	if !p.Deleted {
-		e.body = p.Record
+		e.body = body
 	}
 	return e, true, nil
 }

@@ -117,7 +117,21 @@ func (m *metrics) instrument(h http.Handler) http.Handler {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		h.ServeHTTP(rec, r)
-		m.requests.WithLabelValues(r.Method, strconv.Itoa(rec.code)).Inc()
-		m.latency.WithLabelValues(r.Method).Observe(time.Since(start).Seconds())
+		method := methodLabel(r.Method)
+		m.requests.WithLabelValues(method, strconv.Itoa(rec.code)).Inc()
+		m.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
 	})
+}
+
+// methodLabel bounds the method label to the methods HTTP defines: net/http
+// passes any token through, and each new label value would make a series
+// that is never removed (a client sending random methods grew /metrics
+// without bound).
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "other"
 }

@@ -158,7 +158,13 @@ func (n *Node) handleChanged(msg *message.Message) error {
 	if msg.Metadata.Get(events.HeaderSource) == n.cfg.NodeID {
 		return nil
 	}
-	var ev events.MetadataChanged
+	var ev struct {
+		Source  string          `json:"source"`
+		TMDBID  int64           `json:"tmdb_id"`
+		Version int64           `json:"version"`
+		Deleted bool            `json:"deleted"`
+		Record  json.RawMessage `json:"record"`
+	}
 	if err := json.Unmarshal(msg.Payload, &ev); err != nil {
 		n.log.Warn("ignoring undecodable metadata.changed", "error", err)
 		return nil
@@ -166,17 +172,20 @@ func (n *Node) handleChanged(msg *message.Message) error {
 	if ev.Source == n.cfg.NodeID || ev.TMDBID <= 0 || ev.Version <= 0 {
 		return nil
 	}
-	n.clock.Observe(ev.Version)
 	switch {
 	case n.changes.latest(ev.TMDBID) > ev.Version:
 		// The change log already holds a newer write.
 	case ev.Deleted:
+		if !n.clock.Observe(ev.Version) {
+			n.log.Warn("ignoring metadata.changed with a version beyond the clock's drift bound", "tmdb_id", ev.TMDBID, "version", ev.Version)
+			return nil
+		}
 		n.cacheSet(ev.TMDBID, entry{version: ev.Version, deleted: true})
-	case ev.Record != nil && ev.Record.TMDBID == ev.TMDBID:
-		body, err := events.Marshal(ev.Record)
+	case len(ev.Record) > 0 && string(ev.Record) != "null":
+		body, err := n.storedRecord(ev.TMDBID, ev.Version, ev.Record)
 		if err != nil {
-			n.log.Error("encode record for cache", "tmdb_id", ev.TMDBID, "error", err)
-			n.cache.Remove(ev.TMDBID)
+			n.log.Warn("ignoring metadata.changed with an invalid record", "tmdb_id", ev.TMDBID, "source", ev.Source, "error", err)
+			n.metrics.invalid.WithLabelValues("event").Inc()
 			return nil
 		}
 		n.applyLocal(ev.TMDBID, ev.Version, body)
@@ -187,6 +196,38 @@ func (n *Node) handleChanged(msg *message.Message) error {
 		}
 	}
 	return nil
+}
+
+// storedRecord checks a record that another node encoded (in
+// metadata.changed or the change log) before it is cached or served, and
+// returns its canonical encoding: it passes the contract's validation, is
+// the record of id at version, has an updated_at, and its version is one
+// the node's clock accepts (not beyond hlc.MaxDrift ahead).
+func (n *Node) storedRecord(id, version int64, raw []byte) ([]byte, error) {
+	rec, err := events.DecodeRecord(raw)
+	if err != nil {
+		return nil, err
+	}
+	var meta struct {
+		Version   int64      `json:"version"`
+		UpdatedAt *time.Time `json:"updated_at"`
+	}
+	if err := json.Unmarshal(raw, &meta); err != nil {
+		return nil, fmt.Errorf("record of tmdb:%d: %w", id, err)
+	}
+	switch {
+	case rec.TMDBID != id:
+		return nil, fmt.Errorf("record of tmdb:%d carries tmdb_id %d", id, rec.TMDBID)
+	case meta.Version != version:
+		return nil, fmt.Errorf("record of tmdb:%d carries version %d, the event %d", id, meta.Version, version)
+	case meta.UpdatedAt == nil:
+		return nil, fmt.Errorf("record of tmdb:%d has no updated_at", id)
+	case !n.clock.Observe(version):
+		return nil, fmt.Errorf("record of tmdb:%d: version %d is beyond the clock's drift bound", id, version)
+	}
+	at := meta.UpdatedAt.UTC()
+	rec.Version, rec.UpdatedAt = version, &at
+	return events.Marshal(rec)
 }
 
 // publishEvent publishes a JetStream-backed event and waits for the stream's acknowledgement.

@@ -179,6 +179,15 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	n.changes = newChangeLog(n.subj, cfg.NodeID, cfg.StalenessBound, log)
 	n.changes.onChange = func(id, version int64, _ bool) { n.invalidate(id, version) }
 	n.changes.onLapse = func() { n.cache.Purge() }
+	n.changes.validate = func(id, version int64, deleted bool, raw []byte) ([]byte, error) {
+		if deleted {
+			if !n.clock.Observe(version) {
+				return nil, fmt.Errorf("version %d is beyond the clock's drift bound", version)
+			}
+			return nil, nil
+		}
+		return n.storedRecord(id, version, raw)
+	}
 	n.pendingLog.m = map[int64]logEntry{}
 	n.metrics = newMetrics(n)
 	n.breaker, err = resilience.NewBreaker(resilience.BreakerConfig{

@@ -1,0 +1,157 @@
+package e2e_test
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/procs"
+)
+
+// rssKiB reads a process's resident set size.
+func rssKiB(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			v, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// Thousands of requests with huge random method tokens: the metrics keep a
+// fixed set of method labels, so /metrics and the node's memory stay flat.
+func TestHostileMethodsDoNotGrowMetrics(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{})
+	n := s.StartNode("n1", nil)
+	metricsSize := func() int {
+		r, err := do("GET", n.URL()+"/metrics", nil)
+		if err != nil || r.Code != 200 {
+			t.Fatalf("metrics: %v %d", err, r.Code)
+		}
+		return len(r.Body)
+	}
+	// Warm up every normal path first, so that only the hostile requests differ.
+	for range 50 {
+		if _, err := n.Get(1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, rssBefore := metricsSize(), rssKiB(t, n.Pid())
+	const requests, methodBytes = 3000, 8 << 10
+	alphabet := "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	raw := make([]byte, methodBytes)
+	conn, err := net.Dial("tcp", n.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rd := bufio.NewReader(conn)
+	for i := range requests {
+		_, _ = rand.Read(raw)
+		for j := range raw {
+			raw[j] = alphabet[int(raw[j])%len(alphabet)]
+		}
+		if _, err := fmt.Fprintf(conn, "%s /v1/anime/1 HTTP/1.1\r\nHost: x\r\n\r\n", raw); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		status, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("response %d: %v", i, err)
+		}
+		if !strings.Contains(status, " 405 ") && !strings.Contains(status, " 400 ") && !strings.Contains(status, " 501 ") {
+			t.Fatalf("a request with a random method answered %q", status)
+		}
+		// Skip headers and body (Content-Length).
+		length := 0
+		for {
+			h, err := rd.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h == "\r\n" {
+				break
+			}
+			if v, ok := strings.CutPrefix(strings.ToLower(h), "content-length:"); ok {
+				length, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+			if strings.HasPrefix(strings.ToLower(h), "connection: close") {
+				conn.Close()
+				if conn, err = net.Dial("tcp", n.Addr); err != nil {
+					t.Fatal(err)
+				}
+				rd.Reset(conn)
+			}
+		}
+		if _, err := rd.Discard(length); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, rssAfter := metricsSize(), rssKiB(t, n.Pid())
+	t.Logf("%d requests with random %d-byte methods: /metrics %d -> %d bytes, RSS %d -> %d KiB", requests, methodBytes, before, after, rssBefore, rssAfter)
+	if after-before > 4<<10 {
+		t.Errorf("/metrics grew by %d bytes", after-before)
+	}
+	if rssAfter-rssBefore > 32<<10 {
+		t.Errorf("RSS grew by %d KiB", rssAfter-rssBefore)
+	}
+}
+
+// A forged metadata.changed (an invalid record, or a version far beyond the
+// clock) is not cached: every node keeps serving the real record.
+func TestForgedChangeEventsAreNotCached(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{})
+	n1 := s.StartNode("n1", nil)
+	n2 := s.StartNode("n2", nil)
+	l := newLedger()
+	writeAll(t, []*Node{n1}, l, []int64{900}, false, "real", 200)
+	checkReads(t, n2, l, []int64{900})
+	real := l.want[900].Version
+	forge := func(version int64, rec map[string]any) {
+		t.Helper()
+		payload, _ := json.Marshal(map[string]any{"occurred_at": time.Now().UTC(), "source": "forger", "tmdb_id": 900,
+			"version": version, "deleted": false, "buffered": false, "record": rec})
+		if err := s.NC.Publish(s.subject(events.SubjectMetadataChanged), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	// An empty title, one version above the real one.
+	forge(real+1<<12, with(anime(900, ""), "version", real+1<<12, "updated_at", now))
+	// A valid record two days ahead of every clock.
+	far := real + int64(48*time.Hour/time.Millisecond)<<12
+	forge(far, with(anime(900, "from the future"), "version", far, "updated_at", now))
+	if err := s.NC.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := procs.Eventually(10*time.Second, 20*time.Millisecond, func() error {
+		if got := metricValue(t, n2, `anivault_invalid_requests_total{transport="event"}`); got < 2 {
+			return fmt.Errorf("%v forged events refused", got)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	checkReads(t, n2, l, []int64{900})
+	checkReads(t, n1, l, []int64{900})
+}
