@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -128,4 +129,37 @@ func (r *Reader) Positive(name string, d time.Duration) {
 	if d <= 0 {
 		r.Fail(name, "must be greater than zero")
 	}
+}
+
+// MaskURLs masks the credentials of every URL in a comma-separated list:
+// a password (user:password@) and a token (token@, a user name alone is
+// how NATS URLs carry tokens) both become ****; a part that does not parse
+// loses everything between "//" and "@".
+func MaskURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, part := range parts {
+		raw := strings.TrimSpace(part)
+		p, err := url.Parse(raw)
+		switch {
+		case err == nil && p.User == nil:
+			parts[i] = raw
+		case err == nil:
+			if _, hasPassword := p.User.Password(); hasPassword {
+				p.User = url.UserPassword(p.User.Username(), "****")
+			} else {
+				p.User = url.User("****")
+			}
+			parts[i] = strings.Replace(p.String(), "%2A%2A%2A%2A", "****", 1)
+		default:
+			if at := strings.LastIndex(raw, "@"); at >= 0 {
+				start := strings.Index(raw, "//") + 2
+				if start < 2 || start > at {
+					start = 0
+				}
+				raw = raw[:start] + "****" + raw[at:]
+			}
+			parts[i] = raw
+		}
+	}
+	return strings.Join(parts, ",")
 }

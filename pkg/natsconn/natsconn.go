@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"time"
 
 	"github.com/anivault/anivault/pkg/envconfig"
@@ -76,14 +75,10 @@ func (c Config) String() string {
 		}
 		return "****"
 	}
-	u := c.URL
-	if p, err := url.Parse(c.URL); err == nil && p.User != nil {
-		p.User = url.User(p.User.Username())
-		u = p.String()
-	}
 	return fmt.Sprintf("url=%s creds=%s user=%s password=%s token=%s nkey=%s tls=%t",
-		u, c.Creds, c.User, mask(c.Password), mask(c.Token), c.NKey, c.Cert != "" || c.CA != "")
+		envconfig.MaskURLs(c.URL), c.Creds, c.User, mask(c.Password), mask(c.Token), c.NKey, c.Cert != "" || c.CA != "")
 }
+
 
 // LogValue implements slog.LogValuer with secrets masked.
 func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }

@@ -88,3 +88,27 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+func TestMaskURLs(t *testing.T) {
+	for _, c := range []struct{ in, secret string }{
+		{"nats://alice:s3cret@a:4222", "s3cret"},
+		{"nats://alice:s3cret@a:4222,nats://alice:s3cret@b:4222,nats://alice:s3cret@c:4222", "s3cret"},
+		{"nats://tok3n-abc@a:4222", "tok3n-abc"},
+		{"tls://bob:p%40ss@a:4222", "p%40ss"},
+		{"nats://a:4222, nats://carol:hunter2@b:4222", "hunter2"},
+		{"nats://weird:pa ss word@a:4222", "pa ss word"},
+		{"nats://%zz:leak3d@a:4222", "leak3d"},
+	} {
+		got := envconfig.MaskURLs(c.in)
+		if strings.Contains(got, c.secret) || !strings.Contains(got, "****") {
+			t.Errorf("MaskURLs(%q) = %q: the secret shows or nothing is masked", c.in, got)
+		}
+		cfg := natsconn.Config{URL: c.in}
+		if strings.Contains(cfg.String(), c.secret) {
+			t.Errorf("Config.String with %q shows the secret: %s", c.in, cfg.String())
+		}
+	}
+	if got := envconfig.MaskURLs("nats://a:4222,nats://b:4222"); got != "nats://a:4222,nats://b:4222" {
+		t.Errorf("URLs without credentials changed: %q", got)
+	}
+}

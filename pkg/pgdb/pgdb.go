@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -17,6 +18,8 @@ import (
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/driver/pgdriver"
+
+	"github.com/anivault/anivault/pkg/envconfig"
 )
 
 // Config configures a pool.
@@ -139,10 +142,20 @@ func (c closingConnector) Driver() driver.Driver { return c.inner.Driver() }
 
 // Open returns a bun.DB for cfg. It does not touch the network: a database
 // that is down at start is reported by the first query, not here.
-func Open(cfg Config) (*bun.DB, error) {
+func Open(cfg Config) (_ *bun.DB, err error) {
 	if cfg.DSN == "" {
 		return nil, errors.New("open postgres: empty DSN")
 	}
+	// pgdriver panics on a DSN it cannot parse, with the DSN (password
+	// included) in the message: check it first, and never let its text out.
+	if _, perr := url.Parse(cfg.DSN); perr != nil {
+		return nil, fmt.Errorf("open postgres: the DSN %s does not parse as a URL", envconfig.MaskURLs(cfg.DSN))
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("open postgres: the DSN %s is not one pgdriver accepts (a bad port or sslmode?)", envconfig.MaskURLs(cfg.DSN))
+		}
+	}()
 	cfg.setDefaults()
 	opts := []pgdriver.Option{
 		pgdriver.WithDSN(cfg.DSN),

@@ -60,3 +60,22 @@ func TestStatementTimeout(t *testing.T) {
 		t.Fatalf("the client gave up instead of the server: %v", err)
 	}
 }
+
+// A malformed DATABASE_URL is an error naming the problem, never a panic,
+// and the password never shows.
+func TestOpenBadDSN(t *testing.T) {
+	for _, dsn := range []string{
+		"postgres://u:s3cret@[::1:5432/db",
+		"postgres://u:s3cret@host:notaport/db",
+		"postgres://u:s3cret@host/db?sslmode=bogus",
+	} {
+		db, err := pgdb.Open(pgdb.Config{DSN: dsn})
+		if err == nil || db != nil {
+			t.Errorf("Open(%q) = %v, %v; want an error", dsn, db, err)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("Open(%q): the error shows the password: %v", dsn, err)
+		}
+	}
+}
