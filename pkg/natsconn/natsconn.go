@@ -79,7 +79,6 @@ func (c Config) String() string {
 		envconfig.MaskURLs(c.URL), c.Creds, c.User, mask(c.Password), mask(c.Token), c.NKey, c.Cert != "" || c.CA != "")
 }
 
-
 // LogValue implements slog.LogValuer with secrets masked.
 func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
