@@ -155,3 +155,60 @@ func TestForgedChangeEventsAreNotCached(t *testing.T) {
 	checkReads(t, n2, l, []int64{900})
 	checkReads(t, n1, l, []int64{900})
 }
+
+// A slow client cannot hold a write slot or a connection for ever: past
+// HTTP_READ_TIMEOUT the node closes a request whose body never ends, and
+// past MAX_CONCURRENT_WRITES writes in flight it answers 503 with
+// Retry-After.
+func TestSlowClientsAreBounded(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{})
+	n := s.StartNode("n1", map[string]string{"HTTP_READ_TIMEOUT": "1s", "MAX_CONCURRENT_WRITES": "1"})
+	body, _ := json.Marshal(anime(42, "slow"))
+	conn, err := net.Dial("tcp", n.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Headers and half the body, then nothing: the write holds the only slot.
+	if _, err := fmt.Fprintf(conn, "PUT /v1/anime/42 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:len(body)/2]); err != nil {
+		t.Fatal(err)
+	}
+	if err := procs.Eventually(5*time.Second, 20*time.Millisecond, func() error {
+		r, err := n.Put(anime(43, "while the slot is held"))
+		if err != nil {
+			return err
+		}
+		if r.Code != 503 || r.Header.Get("Retry-After") == "" {
+			return fmt.Errorf("second write: %d %q %s", r.Code, r.Header.Get("Retry-After"), r.Body)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The node gives up on the slow body within the read timeout (plus slack)
+	// and the slot is free again.
+	start := time.Now()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := conn.Read(buf); err != nil {
+			break
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the node held a request with a body that never ends for %v", d)
+	}
+	if err := procs.Eventually(5*time.Second, 20*time.Millisecond, func() error {
+		r, err := n.Put(anime(43, "after the slow client was cut"))
+		if err != nil {
+			return err
+		}
+		if r.Code != 200 {
+			return fmt.Errorf("write: %d %s", r.Code, r.Body)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

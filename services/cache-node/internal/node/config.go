@@ -70,6 +70,15 @@ type Config struct {
 	// after which a cached entry is checked against the database on its next
 	// read in normal mode: a safety net for rows changed by another path.
 	CacheRevalidateAfter time.Duration
+	// HTTPReadTimeout (HTTP_READ_TIMEOUT) bounds reading a whole request,
+	// body included; HTTPWriteTimeout (HTTP_WRITE_TIMEOUT) bounds a request
+	// from the end of its headers to the end of its answer. A slow client
+	// holds a goroutine and memory no longer than these.
+	HTTPReadTimeout  time.Duration
+	HTTPWriteTimeout time.Duration
+	// MaxConcurrentWrites (MAX_CONCURRENT_WRITES) bounds the writes a node
+	// handles at once; past it a write is answered 503 with Retry-After.
+	MaxConcurrentWrites int
 	// LogReconcileInterval (LOG_RECONCILE_INTERVAL) is how often the node
 	// compares recently written rows with the change log and logs those the
 	// log is behind on.
@@ -114,7 +123,11 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		StalenessBound:       r.Duration("STALENESS_BOUND", 5*time.Second),
 		CacheRevalidateAfter: r.Duration("CACHE_REVALIDATE_AFTER", time.Minute),
 		LogReconcileInterval: r.Duration("LOG_RECONCILE_INTERVAL", 10*time.Second),
+		HTTPReadTimeout:      r.Duration("HTTP_READ_TIMEOUT", 15*time.Second),
+		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", 1024, 1, 1<<20)),
 	}
+	// A write may wait the database budget and then the buffer's.
+	c.HTTPWriteTimeout = r.Duration("HTTP_WRITE_TIMEOUT", c.DBTimeout+c.BufferTimeout+10*time.Second)
 	r.Positive("HEALTH_CHECK_TIMEOUT", healthTimeout)
 	r.Positive("DB_TIMEOUT", c.DBTimeout)
 	r.Positive("BREAKER_OPEN_TIMEOUT", c.BreakerOpenTimeout)
@@ -122,6 +135,8 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 	r.Positive("BUFFER_TIMEOUT", c.BufferTimeout)
 	r.Positive("STALENESS_BOUND", c.StalenessBound)
 	r.Positive("LOG_RECONCILE_INTERVAL", c.LogReconcileInterval)
+	r.Positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout)
+	r.Positive("HTTP_WRITE_TIMEOUT", c.HTTPWriteTimeout)
 	if c.CacheRevalidateAfter < 0 {
 		r.Fail("CACHE_REVALIDATE_AFTER", "must not be negative")
 	}

@@ -109,6 +109,19 @@ func (n *Node) handleHTTPGet(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
+// writeSlot takes one of the node's write slots, or answers 503 when all
+// are in use; release must be called when it returns true.
+func (n *Node) writeSlot(w http.ResponseWriter) (release func(), ok bool) {
+	select {
+	case n.writeSlots <- struct{}{}:
+		return func() { <-n.writeSlots }, true
+	default:
+		n.metrics.writes.WithLabelValues("refused_busy").Inc()
+		n.fail(w, fmt.Errorf("%w: %d writes in flight, the node's limit (MAX_CONCURRENT_WRITES)", ErrUnavailable, cap(n.writeSlots)))
+		return nil, false
+	}
+}
+
 func (n *Node) handleHTTPPut(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-AniVault-Mode", string(n.currentMode()))
 	id, err := pathID(r)
@@ -116,6 +129,11 @@ func (n *Node) handleHTTPPut(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, err)
 		return
 	}
+	release, ok := n.writeSlot(w)
+	if !ok {
+		return
+	}
+	defer release()
 	body, err := io.ReadAll(io.LimitReader(r.Body, events.MaxRecordBytes+1))
 	if err != nil {
 		n.fail(w, &events.ValidationError{Field: "body", Message: "could not read the request body: " + err.Error()})
@@ -142,6 +160,11 @@ func (n *Node) handleHTTPDelete(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, err)
 		return
 	}
+	release, ok := n.writeSlot(w)
+	if !ok {
+		return
+	}
+	defer release()
 	ctx, cancel := n.requestCtx(r)
 	defer cancel()
 	n.respondWrite(w, ctx, Write{TMDBID: id})

@@ -154,6 +154,8 @@ type Node struct {
 	drainMu sync.Mutex
 	// sweepMu lets one orphan sweep of the producers' write stream run at a time.
 	sweepMu sync.Mutex
+	// writeSlots bounds the HTTP writes in flight (MAX_CONCURRENT_WRITES).
+	writeSlots chan struct{}
 
 	acceptedTotal atomic.Int64
 	replayedTotal atomic.Int64
@@ -176,6 +178,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		clock: hlc.New(cfg.NodeID, nil),
 		cache: c,
 	}
+	n.writeSlots = make(chan struct{}, cfg.MaxConcurrentWrites)
 	n.changes = newChangeLog(n.subj, cfg.NodeID, cfg.StalenessBound, log)
 	n.changes.onChange = func(id, version int64, _ bool) { n.invalidate(id, version) }
 	n.changes.onLapse = func() { n.cache.Purge() }
@@ -267,7 +270,8 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", n.cfg.HTTPAddr, err)
 	}
-	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+		ReadTimeout: n.cfg.HTTPReadTimeout, WriteTimeout: n.cfg.HTTPWriteTimeout}
 	n.log.Info("HTTP listening", "addr", ln.Addr().String())
 
 	runCtx, cancel := context.WithCancel(ctx)
