@@ -54,6 +54,10 @@ const (
 	SubjectBufferWrites = "buffer.writes"
 	// SubjectPoison is an extension: events that could not be processed, with the reason in headers.
 	SubjectPoison = "poison.metadata"
+	// SubjectPoisonBuffer is an extension: buffer messages that could not be
+	// decoded, copied before they are removed from the buffer, with the
+	// reason and the buffer sequence in headers.
+	SubjectPoisonBuffer = "poison.buffer"
 	// SubjectChanges is an extension: the change log, one subject per record
 	// (changes.<tmdb_id>, see ChangeSubject) holding its last durable write.
 	SubjectChanges = "changes"

@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -210,5 +211,50 @@ func TestSlowClientsAreBounded(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An undecodable buffer message is copied to the poison stream with its
+// reason before it leaves the buffer: an operator can still recover what it
+// held.
+func TestUndecodableBufferMessageIsKeptInPoison(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{AutoRecovery: true})
+	n1 := s.StartNode("n1", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeMode(t, n1, events.ModeCacheOnly)
+	l := newLedger()
+	writeAll(t, []*Node{n1}, l, idRange(1, 20), false, "good", 202)
+	garbage := []byte(`{"writes":[{"tmdb_id":7,"version":-3}]}`)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := s.JS.Publish(ctx, s.subject(events.SubjectBufferWrites), garbage); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	st, err := s.JS.Stream(ctx, s.streamName(events.StreamPoison))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, s.subject(events.SubjectPoisonBuffer))
+	if err != nil {
+		t.Fatalf("no copy of the undecodable buffer message in the poison stream: %v", err)
+	}
+	if string(m.Data) != string(garbage) || m.Header.Get("AniVault-Poison-Reason") == "" || m.Header.Get("AniVault-Buffer-Sequence") == "" {
+		t.Fatalf("poison copy %s with headers %v", m.Data, m.Header)
 	}
 }

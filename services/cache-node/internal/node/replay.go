@@ -3,9 +3,12 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
@@ -188,8 +191,19 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 	}
 	good := msgs[:0:0]
 	for i, m := range msgs {
-		if bad[i] {
-			// A message that can never be applied is terminated and counted, not retried forever.
+		if bad[i] != nil {
+			// A message that can never be applied is copied to the poison
+			// stream with its reason, then terminated and counted, not
+			// retried for ever; while it cannot be copied it stays.
+			seq := uint64(0)
+			if meta, err := m.Metadata(); err == nil {
+				seq = meta.Sequence.Stream
+			}
+			if err := n.poisonBuffered(ctx, m.Data(), seq, bad[i]); err != nil {
+				n.log.Warn("undecodable buffer message kept: it could not be copied to the poison stream", "sequence", seq, "error", err)
+				_ = m.NakWithDelay(5 * time.Second)
+				continue
+			}
 			_ = m.Term()
 			continue
 		}
@@ -215,16 +229,15 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 	return nil
 }
 
-// applyBuffered applies the writes of buffer messages and reports which
-// messages could not be decoded (counted as failed, never retried).
-// progress, if not nil, is called after each committed statement.
-func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []bool, err error) {
-	writes, errs := decodeBuffered(payloads)
-	bad = make([]bool, len(payloads))
-	for i, err := range errs {
+// applyBuffered applies the writes of buffer messages and reports, for each
+// message, why it could not be decoded (nil if it could): those are counted
+// as failed and never retried. progress, if not nil, is called after each
+// committed statement.
+func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []error, err error) {
+	writes, bad := decodeBuffered(payloads)
+	for _, err := range bad {
 		if err != nil {
 			n.log.Error("undecodable buffer message", "error", err)
-			bad[i] = true
 			total.failed++
 		}
 	}
@@ -292,8 +305,20 @@ func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) erro
 				for i, m := range msgs {
 					payloads[i] = m.Data
 				}
-				_, err := n.applyBuffered(ctx, payloads, total, nil)
-				return err
+				bad, err := n.applyBuffered(ctx, payloads, total, nil)
+				if err != nil {
+					return err
+				}
+				// The sweep removes the messages: keep a copy of those that
+				// could not be applied first.
+				for i, reason := range bad {
+					if reason != nil {
+						if err := n.poisonBuffered(ctx, msgs[i].Data, msgs[i].Sequence, reason); err != nil {
+							return err
+						}
+					}
+				}
+				return nil
 			})
 		if err != nil {
 			return err
@@ -333,4 +358,29 @@ func (n *Node) backgroundDrain(ctx context.Context) {
 	if total.replayed+total.stale > 0 {
 		n.log.Info("drained writes buffered in normal mode", "replayed", total.replayed, "skipped_stale", total.stale)
 	}
+}
+
+// Headers of a buffer message copied to the poison stream.
+const (
+	HeaderPoisonReason   = "AniVault-Poison-Reason"
+	HeaderPoisonSequence = "AniVault-Buffer-Sequence"
+)
+
+// poisonBuffered copies an undecodable buffer message to the poison stream
+// (poison.buffer) with the reason it could not be applied and its buffer
+// sequence, and waits for JetStream's acknowledgement: a write an operator
+// may still recover is kept, never silently dropped.
+func (n *Node) poisonBuffered(ctx context.Context, data []byte, seq uint64, reason error) error {
+	msg := nats.NewMsg(n.subj.Of(events.SubjectPoisonBuffer))
+	msg.Data = data
+	msg.Header.Set(HeaderPoisonReason, reason.Error())
+	msg.Header.Set(HeaderPoisonSequence, strconv.FormatUint(seq, 10))
+	msg.Header.Set(events.HeaderSource, n.cfg.NodeID)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := n.js.PublishMsg(pctx, msg, jetstream.WithMsgID(fmt.Sprintf("buffer-poison-%d", seq))); err != nil {
+		return fmt.Errorf("copy buffer message %d to the poison stream: %w", seq, err)
+	}
+	n.log.Error("undecodable buffer message copied to the poison stream", "sequence", seq, "reason", reason)
+	return nil
 }
