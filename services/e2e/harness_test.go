@@ -229,7 +229,7 @@ func (s *System) NewNode(id string, extra map[string]string) *Node {
 		"NODE_ID": id, "HTTP_ADDR": addr, "NODE_STATUS_INTERVAL": "200ms",
 		"DB_TIMEOUT": "1500ms", "BREAKER_OPEN_TIMEOUT": "500ms", "BREAKER_FAILURE_THRESHOLD": "3",
 		"RETRY_BASE_DELAY": "20ms", "RETRY_MAX_DELAY": "200ms", "REPLAY_BATCH_INTERVAL": "0",
-		"CACHE_MAX_SIZE": "20000",
+		"CACHE_MAX_SIZE": "20000", "SHUTDOWN_DELAY": "0",
 	})
 	for k, v := range extra {
 		env[k] = v

@@ -5,11 +5,15 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -256,5 +260,118 @@ func TestUndecodableBufferMessageIsKeptInPoison(t *testing.T) {
 	}
 	if string(m.Data) != string(garbage) || m.Header.Get("AniVault-Poison-Reason") == "" || m.Header.Get("AniVault-Buffer-Sequence") == "" {
 		t.Fatalf("poison copy %s with headers %v", m.Data, m.Header)
+	}
+}
+
+// SIGTERM under write load in cache-only mode, behind a client that polls
+// /readyz every 50 ms as a load balancer does and sends to the node only
+// while it is ready: readiness fails first, the node keeps serving for
+// SHUTDOWN_DELAY, drains, and only then stops its buffer. No request sent
+// while the node said ready is answered 503 or reset (a refused connection,
+// once the listener closed, is fine), and nothing is lost.
+func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{AutoRecovery: true})
+	victim := s.StartNode("victim", map[string]string{"SHUTDOWN_DELAY": "1s"})
+	other := s.StartNode("other", nil)
+	s.StartMonitor(nil)
+	s.StartManager(nil)
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	waitNodeMode(t, victim, events.ModeCacheOnly)
+	waitNodeMode(t, other, events.ModeCacheOnly)
+
+	var ready atomic.Bool
+	ready.Store(true)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // the load balancer
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			r, err := do("GET", victim.URL()+"/readyz", nil)
+			ready.Store(err == nil && r.Code == 200)
+		}
+	})
+	l := newLedger()
+	var sent, acked, refused atomic.Int64
+	var badMu sync.Mutex
+	var bad []string
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				id := int64(w*100000 + i%500 + 1)
+				n := other
+				toVictim := ready.Load()
+				if toVictim {
+					n = victim
+					sent.Add(1)
+				}
+				r, err := n.Put(anime(id, "during shutdown"))
+				var wr WriteResult
+				switch {
+				case err == nil && r.Code == 202 && json.Unmarshal(r.Body, &wr) == nil:
+					l.ack(id, wr.Version, false)
+					if toVictim {
+						acked.Add(1)
+					}
+				case toVictim && err != nil && errors.Is(err, syscall.ECONNREFUSED):
+					refused.Add(1)
+				case toVictim:
+					badMu.Lock()
+					bad = append(bad, fmt.Sprintf("tmdb:%d: %v %d %s", id, err, r.Code, r.Body))
+					badMu.Unlock()
+				}
+			}
+		})
+	}
+	if err := procs.Eventually(30*time.Second, 10*time.Millisecond, func() error {
+		if acked.Load() < 300 {
+			return fmt.Errorf("%d writes acknowledged", acked.Load())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	termAt := time.Now()
+	if err := victim.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Since(termAt)
+	n0 := l.count() // the other node keeps taking writes
+	if err := procs.Eventually(30*time.Second, 10*time.Millisecond, func() error {
+		if l.count() < n0+300 {
+			return fmt.Errorf("%d keys acknowledged", l.count())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	wg.Wait()
+	at := time.Now()
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	t.Logf("SIGTERM under write load: the node stopped %v after the signal; %d writes sent to it while it said ready, %d acknowledged, %d refused by a closed listener, %d answered 503 or reset",
+		stopped.Round(time.Millisecond), sent.Load(), acked.Load(), refused.Load(), len(bad))
+	if len(bad) > 0 {
+		t.Fatalf("writes sent while the node said ready were answered 503 or reset: %v", bad[:min(len(bad), 10)])
 	}
 }

@@ -29,6 +29,13 @@ func (l *ledger) ack(id, version int64, deleted bool) {
 	}
 }
 
+// count returns how many keys have an acknowledged write.
+func (l *ledger) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.want)
+}
+
 // check asserts the table holds exactly the newest acknowledged version of every key.
 func (l *ledger) check(t *testing.T, got map[int64]metastore.Version) {
 	t.Helper()

@@ -158,8 +158,6 @@ func (b *buffer) drainRefuse() {
 	}
 }
 
-func (b *buffer) close(context.Context) {}
-
 func (b *buffer) publish(batch []bufReq) error {
 	writes := make([][]byte, len(batch))
 	for i, r := range batch {

@@ -76,6 +76,10 @@ type Config struct {
 	// holds a goroutine and memory no longer than these.
 	HTTPReadTimeout  time.Duration
 	HTTPWriteTimeout time.Duration
+	// ShutdownDelay (SHUTDOWN_DELAY) is how long a node keeps serving after
+	// SIGTERM with /readyz failing, so that load balancers stop sending to
+	// it before its listener closes.
+	ShutdownDelay time.Duration
 	// MaxConcurrentWrites (MAX_CONCURRENT_WRITES) bounds the writes a node
 	// handles at once; past it a write is answered 503 with Retry-After.
 	MaxConcurrentWrites int
@@ -125,6 +129,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		LogReconcileInterval: r.Duration("LOG_RECONCILE_INTERVAL", 10*time.Second),
 		HTTPReadTimeout:      r.Duration("HTTP_READ_TIMEOUT", 15*time.Second),
 		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", 1024, 1, 1<<20)),
+		ShutdownDelay:        r.Duration("SHUTDOWN_DELAY", 2*time.Second),
 	}
 	// A write may wait the database budget and then the buffer's.
 	c.HTTPWriteTimeout = r.Duration("HTTP_WRITE_TIMEOUT", c.DBTimeout+c.BufferTimeout+10*time.Second)
@@ -136,6 +141,9 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 	r.Positive("STALENESS_BOUND", c.StalenessBound)
 	r.Positive("LOG_RECONCILE_INTERVAL", c.LogReconcileInterval)
 	r.Positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout)
+	if c.ShutdownDelay < 0 {
+		r.Fail("SHUTDOWN_DELAY", "must not be negative")
+	}
 	r.Positive("HTTP_WRITE_TIMEOUT", c.HTTPWriteTimeout)
 	if c.CacheRevalidateAfter < 0 {
 		r.Fail("CACHE_REVALIDATE_AFTER", "must not be negative")

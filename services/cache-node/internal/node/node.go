@@ -140,6 +140,8 @@ type Node struct {
 	jsPub      message.Publisher
 	wmLog      watermill.LoggerAdapter
 	ready      atomic.Bool
+	// stopping is set when shutdown begins: /readyz fails from then on.
+	stopping atomic.Bool
 	// migrated is set once the schema exists; until then the database counts as unavailable.
 	migrated atomic.Bool
 	// migrateTried is set after the first migration attempt, success or not.
@@ -274,7 +276,10 @@ func (n *Node) Run(ctx context.Context) error {
 		ReadTimeout: n.cfg.HTTPReadTimeout, WriteTimeout: n.cfg.HTTPWriteTimeout}
 	n.log.Info("HTTP listening", "addr", ln.Addr().String())
 
-	runCtx, cancel := context.WithCancel(ctx)
+	// Everything but the HTTP server runs until the server has drained: a
+	// write in flight when SIGTERM comes still finds its buffer, its
+	// database pool and its change log.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return router.Run(gctx) })
@@ -291,21 +296,38 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.relogLoop(gctx); return nil })
 	g.Go(func() error { n.syncLog(gctx); return nil })
 	g.Go(func() error {
-		<-gctx.Done()
-		n.ready.Store(false)
-		n.log.Info("shutting down")
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer scancel()
-		_ = srv.Shutdown(sctx)
-		_ = router.Close()
+		// Shutdown in order: readiness fails first, the node keeps serving
+		// for SHUTDOWN_DELAY so that load balancers stop sending to it,
+		// metadata.get moves to the other nodes, the HTTP server drains the
+		// requests in flight, and only then do the buffer, the consumers
+		// and the connections stop.
+		signalled := false
+		select {
+		case <-ctx.Done():
+			signalled = true
+		case <-gctx.Done(): // a component failed
+		}
+		n.stopping.Store(true)
+		n.log.Info("shutting down: not ready, serving for the shutdown delay", "shutdown_delay", n.cfg.ShutdownDelay.String())
+		if signalled && n.cfg.ShutdownDelay > 0 {
+			select {
+			case <-gctx.Done():
+			case <-time.After(n.cfg.ShutdownDelay):
+			}
+		}
 		_ = svc.Stop()
+		sctx, scancel := context.WithTimeout(context.Background(), n.cfg.HTTPWriteTimeout)
+		defer scancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			n.log.Warn("HTTP server did not drain in time", "error", err)
+		}
+		n.log.Info("HTTP server drained: stopping the rest")
+		cancel()
+		_ = router.Close()
 		n.replay.stop()
 		return nil
 	})
 	err = g.Wait()
-	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer dcancel()
-	n.buffer.close(dctx)
 	_ = n.nc.Drain()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
