@@ -57,6 +57,12 @@ type Config struct {
 	// that just came back is not flattened.
 	ReplayBatchSize     int
 	ReplayBatchInterval time.Duration
+	// ReplayMaxBytes (REPLAY_MAX_BYTES) bounds the bytes of one replay
+	// fetch; the default and the least is one largest buffer message (1 MiB
+	// plus room): applying a fetch takes many times its size in memory
+	// (decoding, the statement, the driver's buffers), and a message of
+	// small writes holds hundreds of them anyway.
+	ReplayMaxBytes int
 
 	// StatusInterval is how often the node publishes node.status (NODE_STATUS_INTERVAL).
 	StatusInterval time.Duration
@@ -131,6 +137,8 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", 1024, 1, 1<<20)),
 		ShutdownDelay:        r.Duration("SHUTDOWN_DELAY", 2*time.Second),
 	}
+	minFetch := int64(topology.MaxBufferMsgBytes + 64<<10)
+	c.ReplayMaxBytes = int(r.Int("REPLAY_MAX_BYTES", minFetch, minFetch, 1<<30))
 	// A write may wait the database budget and then the buffer's.
 	c.HTTPWriteTimeout = r.Duration("HTTP_WRITE_TIMEOUT", c.DBTimeout+c.BufferTimeout+10*time.Second)
 	r.Positive("HEALTH_CHECK_TIMEOUT", healthTimeout)

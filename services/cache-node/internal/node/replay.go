@@ -131,12 +131,21 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 		return false, err
 	}
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(n.cfg.ReplayBatchSize, jetstream.FetchMaxWait(500*time.Millisecond))
+		// A fetch is bounded in bytes (REPLAY_MAX_BYTES): one group-committed
+		// message can hold up to 1 MiB, and a fetch of REPLAY_BATCH_SIZE of
+		// them could exceed the node's memory budget; after an OOM kill the
+		// batch would go to the next node, and recovery could crash-loop
+		// across the fleet. Messages past REPLAY_BATCH_SIZE go back at once.
+		batch, err := cons.FetchBytes(n.cfg.ReplayMaxBytes, jetstream.FetchMaxWait(500*time.Millisecond))
 		if err != nil {
 			return false, err
 		}
 		var msgs []jetstream.Msg
 		for m := range batch.Messages() {
+			if len(msgs) >= n.cfg.ReplayBatchSize {
+				_ = m.Nak()
+				continue
+			}
 			msgs = append(msgs, m)
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
