@@ -2,11 +2,19 @@
 // AniVault on this machine and checks that no acknowledged write was lost.
 //
 //	go run ./deployments/chaos --seed 42 --schedules 10 --duration 60s --nodes 3
+//	go run ./deployments/chaos --seed 7 --schedules 3 --duration 30s --nats-cluster 3
 //	go tool task chaos -- --schedules 50
 //
 // Schedule i runs with seed+i; its fault list is printed before it runs and
-// replays exactly with --seed <its seed> --schedules 1. The run ends with a
-// report and exits 1 when any checker failed.
+// replays exactly with --seed <its seed> --schedules 1 (and the same
+// --nats-cluster). The run ends with a report and exits 1 when any checker
+// failed.
+//
+// --nats-cluster 3 runs NATS as a cluster of three servers (streams and the
+// KV bucket replicated three ways, BUFFER_REPLICAS=3) and adds the
+// nats_server_kill fault: one server (the buffer stream's leader) stopped and
+// started again, which must cost no acknowledged write. nats_restart then
+// restarts the whole cluster.
 package main
 
 import (
@@ -29,6 +37,7 @@ func main() {
 	fs.IntVar(&cfg.Schedules, "schedules", 1, "number of schedules")
 	fs.DurationVar(&cfg.Duration, "duration", 60*time.Second, "load (and fault schedule) duration of one schedule")
 	fs.IntVar(&cfg.Nodes, "nodes", 3, "cache-nodes")
+	fs.IntVar(&cfg.NATSCluster, "nats-cluster", 0, "NATS servers: 0 or 1 for one server; 3 to 5 for a cluster (BUFFER_REPLICAS=N, adds the nats_server_kill fault)")
 	fs.IntVar(&cfg.HTTPWriters, "http-writers", 4, "concurrent HTTP writers")
 	fs.IntVar(&cfg.Producers, "producers", 2, "concurrent JetStream producers (metadata.upsert/delete)")
 	fs.IntVar(&cfg.Readers, "readers", 2, "concurrent HTTP readers")
@@ -53,13 +62,21 @@ func main() {
 	cfg.Seed = uint64(seed)
 	if *printOnly {
 		cfg.Defaults()
+		if err := cfg.Validate(); err != nil {
+			fmt.Fprintln(os.Stderr, "error:", err)
+			os.Exit(2)
+		}
 		for i := range cfg.Schedules {
 			fmt.Print(chaos.Generate(cfg.Seed+uint64(i), cfg.ScheduleOptions()))
 		}
 		return
 	}
 	cfg.Out = os.Stdout
-	fmt.Printf("chaos: seed %d, %d schedules of %v, %d cache-nodes\n", cfg.Seed, cfg.Schedules, cfg.Duration, cfg.Nodes)
+	nats := "one NATS server"
+	if cfg.NATSCluster > 1 {
+		nats = fmt.Sprintf("a NATS cluster of %d servers", cfg.NATSCluster)
+	}
+	fmt.Printf("chaos: seed %d, %d schedules of %v, %d cache-nodes, %s\n", cfg.Seed, cfg.Schedules, cfg.Duration, cfg.Nodes, nats)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

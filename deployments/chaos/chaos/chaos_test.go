@@ -11,16 +11,56 @@ import (
 )
 
 func TestGenerateReplaysFromSeed(t *testing.T) {
-	o := ScheduleOptions{Duration: 60 * time.Second, Nodes: 3, MinFault: time.Second, MaxFault: 8 * time.Second, MinGap: time.Second, MaxGap: 5 * time.Second}
+	for _, cluster := range []int{0, 3, 5} {
+		o := ScheduleOptions{Duration: 60 * time.Second, Nodes: 3, MinFault: time.Second, MaxFault: 8 * time.Second, MinGap: time.Second, MaxGap: 5 * time.Second, NATSCluster: cluster}
+		for seed := uint64(0); seed < 200; seed++ {
+			a, b := Generate(seed, o), Generate(seed, o)
+			if !reflect.DeepEqual(a, b) || a.String() != b.String() {
+				t.Fatalf("cluster %d seed %d: two generations differ:\n%s\n%s", cluster, seed, a, b)
+			}
+			if seed > 0 && reflect.DeepEqual(a.Faults, Generate(seed-1, o).Faults) {
+				t.Fatalf("cluster %d: seeds %d and %d give the same schedule", cluster, seed, seed-1)
+			}
+			checkSchedule(t, a, o)
+		}
+	}
+}
+
+// TestGenerateClusterMode: a cluster schedule says so, loses a server at
+// least once, never two NATS faults at once, and keeps the database faults of
+// the same seed with one server (they are drawn first).
+func TestGenerateClusterMode(t *testing.T) {
+	o := ScheduleOptions{Duration: 30 * time.Second, Nodes: 3, MaxFault: 8 * time.Second, MaxGap: 5 * time.Second}
+	c := o
+	c.NATSCluster = 3
 	for seed := uint64(0); seed < 200; seed++ {
-		a, b := Generate(seed, o), Generate(seed, o)
-		if !reflect.DeepEqual(a, b) || a.String() != b.String() {
-			t.Fatalf("seed %d: two generations differ:\n%s\n%s", seed, a, b)
+		single, cluster := Generate(seed, o), Generate(seed, c)
+		if single.NATSCluster != 0 || single.Has(NATSServerKill) || strings.Contains(single.String(), "nats-cluster") {
+			t.Fatalf("seed %d: a single-server schedule with cluster traits:\n%s", seed, single)
 		}
-		if seed > 0 && reflect.DeepEqual(a.Faults, Generate(seed-1, o).Faults) {
-			t.Fatalf("seeds %d and %d give the same schedule", seed, seed-1)
+		if cluster.NATSCluster != 3 || !strings.Contains(cluster.String(), " nats-cluster=3 ") || cluster.clusterFlag() != " --nats-cluster 3" {
+			t.Fatalf("seed %d: the cluster schedule does not say so:\n%s", seed, cluster)
 		}
-		checkSchedule(t, a, o)
+		if !cluster.Has(NATSServerKill) {
+			t.Fatalf("seed %d: no nats_server_kill in a cluster schedule:\n%s", seed, cluster)
+		}
+		if !reflect.DeepEqual(single.Database(), cluster.Database()) {
+			t.Fatalf("seed %d: the database faults depend on the NATS mode:\n%s\n%s", seed, single, cluster)
+		}
+		var nats []Fault
+		for _, f := range cluster.Faults {
+			if f.Kind == NATSServerKill && (f.Param < 1 || f.Param > 3 || f.Target != "nats-server" || !strings.Contains(f.String(), "else s")) {
+				t.Fatalf("seed %d: bad server kill %s (param %d)", seed, f, f.Param)
+			}
+			if f.Resource() == "nats" {
+				for _, g := range nats {
+					if f.At < g.End()+time.Second && g.At < f.End()+time.Second {
+						t.Fatalf("seed %d: two NATS faults within a second of each other: %s and %s", seed, g, f)
+					}
+				}
+				nats = append(nats, f)
+			}
+		}
 	}
 }
 
@@ -52,12 +92,15 @@ func checkSchedule(t *testing.T, s Schedule, o ScheduleOptions) {
 			lastDBEnd = f.End()
 			continue
 		}
-		for _, g := range byTarget[f.Target] {
+		if f.Kind == NATSServerKill && o.NATSCluster < 2 {
+			t.Fatalf("seed %d: nats_server_kill without a cluster: %s", s.Seed, f)
+		}
+		for _, g := range byTarget[f.Resource()] {
 			if f.At < g.End() && g.At < f.End() {
-				t.Fatalf("seed %d: two faults on %s overlap: %s and %s", s.Seed, f.Target, g, f)
+				t.Fatalf("seed %d: two faults on %s overlap: %s and %s", s.Seed, f.Resource(), g, f)
 			}
 		}
-		byTarget[f.Target] = append(byTarget[f.Target], f)
+		byTarget[f.Resource()] = append(byTarget[f.Resource()], f)
 	}
 	if len(s.Database()) == 0 {
 		t.Fatalf("seed %d: no database fault in %v", s.Seed, o.Duration)
@@ -65,16 +108,24 @@ func checkSchedule(t *testing.T, s Schedule, o ScheduleOptions) {
 }
 
 func TestGenerateCoversEveryKind(t *testing.T) {
-	seen := map[Kind]bool{}
-	for seed := uint64(0); seed < 50; seed++ {
-		for k := range Generate(seed, ScheduleOptions{Duration: 60 * time.Second, Nodes: 3, MaxFault: 8 * time.Second, MaxGap: 5 * time.Second}).CountByKind() {
-			seen[k] = true
+	for _, cluster := range []int{0, 3} {
+		seen := map[Kind]bool{}
+		for seed := uint64(0); seed < 50; seed++ {
+			for k := range Generate(seed, ScheduleOptions{Duration: 60 * time.Second, Nodes: 3, MaxFault: 8 * time.Second, MaxGap: 5 * time.Second, NATSCluster: cluster}).CountByKind() {
+				seen[k] = true
+			}
+		}
+		for _, k := range Kinds(cluster > 1) {
+			if !seen[k] {
+				t.Errorf("cluster %d: 50 schedules never inject %s", cluster, k)
+			}
+		}
+		if cluster == 0 && seen[NATSServerKill] {
+			t.Errorf("single-server schedules inject %s", NATSServerKill)
 		}
 	}
-	for _, k := range AllKinds {
-		if !seen[k] {
-			t.Errorf("50 schedules never inject %s", k)
-		}
+	if len(Kinds(true)) != len(AllKinds)+1 || Kinds(true)[len(AllKinds)] != NATSServerKill || len(Kinds(false)) != len(AllKinds) {
+		t.Fatalf("Kinds(true) = %v", Kinds(true))
 	}
 }
 
@@ -309,6 +360,28 @@ func TestStalenessBoundReachesTheServices(t *testing.T) {
 	c.Defaults()
 	if c.ServiceEnv()["STALENESS_BOUND"] != "2s" {
 		t.Fatalf("the field must win over Env: %q", c.ServiceEnv()["STALENESS_BOUND"])
+	}
+}
+
+func TestClusterConfig(t *testing.T) {
+	c := Config{Duration: 30 * time.Second}
+	c.Defaults()
+	if _, ok := c.ServiceEnv()["BUFFER_REPLICAS"]; ok || c.ScheduleOptions().NATSCluster != 0 {
+		t.Fatalf("one server: BUFFER_REPLICAS %q, schedule cluster %d", c.ServiceEnv()["BUFFER_REPLICAS"], c.ScheduleOptions().NATSCluster)
+	}
+	c.NATSCluster = 1 // the same as 0
+	if _, ok := c.ServiceEnv()["BUFFER_REPLICAS"]; ok || c.ScheduleOptions().NATSCluster != 0 || c.Validate() != nil {
+		t.Fatalf("--nats-cluster 1 is one server")
+	}
+	c.NATSCluster = 3
+	if c.ServiceEnv()["BUFFER_REPLICAS"] != "3" || c.ScheduleOptions().NATSCluster != 3 || c.Validate() != nil {
+		t.Fatalf("cluster of 3: BUFFER_REPLICAS %q, schedule cluster %d, %v", c.ServiceEnv()["BUFFER_REPLICAS"], c.ScheduleOptions().NATSCluster, c.Validate())
+	}
+	for _, n := range []int{-1, 2, 6} {
+		c.NATSCluster = n
+		if c.Validate() == nil {
+			t.Errorf("a cluster of %d servers is accepted", n)
+		}
 	}
 }
 

@@ -33,6 +33,12 @@ type Config struct {
 	Duration time.Duration
 	// Nodes is the number of cache-nodes.
 	Nodes int
+	// NATSCluster is the number of NATS servers: 0 or 1 runs one server; 3
+	// to 5 run a cluster (natsembed.StartCluster, fsync on every ack), give
+	// the services every server's URL in NATS_URL and BUFFER_REPLICAS=N (every
+	// stream and the KV bucket replicated N ways), and add the
+	// nats_server_kill fault to the schedules.
+	NATSCluster int
 	// ModuleDir is the repository root, for go build ("." by default).
 	ModuleDir string
 	// Dir holds one working directory per schedule (binaries, NATS store,
@@ -175,18 +181,31 @@ func (c Config) Validate() error {
 	if c.MaxGap < c.MinGap {
 		errs = append(errs, fmt.Errorf("max gap %v below min gap %v", c.MaxGap, c.MinGap))
 	}
+	if c.NATSCluster == 2 || c.NATSCluster > 5 || c.NATSCluster < 0 {
+		// Two servers lose their quorum with either one; BUFFER_REPLICAS is at most 5.
+		errs = append(errs, fmt.Errorf("nats cluster %d: 0 or 1 (one server) or 3 to 5 servers", c.NATSCluster))
+	}
 	return errors.Join(errs...)
 }
 
 // ScheduleOptions derives the schedule generator's options.
 func (c Config) ScheduleOptions() ScheduleOptions {
 	return ScheduleOptions{Duration: c.Duration, Nodes: c.Nodes, MinFault: c.MinFault, MaxFault: c.MaxFault,
-		MinGap: c.MinGap, MaxGap: c.MaxGap, ProcessFaults: c.ProcessFaults}
+		MinGap: c.MinGap, MaxGap: c.MaxGap, ProcessFaults: c.ProcessFaults, NATSCluster: c.clusterSize()}
+}
+
+// clusterSize is the number of NATS servers in cluster mode, 0 for one server.
+func (c Config) clusterSize() int {
+	if c.NATSCluster > 1 {
+		return c.NATSCluster
+	}
+	return 0
 }
 
 // ServiceEnv is the environment of every service: tight detection and
-// recovery settings so that a schedule sees many outages, and the staleness
-// bound the read checkers judge with.
+// recovery settings so that a schedule sees many outages, the staleness
+// bound the read checkers judge with, and in cluster mode BUFFER_REPLICAS
+// (NATS_URL comes from the stack).
 func (c Config) ServiceEnv() map[string]string {
 	e := map[string]string{
 		"LOG_LEVEL": c.LogLevel, "LOG_FORMAT": "json",
@@ -201,6 +220,11 @@ func (c Config) ServiceEnv() map[string]string {
 		"DB_TIMEOUT":                "1s",
 		"BREAKER_OPEN_TIMEOUT":      "500ms",
 		"CACHE_MAX_SIZE":            "20000",
+	}
+	if n := c.clusterSize(); n > 0 {
+		// Every stream and the KV bucket on every server: one server's loss
+		// leaves a quorum holding every acknowledged write.
+		e["BUFFER_REPLICAS"] = strconv.Itoa(n)
 	}
 	for k, v := range c.Env {
 		e[k] = v

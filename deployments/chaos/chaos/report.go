@@ -159,7 +159,7 @@ func PrintResult(w io.Writer, s ScheduleResult) {
 		}
 	}
 	if !s.Passed() {
-		fmt.Fprintf(w, "  replay with: go run ./deployments/chaos --seed %d --schedules 1 --duration %v --nodes %d\n", s.Seed, s.Schedule.Duration, s.Schedule.Nodes)
+		fmt.Fprintf(w, "  replay with: go run ./deployments/chaos --seed %d --schedules 1 --duration %v --nodes %d%s\n", s.Seed, s.Schedule.Duration, s.Schedule.Nodes, s.Schedule.clusterFlag())
 		fmt.Fprintf(w, "  %s", indent(s.Schedule.String(), "  "))
 		fmt.Fprintf(w, "  as executed:\n")
 		for _, e := range s.Executed {
@@ -195,15 +195,19 @@ func (r Report) Print(w io.Writer) {
 		}
 	}
 	fmt.Fprintf(w, "\n==== chaos report ====\n")
-	fmt.Fprintf(w, "schedules run:       %d (passed %d, failed %d), %v of load each, %d cache-nodes\n",
-		len(r.Results), passed, len(r.Results)-passed, r.Config.Duration, r.Config.Nodes)
+	nats := "one NATS server"
+	if n := r.Config.clusterSize(); n > 0 {
+		nats = fmt.Sprintf("a NATS cluster of %d servers", n)
+	}
+	fmt.Fprintf(w, "schedules run:       %d (passed %d, failed %d), %v of load each, %d cache-nodes, %s\n",
+		len(r.Results), passed, len(r.Results)-passed, r.Config.Duration, r.Config.Nodes, nats)
 	if len(r.Results) > 0 {
 		fmt.Fprintf(w, "seeds:               %d..%d\n", r.Results[0].Seed, r.Results[len(r.Results)-1].Seed)
 	}
 	byKind := r.FaultsByKind()
 	var parts []string
 	total := 0
-	for _, k := range AllKinds {
+	for _, k := range Kinds(true) {
 		if byKind[k] > 0 {
 			parts = append(parts, fmt.Sprintf("%s %d", k, byKind[k]))
 			total += byKind[k]
@@ -274,7 +278,7 @@ func (r Report) Print(w io.Writer) {
 		if s.Err != nil {
 			failed = append(failed, "error: "+s.Err.Error())
 		}
-		fmt.Fprintf(w, "FAILED seed %d: %s (replay: go run ./deployments/chaos --seed %d --schedules 1 --duration %v --nodes %d; logs %s/logs)\n",
-			s.Seed, strings.Join(failed, "; "), s.Seed, s.Schedule.Duration, s.Schedule.Nodes, s.Dir)
+		fmt.Fprintf(w, "FAILED seed %d: %s (replay: go run ./deployments/chaos --seed %d --schedules 1 --duration %v --nodes %d%s; logs %s/logs)\n",
+			s.Seed, strings.Join(failed, "; "), s.Seed, s.Schedule.Duration, s.Schedule.Nodes, s.Schedule.clusterFlag(), s.Dir)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/natsembed"
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/procs"
 )
@@ -120,6 +121,8 @@ type runner struct {
 	js    jetstream.JetStream
 	subj  events.Subjects
 	nodes []*stack.Node
+	// streams are the JetStream streams at the start (cluster mode).
+	streams []string
 
 	mu       sync.Mutex
 	executed []Executed
@@ -175,9 +178,13 @@ func RunSchedule(ctx context.Context, cfg Config, seed uint64) (res ScheduleResu
 func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	cfg := r.cfg
 	r.subj = events.NewSubjects(cfg.Env["SUBJECT_PREFIX"])
-	r.say("starting NATS (JetStream, fsync on every ack), PostgreSQL and the services")
+	if n := cfg.clusterSize(); n > 0 {
+		r.say("starting NATS (a cluster of %d servers, BUFFER_REPLICAS=%s, JetStream fsync on every ack), PostgreSQL and the services", n, cfg.ServiceEnv()["BUFFER_REPLICAS"])
+	} else {
+		r.say("starting NATS (JetStream, fsync on every ack), PostgreSQL and the services")
+	}
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	st, err := stack.Start(sctx, stack.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv()})
+	st, err := stack.Start(sctx, stack.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv(), NATSCluster: cfg.clusterSize()})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start stack: %w", err)
@@ -228,7 +235,7 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 		r.nodes = append(r.nodes, n)
 		urls = append(urls, n.URL())
 	}
-	r.nc, err = nats.Connect(st.NATS.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+	r.nc, err = nats.Connect(st.NATSURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
 		nats.ReconnectBufSize(64<<20), nats.Name("anivault-chaos"))
 	if err != nil {
 		return err
@@ -242,6 +249,9 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	}
 	if err := r.follow(); err != nil {
 		return err
+	}
+	if len(st.Cluster) > 0 {
+		r.say("NATS cluster %s: %s", st.NATSURL(), r.streamReplicas(ctx))
 	}
 	recs, err := fixtures.Records()
 	if err != nil {
@@ -450,7 +460,8 @@ func tail(s string, n int) string {
 }
 
 // follow prints the system's events as they happen (best effort: during a
-// NATS restart some are missed here; the checkers read them back from the stream).
+// NATS restart or a server's loss some are missed here; the checkers read them
+// back from the stream).
 func (r *runner) follow() error {
 	for _, s := range []string{"db.unhealthy", "db.recovered", "mode.>", "replay.completed"} {
 		_, err := r.nc.Subscribe(r.subj.Of(s), func(m *nats.Msg) {
@@ -553,6 +564,7 @@ func (r *runner) inject(ctx context.Context, f Fault) {
 		}
 		return nil
 	}()
+	var server *natsembed.Server // the one server a nats_server_kill stopped
 	switch f.Kind {
 	case PGKill:
 		note("kill", r.st.PG.Kill())
@@ -580,13 +592,21 @@ func (r *runner) inject(ctx context.Context, f Fault) {
 	case NodeKill:
 		note("kill", node.Kill())
 	case NATSRestart:
-		r.st.NATS.Shutdown()
+		// In cluster mode, the whole cluster: NATS as a whole goes away.
+		for _, srv := range r.st.NATSServers() {
+			srv.Shutdown()
+		}
+	case NATSServerKill:
+		i, why := r.pickServer(ctx, f)
+		server = r.st.Cluster[i]
+		e.Target = fmt.Sprintf("s%d (%s)", i+1, why)
+		server.Shutdown()
 	case ManagerKill:
 		note("kill", r.st.Manager.Kill())
 	case MonitorKill:
 		note("kill", r.st.Monitor.Kill())
 	}
-	r.verbose("**** FAULT %s on %s for %.2fs%s", f.Kind, f.Target, f.Duration.Seconds(), lateNote)
+	r.verbose("**** FAULT %s on %s for %.2fs%s", f.Kind, e.Target, f.Duration.Seconds(), lateNote)
 	select {
 	case <-ctx.Done():
 	case <-time.After(f.Duration):
@@ -612,7 +632,23 @@ func (r *runner) inject(ctx context.Context, f Fault) {
 			return stack.WaitReady(rctx, node)
 		}))
 	case NATSRestart:
-		note("restart", retry(rctx, func() error { return r.st.NATS.Restart(rctx) }))
+		for i, srv := range r.st.NATSServers() {
+			what := "restart"
+			if len(r.st.Cluster) > 0 {
+				what = fmt.Sprintf("restart s%d", i+1)
+			}
+			note(what, retry(rctx, func() error { return srv.Restart(rctx) }))
+		}
+		if len(r.st.Cluster) > 0 {
+			// Reverted once JetStream answers again (a meta leader and every
+			// stream's leader elected), not when the processes listen.
+			r.waitNATSHealed(rctx, f, e.Start, false)
+		}
+	case NATSServerKill:
+		note("restart", retry(rctx, func() error { return server.Restart(rctx) }))
+		// Reverted once the server caught up: every stream has all its
+		// replicas current again, so the next server's loss is one server's loss.
+		r.waitNATSHealed(rctx, f, e.Start, true)
 	case ManagerKill:
 		note("start", r.st.Manager.Start())
 	case MonitorKill:
@@ -621,12 +657,124 @@ func (r *runner) inject(ctx context.Context, f Fault) {
 	e.End = time.Now()
 	e.Err = strings.Join(errs, "; ")
 	if e.Err != "" {
-		r.say("**** FAULT %s on %s: %s", f.Kind, f.Target, e.Err)
+		r.say("**** FAULT %s on %s: %s", f.Kind, e.Target, e.Err)
 	}
-	r.verbose("**** healed %s on %s (%.2fs after injection)", f.Kind, f.Target, e.End.Sub(e.Start).Seconds())
+	r.verbose("**** healed %s on %s (%.2fs after injection)", f.Kind, e.Target, e.End.Sub(e.Start).Seconds())
 	r.mu.Lock()
 	r.executed = append(r.executed, e)
 	r.mu.Unlock()
+}
+
+// streamReplicas describes the replicas and the leader of every stream, and
+// notes their names for waitNATSHealed.
+func (r *runner) streamReplicas(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var parts []string
+	lister := r.js.ListStreams(ctx)
+	for info := range lister.Info() {
+		leader := "none"
+		if info.Cluster != nil && info.Cluster.Leader != "" {
+			leader = info.Cluster.Leader
+		}
+		parts = append(parts, fmt.Sprintf("%s R%d leader %s", info.Config.Name, info.Config.Replicas, leader))
+		r.streams = append(r.streams, info.Config.Name)
+	}
+	if err := lister.Err(); err != nil {
+		parts = append(parts, "list streams: "+err.Error())
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// pickServer chooses the server a nats_server_kill stops: the leader of the
+// buffer stream (stream info's Cluster.Leader, "s<i>" as
+// natsembed.StartCluster names them), else server f.Param, drawn from the
+// schedule's seed.
+func (r *runner) pickServer(ctx context.Context, f Fault) (int, string) {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	why := ""
+	s, err := r.js.Stream(ictx, r.subj.Name(events.StreamBuffer))
+	switch {
+	case err != nil:
+		why = err.Error()
+	case s.CachedInfo().Cluster == nil || s.CachedInfo().Cluster.Leader == "":
+		why = "no leader"
+	default:
+		leader := s.CachedInfo().Cluster.Leader
+		for i, srv := range r.st.Cluster {
+			if leader == fmt.Sprintf("s%d", i+1) && srv.Running() {
+				return i, "the buffer leader"
+			}
+		}
+		why = "leader " + leader + " is no running server"
+	}
+	i := 0
+	if f.Param >= 1 {
+		i = (f.Param - 1) % len(r.st.Cluster)
+	}
+	return i, fmt.Sprintf("from the seed; buffer leader unknown: %s", truncate(why, 60))
+}
+
+// waitNATSHealed waits (at most a minute) until JetStream answers and every
+// stream has a leader, and with current also every replica current and
+// online (a restarted server has caught up). It only reports a timeout; the
+// checkers judge.
+func (r *runner) waitNATSHealed(ctx context.Context, f Fault, start time.Time, current bool) {
+	var state string
+	err := procs.Eventually(time.Minute, 100*time.Millisecond, func() error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		var behind []string
+		n := 0
+		seen := map[string]bool{}
+		lister := r.js.ListStreams(lctx)
+		for info := range lister.Info() {
+			n++
+			ci := info.Cluster
+			if ci == nil {
+				seen[info.Config.Name] = true
+				continue
+			}
+			if ci.Leader == "" {
+				behind = append(behind, info.Config.Name+": no leader")
+				continue
+			}
+			seen[info.Config.Name] = true
+			if !current {
+				continue
+			}
+			for _, p := range ci.Replicas {
+				if !p.Current || p.Offline {
+					behind = append(behind, fmt.Sprintf("%s: %s current=%v offline=%v lag=%d", info.Config.Name, p.Name, p.Current, p.Offline, p.Lag))
+				}
+			}
+		}
+		for _, name := range r.streams {
+			if !seen[name] {
+				// A stream without a leader may be left out of the list.
+				behind = append(behind, name+": not listed")
+			}
+		}
+		switch {
+		case lister.Err() != nil:
+			state = "list streams: " + lister.Err().Error()
+		case n == 0:
+			state = "no stream listed"
+		case len(behind) > 0:
+			state = strings.Join(behind, ", ")
+		default:
+			return nil
+		}
+		return errors.New(state)
+	})
+	if err != nil {
+		r.say("**** %s: NATS not healed %.1fs after injection (%s); going on", f.Kind, time.Since(start).Seconds(), truncate(state, 300))
+	}
 }
 
 func retry(ctx context.Context, fn func() error) error {
@@ -657,10 +805,17 @@ func (r *runner) heal(ctx context.Context) error {
 			return err
 		}
 	}
-	if !r.st.NATS.Running() {
-		if err := r.st.NATS.Restart(hctx); err != nil {
-			return err
+	restarted := false
+	for _, srv := range r.st.NATSServers() {
+		if !srv.Running() {
+			if err := srv.Restart(hctx); err != nil {
+				return err
+			}
+			restarted = true
 		}
+	}
+	if restarted && len(r.st.Cluster) > 0 {
+		r.waitNATSHealed(hctx, Fault{Kind: "heal"}, time.Now(), true)
 	}
 	for _, p := range []*procs.Proc{r.st.Monitor, r.st.Manager} {
 		if !p.Running() {
@@ -811,20 +966,25 @@ func (r *runner) managerStatus(ctx context.Context, timeout time.Duration) (even
 //
 // The counters are in-memory per process, so the equality is asserted only
 // when no cache-node was killed (a killed node forgets what it accepted and
-// replayed). A NATS restart can make a buffer append whose acknowledgement was
-// lost (answered 503, not counted as accepted) and a replayed message whose
-// ack was lost (replayed again, counted stale twice) count more on the replay
-// side, so with NATS restarts only accepted <= replayed + stale is asserted.
+// replayed). A NATS restart, or the loss of one server of a cluster (the
+// stream's leader, or the server a node's connection was on), can make a
+// buffer append whose acknowledgement was lost (answered 503, not counted as
+// accepted, but stored by the quorum) and a replayed message whose ack was
+// lost (replayed again, counted stale twice) count more on the replay side,
+// so with either only accepted <= replayed + stale is asserted: no buffered
+// write was left unreplayed.
 func (r *runner) checkBuffer(ctx context.Context, res *ScheduleResult, hist History) *Check {
 	c := newCheck("buffer accounting")
 	for _, e := range hist.Replays {
 		res.ReplayEventsSum += e.Replayed + e.SkippedStale
 	}
-	killed, natsRestart := false, false
+	killed, natsRestart, serverKill := false, false, false
 	for _, e := range res.Executed {
 		killed = killed || e.Kind == NodeKill
 		natsRestart = natsRestart || e.Kind == NATSRestart
+		serverKill = serverKill || e.Kind == NATSServerKill
 	}
+	natsFault := natsRestart || serverKill
 	// The nodes refresh their buffer figures every NODE_STATUS_INTERVAL: poll
 	// until the sums settle.
 	var acc, rep, stale, pending int64
@@ -843,7 +1003,7 @@ func (r *runner) checkBuffer(ctx context.Context, res *ScheduleResult, hist Hist
 			perNode = append(perNode, fmt.Sprintf("%s accepted %d replayed %d stale %d pending %d", n.ID,
 				st.Buffer.AcceptedTotal, st.Buffer.ReplayedTotal, st.Buffer.SkippedStaleTotal, st.Buffer.Pending))
 		}
-		if pending != 0 || (!killed && !natsRestart && acc != rep+stale) {
+		if pending != 0 || (!killed && !natsFault && acc != rep+stale) {
 			return errors.New("not settled")
 		}
 		return nil
@@ -857,8 +1017,15 @@ func (r *runner) checkBuffer(ctx context.Context, res *ScheduleResult, hist Hist
 	switch {
 	case killed:
 		c.Detail += " [a cache-node was killed: its counters restarted at zero, only pending = 0 is asserted]"
-	case natsRestart:
-		c.Detail += " [NATS restarted: accepted <= replayed + stale asserted]"
+	case natsFault:
+		what := "NATS restarted"
+		switch {
+		case natsRestart && serverKill:
+			what = "NATS restarted and a NATS server lost"
+		case serverKill:
+			what = "a NATS server lost"
+		}
+		c.Detail += " [" + what + ": accepted <= replayed + stale asserted]"
 		if acc > rep+stale {
 			c.fail("accepted %d > replayed %d + skipped stale %d: %d buffered writes were never replayed", acc, rep, stale, acc-rep-stale)
 		}
@@ -884,7 +1051,13 @@ func (r *runner) checkCounters(res *ScheduleResult, hist History) *Check {
 			// A restarted monitor needs a moment to connect before its first check.
 			monitorDown = append(monitorDown, [2]time.Time{e.Start, e.End.Add(1500 * time.Millisecond)})
 		case e.Kind == NATSRestart:
+			// One server or a whole cluster (whose End is when JetStream answered again).
 			natsDown = append(natsDown, [2]time.Time{e.Start, e.End.Add(time.Second)})
+		case e.Kind == NATSServerKill:
+			// No NATS outage: a quorum stays up, the services reconnect to
+			// another server at once, and the monitor publishes a transition
+			// again on each check until JetStream takes it, so a hard
+			// database outage during a server's loss must be counted too.
 		}
 	}
 	outages := hist.Outages()

@@ -1,7 +1,8 @@
 // Package stack starts a whole AniVault on one machine for the demo, the chaos
 // runner and the benchmarks: an embedded NATS server with JetStream (fsync
-// before every acknowledgement), a private PostgreSQL instance (or an existing
-// DATABASE_URL), and the three services as separate OS processes.
+// before every acknowledgement) or a cluster of them, a private PostgreSQL
+// instance (or an existing DATABASE_URL), and the three services as separate
+// OS processes.
 package stack
 
 import (
@@ -28,17 +29,25 @@ type Options struct {
 	ModuleDir string
 	// DatabaseURL, when set, is used instead of a private PostgreSQL instance.
 	DatabaseURL string
-	// NATSPort fixes the NATS port (0: a free one).
+	// NATSPort fixes the NATS port (0: a free one). Ignored for a cluster.
 	NATSPort int
+	// NATSCluster, when above 1, starts that many NATS servers as one
+	// cluster (natsembed.StartCluster, fsync on every acknowledgement, stores
+	// in <Dir>/nats/s<i>) instead of a single server.
+	NATSCluster int
 	// Env is added to every service's environment.
 	Env map[string]string
 }
 
 // Stack is a running system.
 type Stack struct {
-	opts    Options
-	Bins    map[string]string
-	NATS    *natsembed.Server
+	opts Options
+	Bins map[string]string
+	// NATS is the single server, or the first server of a cluster.
+	NATS *natsembed.Server
+	// Cluster holds every server of a cluster (nil for a single server);
+	// server i (0-based) is named "s<i+1>".
+	Cluster []*natsembed.Server
 	PG      *pgembed.Instance // nil when DatabaseURL was given
 	DSN     string
 	Nodes   []*Node
@@ -73,9 +82,17 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s.Bins = bins
 	natsDir := filepath.Join(opts.Dir, "nats")
 	_ = os.RemoveAll(natsDir)
-	s.NATS, err = natsembed.Start(ctx, natsembed.Options{Host: "127.0.0.1", Port: opts.NATSPort, StoreDir: natsDir, SyncAlways: true})
-	if err != nil {
-		return nil, fmt.Errorf("start nats: %w", err)
+	if opts.NATSCluster > 1 {
+		s.Cluster, err = natsembed.StartCluster(ctx, opts.NATSCluster, natsDir, true)
+		if err != nil {
+			return nil, fmt.Errorf("start nats cluster: %w", err)
+		}
+		s.NATS = s.Cluster[0]
+	} else {
+		s.NATS, err = natsembed.Start(ctx, natsembed.Options{Host: "127.0.0.1", Port: opts.NATSPort, StoreDir: natsDir, SyncAlways: true})
+		if err != nil {
+			return nil, fmt.Errorf("start nats: %w", err)
+		}
 	}
 	if opts.DatabaseURL != "" {
 		s.DSN = opts.DatabaseURL
@@ -83,16 +100,36 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	s.PG, err = pgembed.Start(ctx, pgembed.Options{})
 	if err != nil {
-		s.NATS.Shutdown()
+		s.shutdownNATS()
 		return nil, err
 	}
 	s.DSN = s.PG.DSN()
 	return s, nil
 }
 
+// NATSServers returns every NATS server: the cluster's, or the single one.
+func (s *Stack) NATSServers() []*natsembed.Server {
+	if len(s.Cluster) > 0 {
+		return s.Cluster
+	}
+	return []*natsembed.Server{s.NATS}
+}
+
+// NATSURL is the services' NATS_URL: the single server's URL, or every
+// cluster server's URL, comma-separated.
+func (s *Stack) NATSURL() string { return natsembed.ClusterURL(s.NATSServers()) }
+
+func (s *Stack) shutdownNATS() {
+	for _, srv := range s.NATSServers() {
+		if srv != nil {
+			srv.Shutdown()
+		}
+	}
+}
+
 // Env returns the environment common to every service.
 func (s *Stack) Env(extra map[string]string) map[string]string {
-	e := map[string]string{"NATS_URL": s.NATS.URL(), "DATABASE_URL": s.DSN, "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
+	e := map[string]string{"NATS_URL": s.NATSURL(), "DATABASE_URL": s.DSN, "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
 	for k, v := range s.opts.Env {
 		e[k] = v
 	}
@@ -167,9 +204,7 @@ func (s *Stack) Close(ctx context.Context) {
 			_ = p.Stop(10 * time.Second)
 		}
 	}
-	if s.NATS != nil {
-		s.NATS.Shutdown()
-	}
+	s.shutdownNATS()
 	if s.PG != nil {
 		_ = s.PG.Close(ctx)
 	}
