@@ -168,7 +168,8 @@ func TestForgedChangeEventsAreNotCached(t *testing.T) {
 func TestSlowClientsAreBounded(t *testing.T) {
 	t.Parallel()
 	s := NewSystem(t, Options{})
-	n := s.StartNode("n1", map[string]string{"HTTP_READ_TIMEOUT": "1s", "MAX_CONCURRENT_WRITES": "1"})
+	const readTimeout = 4 * time.Second
+	n := s.StartNode("n1", map[string]string{"HTTP_READ_TIMEOUT": readTimeout.String(), "MAX_CONCURRENT_WRITES": "1"})
 	body, _ := json.Marshal(anime(42, "slow"))
 	conn, err := net.Dial("tcp", n.Addr)
 	if err != nil {
@@ -179,7 +180,9 @@ func TestSlowClientsAreBounded(t *testing.T) {
 	if _, err := fmt.Fprintf(conn, "PUT /v1/anime/42 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", len(body), body[:len(body)/2]); err != nil {
 		t.Fatal(err)
 	}
-	if err := procs.Eventually(5*time.Second, 20*time.Millisecond, func() error {
+	sentAt := time.Now()
+	// Within the read timeout, the slow write holds the only slot.
+	if err := procs.Eventually(readTimeout-time.Second, 20*time.Millisecond, func() error {
 		r, err := n.Put(anime(43, "while the slot is held"))
 		if err != nil {
 			return err
@@ -191,18 +194,17 @@ func TestSlowClientsAreBounded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// The node gives up on the slow body within the read timeout (plus slack)
+	// The node gives up on the slow body at the read timeout (plus slack)
 	// and the slot is free again.
-	start := time.Now()
-	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 	buf := make([]byte, 4096)
 	for {
 		if _, err := conn.Read(buf); err != nil {
 			break
 		}
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("the node held a request with a body that never ends for %v", d)
+	if d := time.Since(sentAt); d > readTimeout+5*time.Second {
+		t.Fatalf("the node held a request with a body that never ends for %v (HTTP_READ_TIMEOUT %v)", d, readTimeout)
 	}
 	if err := procs.Eventually(5*time.Second, 20*time.Millisecond, func() error {
 		r, err := n.Put(anime(43, "after the slow client was cut"))
