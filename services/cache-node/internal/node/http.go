@@ -121,7 +121,12 @@ func (n *Node) writeSlot(w http.ResponseWriter) (release func(), ok bool) {
 		return func() { <-n.writeSlots }, true
 	default:
 		n.metrics.writes.WithLabelValues("refused_busy").Inc()
+		// The body is not read: the connection closes after the answer,
+		// which is flushed at once rather than after the server gave up
+		// discarding a body that may never end.
+		w.Header().Set("Connection", "close")
 		n.fail(w, fmt.Errorf("%w: %d writes in flight, the node's limit (MAX_CONCURRENT_WRITES)", ErrUnavailable, cap(n.writeSlots)))
+		_ = http.NewResponseController(w).Flush()
 		return nil, false
 	}
 }
