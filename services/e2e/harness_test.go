@@ -274,6 +274,7 @@ func (s *System) StartMonitor(extra map[string]string) *procs.Proc {
 func (s *System) NewMonitor(extra map[string]string) *procs.Proc {
 	s.t.Helper()
 	env := s.env(map[string]string{
+		"ADMIN_ADDR":                freeAddr(s.t),
 		"NODE_ID":                   "monitor",
 		"HEALTH_FAILURE_THRESHOLD":  fmt.Sprint(s.opts.FailureThreshold),
 		"HEALTH_RECOVERY_THRESHOLD": fmt.Sprint(s.opts.RecoveryThresh),
@@ -303,6 +304,7 @@ func (s *System) StartManager(extra map[string]string) *procs.Proc {
 func (s *System) NewManager(extra map[string]string) *procs.Proc {
 	s.t.Helper()
 	env := s.env(map[string]string{
+		"ADMIN_ADDR":              freeAddr(s.t),
 		"NODE_ID":                 "manager",
 		"AUTO_RECOVERY_ENABLED":   fmt.Sprint(s.opts.AutoRecovery),
 		"RECOVERY_CHECK_INTERVAL": s.opts.RecoveryCheck.String(),

@@ -143,15 +143,25 @@ func (s *Stack) proc(name, bin string, env map[string]string) *procs.Proc {
 	return procs.New(name, s.Bins[bin], filepath.Join(s.opts.Dir, "logs", name+".log"), env)
 }
 
-// StartMonitor starts the health-monitor.
+// StartMonitor starts the health-monitor, its admin endpoints on a free
+// port unless env sets ADMIN_ADDR.
 func (s *Stack) StartMonitor(env map[string]string) error {
-	s.Monitor = s.proc("health-monitor", "health-monitor", s.Env(MergeEnv(map[string]string{"NODE_ID": "health-monitor"}, env)))
+	admin, err := FreeAddr()
+	if err != nil {
+		return err
+	}
+	s.Monitor = s.proc("health-monitor", "health-monitor", s.Env(MergeEnv(map[string]string{"NODE_ID": "health-monitor", "ADMIN_ADDR": admin}, env)))
 	return s.Monitor.Start()
 }
 
-// StartManager starts the recovery-manager.
+// StartManager starts the recovery-manager, its admin endpoints on a free
+// port unless env sets ADMIN_ADDR.
 func (s *Stack) StartManager(env map[string]string) error {
-	s.Manager = s.proc("recovery-manager", "recovery-manager", s.Env(MergeEnv(map[string]string{"NODE_ID": "recovery-manager"}, env)))
+	admin, err := FreeAddr()
+	if err != nil {
+		return err
+	}
+	s.Manager = s.proc("recovery-manager", "recovery-manager", s.Env(MergeEnv(map[string]string{"NODE_ID": "recovery-manager", "ADMIN_ADDR": admin}, env)))
 	return s.Manager.Start()
 }
 

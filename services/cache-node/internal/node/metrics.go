@@ -6,9 +6,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/svckit"
 )
 
 // metrics are the node's Prometheus metrics, on a registry of its own.
@@ -31,7 +31,7 @@ type metrics struct {
 }
 
 func newMetrics(n *Node) *metrics {
-	reg := prometheus.NewRegistry()
+	reg := svckit.NewRegistry("cache-node")
 	m := &metrics{
 		registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_http_requests_total", Help: "HTTP requests by method and status code."}, []string{"method", "code"}),
@@ -66,13 +66,16 @@ func newMetrics(n *Node) *metrics {
 			defer n.pendingLog.mu.Unlock()
 			return float64(len(n.pendingLog.m))
 		}),
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		stat("anivault_cache_entries", "Entries in the cache.", func() float64 { return float64(n.cache.Len()) }),
 		stat("anivault_cache_bytes", "Bytes of encoded records in the cache.", func() float64 { return float64(n.cache.Bytes()) }),
 		stat("anivault_cache_hits", "Cache hits.", func() float64 { return float64(n.cache.Stats().Hits) }),
 		stat("anivault_cache_misses", "Cache misses.", func() float64 { return float64(n.cache.Stats().Misses) }),
 		stat("anivault_cache_evictions", "Cache evictions.", func() float64 { return float64(n.cache.Stats().Evictions) }),
 		stat("anivault_buffer_pending", "Messages waiting in the write buffer.", func() float64 { return float64(n.bufStatus.Load().Pending) }),
+		stat("anivault_buffer_pending_writes", "Buffered writes waiting for replay, counted in buffer messages (each holds one or more writes: group commit).",
+			func() float64 { return float64(n.bufStatus.Load().Pending) }),
+		stat("anivault_buffer_oldest_pending_age_seconds", "Age of the oldest message waiting in the write buffer (0 when empty).",
+			func() float64 { return n.bufStatus.Load().OldestPendingAgeSeconds }),
 		stat("anivault_circuit_breaker_open", "1 when the breaker is open, 0.5 half-open, 0 closed.", func() float64 {
 			switch n.breaker.State() {
 			case "open":

@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/envconfig"
@@ -34,6 +36,8 @@ type Config struct {
 	RecoveryThreshold int
 	NodeID            string
 	SubjectPrefix     string
+	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
+	AdminAddr string
 }
 
 // LoadConfig reads the environment.
@@ -47,6 +51,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		RecoveryThreshold: int(r.Int("HEALTH_RECOVERY_THRESHOLD", 2, 1, 1000)),
 		NodeID:            r.String("NODE_ID", svckit.DefaultNodeID()),
 		SubjectPrefix:     r.String("SUBJECT_PREFIX", ""),
+		AdminAddr:         r.String("ADMIN_ADDR", ":9090"),
 	}
 	r.Positive("HEALTH_CHECK_INTERVAL", c.Interval)
 	r.Positive("HEALTH_CHECK_TIMEOUT", c.Timeout)
@@ -83,6 +88,11 @@ type Monitor struct {
 	// pending holds transition events not yet acknowledged by JetStream: a
 	// db.unhealthy must not be lost because NATS was briefly away.
 	pending []outgoing
+
+	registry *prometheus.Registry
+	checks   *prometheus.CounterVec
+	modes    *svckit.ModeGauges
+	ready    atomic.Bool
 }
 
 type outgoing struct {
@@ -99,8 +109,45 @@ func New(cfg Config, log *slog.Logger) (*Monitor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Monitor{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
-		checker: NewChecker(cfg.FailureThreshold, cfg.RecoveryThreshold)}, nil
+	m := &Monitor{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
+		checker: NewChecker(cfg.FailureThreshold, cfg.RecoveryThreshold), registry: svckit.NewRegistry("health-monitor")}
+	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_health_checks_total",
+		Help: "Database health checks by result: success or failure (the database did not answer, or does not take writes)."}, []string{"result"})
+	m.registry.MustRegister(m.checks,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anivault_health_consecutive_failures", Help: "Consecutive failed health checks."},
+			func() float64 { return float64(m.checker.Stats().ConsecutiveFailures) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anivault_health_database_up", Help: "1 while this monitor's verdict is healthy, 0 when unhealthy or unknown."},
+			func() float64 {
+				if m.checker.Stats().CurrentStatus == events.HealthHealthy {
+					return 1
+				}
+				return 0
+			}))
+	m.modes = svckit.NewModeGauges(m.registry, string(events.ModeNormal), string(events.ModeCacheOnly), string(events.ModeRecovering))
+	return m, nil
+}
+
+// watchMode keeps the mode gauges current from the mode key in KV.
+func (m *Monitor) watchMode(ctx context.Context, js jetstream.JetStream) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if kv, err := js.KeyValue(gctx, m.subj.Name(events.BucketName)); err == nil {
+			if e, err := kv.Get(gctx, events.KeyMode); err == nil {
+				var mc events.ModeChanged
+				if json.Unmarshal(e.Value(), &mc) == nil && mc.Mode.Valid() {
+					m.modes.Set(string(mc.Mode), mc.Epoch)
+				}
+			}
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Run probes every interval until ctx is done.
@@ -114,6 +161,12 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	go svckit.ServeAdmin(ctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
+		if !m.ready.Load() {
+			return false, "JetStream not provisioned or no health check done yet"
+		}
+		return true, ""
+	}, m.log)
 	top, err := topology.New(js, m.subj)
 	if err != nil {
 		return err
@@ -127,10 +180,12 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	go m.watchMode(ctx, js)
 	t := time.NewTicker(m.cfg.Interval)
 	defer t.Stop()
 	for {
 		m.check(ctx)
+		m.ready.Store(true)
 		select {
 		case <-ctx.Done():
 			m.checker.SetMonitoring(false)
@@ -154,7 +209,12 @@ func (m *Monitor) check(ctx context.Context) {
 		m.log.Warn("Database health check failed", "error", err, "latency_ms", ms(lat),
 			"consecutive_failures", m.checker.Stats().ConsecutiveFailures+1)
 	} else {
-		m.log.Debug("Database health check succeeded", "latency_ms", ms(lat))
+		m.log.Info("Database health check succeeded", "latency_ms", ms(lat))
+	}
+	if err == nil {
+		m.checks.WithLabelValues("success").Inc()
+	} else {
+		m.checks.WithLabelValues("failure").Inc()
 	}
 	tr := m.checker.Record(err == nil, errText, now)
 	st := m.checker.Stats()

@@ -11,12 +11,14 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/anivault/anivault/events"
@@ -40,6 +42,8 @@ type Config struct {
 	NodeID                string
 	SubjectPrefix         string
 	Buffer                topology.BufferLimits
+	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
+	AdminAddr string
 }
 
 // LoadConfig reads the environment.
@@ -54,6 +58,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		EvalInterval:          r.Duration("MODE_EVAL_INTERVAL", 250*time.Millisecond),
 		NodeID:                r.String("NODE_ID", svckit.DefaultNodeID()),
 		SubjectPrefix:         r.String("SUBJECT_PREFIX", ""),
+		AdminAddr:             r.String("ADMIN_ADDR", ":9090"),
 		Buffer: topology.BufferLimits{
 			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
 			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
@@ -106,6 +111,11 @@ type Manager struct {
 	runCtx context.Context
 	top    *topology.Topology
 
+	registry    *prometheus.Registry
+	transitions *prometheus.CounterVec
+	modes       *svckit.ModeGauges
+	ready       atomic.Bool
+
 	// Owned by the loop goroutine.
 	health   *events.DBHealth
 	monitors monitorVotes
@@ -144,8 +154,14 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
-		inputs: make(chan input), nodes: map[string]nodeSeen{}, monitors: monitorVotes{}}, nil
+	m := &Manager{cfg: cfg, log: log, subj: events.NewSubjects(cfg.SubjectPrefix), prober: prober,
+		inputs: make(chan input), nodes: map[string]nodeSeen{}, monitors: monitorVotes{},
+		registry: svckit.NewRegistry("recovery-manager")}
+	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_mode_transitions_total",
+		Help: "Mode changes this manager made, by the mode entered."}, []string{"to"})
+	m.registry.MustRegister(m.transitions)
+	m.modes = svckit.NewModeGauges(m.registry, string(events.ModeNormal), string(events.ModeCacheOnly), string(events.ModeRecovering))
+	return m, nil
 }
 
 // Run serves until ctx is done.
@@ -160,6 +176,12 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
+	go svckit.ServeAdmin(ctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
+		if !m.ready.Load() {
+			return false, "JetStream not provisioned or endpoints not serving yet"
+		}
+		return true, ""
+	}, m.log)
 	top, err := topology.New(m.js, m.subj)
 	if err != nil {
 		return err
@@ -207,6 +229,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	m.ready.Store(true)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return router.Run(gctx) })
 	g.Go(func() error { m.loop(gctx); return nil })
@@ -287,6 +310,7 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %v", e.Revision(), err)
 	}
 	m.lastStatus = mc
+	m.modes.Set(string(mc.Mode), mc.Epoch)
 	return mc, e.Revision(), nil
 }
 
@@ -390,7 +414,9 @@ func (m *Manager) transition(ctx context.Context, f func(cur events.ModeChanged)
 			return cur, fmt.Errorf("write mode: %w", err)
 		}
 		m.lastStatus = next
+		m.modes.Set(string(next.Mode), next.Epoch)
 		if next.Epoch != cur.Epoch {
+			m.transitions.WithLabelValues(string(next.Mode)).Inc()
 			m.announce(cur, next) // a counters-only update is not a mode change
 		}
 		return next, nil
