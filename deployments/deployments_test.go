@@ -806,6 +806,15 @@ func TestKubernetesManifests(t *testing.T) {
 			t.Errorf("%s: want readOnlyRootFilesystem, no privilege escalation and capabilities drop ALL", where)
 		}
 
+		if svc == "health-monitor" || svc == "recovery-manager" {
+			if len(c.Ports) != 1 || c.Ports[0].ContainerPort != 9090 || m["ADMIN_ADDR"] != ":9090" {
+				t.Errorf("%s: want ADMIN_ADDR :9090 and container port 9090, have %q %+v", where, m["ADMIN_ADDR"], c.Ports)
+			}
+			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" ||
+				c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+				t.Errorf("%s: want probes GET /healthz and /readyz on the admin port", where)
+			}
+		}
 		if svc == "cache-node" {
 			if len(c.Ports) != 1 || c.Ports[0].ContainerPort != 8080 {
 				t.Errorf("%s: want container port 8080, have %+v", where, c.Ports)
