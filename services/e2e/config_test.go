@@ -23,6 +23,9 @@ func TestBadConfigurationStopsTheProcess(t *testing.T) {
 		{"auto recovery", "recovery-manager", "AUTO_RECOVERY_ENABLED", "perhaps"},
 		{"recovery interval", "recovery-manager", "RECOVERY_CHECK_INTERVAL", "1x"},
 		{"log level", "recovery-manager", "LOG_LEVEL", "loud"},
+		{"missing tokens file", "cache-node", "HTTP_AUTH_TOKENS_FILE", "/nonexistent/tokens"},
+		{"staleness bound", "cache-node", "STALENESS_BOUND", "0s"},
+		{"shutdown delay", "cache-node", "SHUTDOWN_DELAY", "-1s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

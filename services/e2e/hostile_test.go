@@ -2,11 +2,13 @@ package e2e_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -383,5 +385,69 @@ func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
 		stopped.Round(time.Millisecond), sent.Load(), acked.Load(), refused.Load(), len(bad))
 	if len(bad) > 0 {
 		t.Fatalf("writes sent while the node said ready were answered 503 or reset: %v", bad[:min(len(bad), 10)])
+	}
+}
+
+// With HTTP_AUTH_TOKENS_FILE, reads need a read or write token and writes a
+// write token: a request without one changes nothing. Probes and metrics
+// stay open.
+func TestWritesNeedAToken(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{})
+	file := t.TempDir() + "/tokens"
+	const reader, writer = "read-token-0123456789abcdef", "write-token-0123456789abcdef"
+	if err := os.WriteFile(file, []byte("# tokens\nread "+reader+"\nwrite "+writer+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := s.StartNode("n1", map[string]string{"HTTP_AUTH_TOKENS_FILE": file})
+	waitSchema(t, s)
+	req := func(method, path, token string, body []byte) Resp {
+		t.Helper()
+		r, err := http.NewRequest(method, n.URL()+path, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			r.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := client.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return Resp{Code: resp.StatusCode, Body: b, Header: resp.Header}
+	}
+	rec, _ := json.Marshal(anime(77, "authenticated"))
+	for _, c := range []struct {
+		name, method, path, token string
+		body                      []byte
+		want                      int
+	}{
+		{"put without a token", "PUT", "/v1/anime/77", "", rec, 401},
+		{"put with a wrong token", "PUT", "/v1/anime/77", "not-a-token-0123456789", rec, 401},
+		{"put with a read token", "PUT", "/v1/anime/77", reader, rec, 403},
+		{"delete with a read token", "DELETE", "/v1/anime/77", reader, nil, 403},
+		{"get without a token", "GET", "/v1/anime/77", "", nil, 401},
+		{"status without a token", "GET", "/v1/status", "", nil, 401},
+		{"get with a read token before any write", "GET", "/v1/anime/77", reader, nil, 404},
+		{"healthz is open", "GET", "/healthz", "", nil, 200},
+		{"readyz is open", "GET", "/readyz", "", nil, 200},
+		{"metrics are open", "GET", "/metrics", "", nil, 200},
+	} {
+		if r := req(c.method, c.path, c.token, c.body); r.Code != c.want {
+			t.Errorf("%s: %d %s, want %d", c.name, r.Code, r.Body, c.want)
+		} else if c.want == 401 && r.Header.Get("WWW-Authenticate") == "" {
+			t.Errorf("%s: 401 without WWW-Authenticate", c.name)
+		}
+	}
+	if v, err := s.Versions(); err != nil || len(v) != 0 {
+		t.Fatalf("refused writes changed the table: %v %v", v, err)
+	}
+	if r := req("PUT", "/v1/anime/77", writer, rec); r.Code != 200 {
+		t.Fatalf("put with a write token: %d %s", r.Code, r.Body)
+	}
+	if r := req("GET", "/v1/anime/77", reader, nil); r.Code != 200 || !strings.Contains(string(r.Body), "authenticated") {
+		t.Fatalf("get with a read token: %d %s", r.Code, r.Body)
 	}
 }

@@ -82,6 +82,10 @@ type Config struct {
 	// holds a goroutine and memory no longer than these.
 	HTTPReadTimeout  time.Duration
 	HTTPWriteTimeout time.Duration
+	// AuthTokensFile (HTTP_AUTH_TOKENS_FILE) names a file of bearer tokens
+	// ("read <token>" or "write <token>" a line); when set, reads need a
+	// read or write token and writes a write token. Unset, the API is open.
+	AuthTokensFile string
 	// ShutdownDelay (SHUTDOWN_DELAY) is how long a node keeps serving after
 	// SIGTERM with /readyz failing, so that load balancers stop sending to
 	// it before its listener closes.
@@ -136,6 +140,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		HTTPReadTimeout:      r.Duration("HTTP_READ_TIMEOUT", 15*time.Second),
 		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", 1024, 1, 1<<20)),
 		ShutdownDelay:        r.Duration("SHUTDOWN_DELAY", 2*time.Second),
+		AuthTokensFile:       r.String("HTTP_AUTH_TOKENS_FILE", ""),
 	}
 	minFetch := int64(topology.MaxBufferMsgBytes + 64<<10)
 	c.ReplayMaxBytes = int(r.Int("REPLAY_MAX_BYTES", minFetch, minFetch, 1<<30))

@@ -20,12 +20,12 @@ const retryAfterSeconds = "5"
 
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/anime/{tmdb_id}", n.handleHTTPGet)
-	mux.HandleFunc("PUT /v1/anime/{tmdb_id}", n.handleHTTPPut)
-	mux.HandleFunc("DELETE /v1/anime/{tmdb_id}", n.handleHTTPDelete)
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /v1/anime/{tmdb_id}", n.authorize(n.handleHTTPGet, roleRead, roleWrite))
+	mux.HandleFunc("PUT /v1/anime/{tmdb_id}", n.authorize(n.handleHTTPPut, roleWrite))
+	mux.HandleFunc("DELETE /v1/anime/{tmdb_id}", n.authorize(n.handleHTTPDelete, roleWrite))
+	mux.HandleFunc("GET /v1/status", n.authorize(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, n.status())
-	})
+	}, roleRead, roleWrite))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -158,6 +158,8 @@ type Node struct {
 	sweepMu sync.Mutex
 	// writeSlots bounds the HTTP writes in flight (MAX_CONCURRENT_WRITES).
 	writeSlots chan struct{}
+	// tokens authenticate HTTP requests when HTTP_AUTH_TOKENS_FILE is set.
+	tokens *tokens
 
 	acceptedTotal atomic.Int64
 	replayedTotal atomic.Int64
@@ -181,6 +183,9 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		cache: c,
 	}
 	n.writeSlots = make(chan struct{}, cfg.MaxConcurrentWrites)
+	if n.tokens, err = loadTokens(cfg.AuthTokensFile); err != nil {
+		return nil, err
+	}
 	n.changes = newChangeLog(n.subj, cfg.NodeID, cfg.StalenessBound, log)
 	n.changes.onChange = func(id, version int64, _ bool) { n.invalidate(id, version) }
 	n.changes.onLapse = func() { n.cache.Purge() }
