@@ -558,6 +558,12 @@ type k8sDeployment struct {
 					RunAsUser    *int  `yaml:"runAsUser"`
 				} `yaml:"securityContext"`
 				Containers []k8sContainer `yaml:"containers"`
+				Volumes    []struct {
+					Name   string `yaml:"name"`
+					Secret *struct {
+						SecretName string `yaml:"secretName"`
+					} `yaml:"secret"`
+				} `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
@@ -840,6 +846,11 @@ func TestKubernetesManifests(t *testing.T) {
 	used := map[string]bool{}
 	for _, o := range byKind["Deployment"] {
 		d := decodeAs[k8sDeployment](t, o)
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if v.Secret != nil {
+				used["Secret/"+v.Secret.SecretName] = true
+			}
+		}
 		for _, c := range d.Spec.Template.Spec.Containers {
 			for _, ef := range c.EnvFrom {
 				if ef.ConfigMapRef != nil {
