@@ -244,6 +244,20 @@ func (s *Store) VersionsSince(ctx context.Context, since time.Time) ([]KeyVersio
 	return rows, nil
 }
 
+// ExpireTombstones deletes up to limit tombstones written before cutoff and
+// returns their keys and versions.
+func (s *Store) ExpireTombstones(ctx context.Context, cutoff time.Time, limit int) ([]KeyVersion, error) {
+	var rows []KeyVersion
+	err := s.db.NewRaw(`DELETE FROM anime_metadata WHERE tmdb_id IN (
+		SELECT tmdb_id FROM anime_metadata WHERE deleted_at IS NOT NULL AND updated_at < ? ORDER BY updated_at LIMIT ?)
+		AND deleted_at IS NOT NULL AND updated_at < ?
+		RETURNING tmdb_id, version, true AS deleted`, cutoff.UTC(), limit, cutoff.UTC()).Scan(ctx, &rows)
+	if err != nil {
+		return nil, fmt.Errorf("expire tombstones before %s: %w", cutoff.Format(time.RFC3339), err)
+	}
+	return rows, nil
+}
+
 // GetMany returns the rows of ids that exist, tombstones included, as
 // writes at their stored version.
 func (s *Store) GetMany(ctx context.Context, ids []int64) ([]Write, error) {

@@ -451,3 +451,51 @@ func TestWritesNeedAToken(t *testing.T) {
 		t.Fatalf("get with a read token: %d %s", r.Code, r.Body)
 	}
 }
+
+// Deletes of ids never written cannot grow the table and the change log for
+// ever: tombstones older than TOMBSTONE_RETENTION are removed from both,
+// while records stay.
+func TestTombstonesExpire(t *testing.T) {
+	t.Parallel()
+	s := NewSystem(t, Options{})
+	n := s.StartNode("n1", map[string]string{"TOMBSTONE_RETENTION": "1s"})
+	waitSchema(t, s)
+	l := newLedger()
+	writeAll(t, []*Node{n}, l, idRange(1, 5), false, "kept", 200)
+	writeAll(t, []*Node{n}, l, idRange(5000, 50), true, "", 200)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := s.JS.Stream(ctx, s.streamName(events.StreamChanges))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+		v, err := s.Versions()
+		if err != nil {
+			return err
+		}
+		if len(v) != 5 {
+			return fmt.Errorf("table holds %d rows", len(v))
+		}
+		for id := int64(5000); id < 5050; id++ {
+			if _, err := st.GetLastMsgForSubject(ctx, s.subject(events.ChangeSubject(id))); err == nil {
+				return fmt.Errorf("the change log still holds tmdb:%d", id)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	delete(l.want, 5000) // expired: no longer in the table
+	for id := int64(5000); id < 5050; id++ {
+		delete(l.want, id)
+	}
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	if r, _ := n.Get(5001); r.Code != 404 {
+		t.Fatalf("an expired tombstone's id: %d, want 404", r.Code)
+	}
+}

@@ -399,3 +399,23 @@ func (l *changeLog) reset() {
 	default:
 	}
 }
+
+// forgetTombstone removes the record's entry from the log if it is still the
+// tombstone at version: the purge keeps any message published after it.
+func (l *changeLog) forgetTombstone(ctx context.Context, id, version int64) error {
+	subject := l.subject(id)
+	last, err := l.stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("change log read %s: %w", subject, err)
+	}
+	if v, deleted, ok := entryVersion(last.Header); !ok || !deleted || v != version {
+		return nil // a newer write: keep it
+	}
+	if err := l.stream.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(last.Sequence+1)); err != nil {
+		return fmt.Errorf("change log purge %s: %w", subject, err)
+	}
+	return nil
+}

@@ -82,6 +82,11 @@ type Config struct {
 	// holds a goroutine and memory no longer than these.
 	HTTPReadTimeout  time.Duration
 	HTTPWriteTimeout time.Duration
+	// TombstoneRetention (TOMBSTONE_RETENTION, 0 to keep them for ever) is
+	// how long a delete's tombstone is kept, in the table and the change log.
+	// A tombstone is never removed while a buffered or producer write older
+	// than it may still be applied (it would resurrect the record).
+	TombstoneRetention time.Duration
 	// AuthTokensFile (HTTP_AUTH_TOKENS_FILE) names a file of bearer tokens
 	// ("read <token>" or "write <token>" a line); when set, reads need a
 	// read or write token and writes a write token. Unset, the API is open.
@@ -141,6 +146,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", 1024, 1, 1<<20)),
 		ShutdownDelay:        r.Duration("SHUTDOWN_DELAY", 2*time.Second),
 		AuthTokensFile:       r.String("HTTP_AUTH_TOKENS_FILE", ""),
+		TombstoneRetention:   r.Duration("TOMBSTONE_RETENTION", 30*24*time.Hour),
 	}
 	minFetch := int64(topology.MaxBufferMsgBytes + 64<<10)
 	c.ReplayMaxBytes = int(r.Int("REPLAY_MAX_BYTES", minFetch, minFetch, 1<<30))
@@ -154,6 +160,9 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 	r.Positive("STALENESS_BOUND", c.StalenessBound)
 	r.Positive("LOG_RECONCILE_INTERVAL", c.LogReconcileInterval)
 	r.Positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout)
+	if c.TombstoneRetention < 0 {
+		r.Fail("TOMBSTONE_RETENTION", "must not be negative")
+	}
 	if c.ShutdownDelay < 0 {
 		r.Fail("SHUTDOWN_DELAY", "must not be negative")
 	}

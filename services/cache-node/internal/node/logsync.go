@@ -200,6 +200,75 @@ func (n *Node) syncLog(ctx context.Context) {
 	}
 }
 
+// expireLoop removes tombstones older than TOMBSTONE_RETENTION, so that
+// deletes of ids never written cannot grow the table and the change log
+// without bound.
+func (n *Node) expireLoop(ctx context.Context) {
+	if n.cfg.TombstoneRetention <= 0 {
+		return
+	}
+	t := time.NewTicker(min(n.cfg.TombstoneRetention/2, time.Hour))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n.currentMode() != events.ModeNormal || !n.migrated.Load() {
+			continue
+		}
+		if err := n.expireTombstones(ctx); err != nil && ctx.Err() == nil {
+			n.log.Warn("tombstone expiry failed", "error", err)
+		}
+	}
+}
+
+// expireTombstones removes tombstones written before the retention, and
+// before the oldest write still waiting in the buffer or the producers'
+// stream (an older upsert applied after its tombstone is gone would bring
+// the record back), from the table and then from the change log.
+func (n *Node) expireTombstones(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cutoff := time.Now().Add(-n.cfg.TombstoneRetention)
+	for _, name := range []string{events.StreamBuffer, events.StreamMetadata} {
+		st, err := n.js.Stream(ctx, n.subj.Name(name))
+		if err != nil {
+			return fmt.Errorf("tombstone expiry: %w", err)
+		}
+		if info := st.CachedInfo(); info.State.Msgs > 0 && info.State.FirstTime.Before(cutoff) {
+			cutoff = info.State.FirstTime.Add(-time.Second)
+		}
+	}
+	var total int
+	for ctx.Err() == nil {
+		var rows []metastore.KeyVersion
+		err := n.dbCall(ctx, func(ctx context.Context) error {
+			var err error
+			rows, err = n.store.ExpireTombstones(ctx, cutoff, 500)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if err := n.changes.forgetTombstone(ctx, r.TMDBID, r.Version); err != nil {
+				n.log.Warn("tombstone left in the change log", "tmdb_id", r.TMDBID, "error", err)
+			}
+		}
+		total += len(rows)
+		if len(rows) < 500 {
+			break
+		}
+	}
+	if total > 0 {
+		n.metrics.expired.Add(float64(total))
+		n.log.Info("expired tombstones", "removed", total, "written_before", cutoff.UTC().Format(time.RFC3339))
+	}
+	return ctx.Err()
+}
+
 // reconcileSlack is how far before the last pass a reconcile pass looks: a
 // write's updated_at is when it was accepted, and it may commit up to its
 // request's deadline later.

@@ -29,6 +29,7 @@ type metrics struct {
 	invalidations prometheus.Counter
 	reconciled    prometheus.Counter
 	unauthorized  *prometheus.CounterVec
+	expired       prometheus.Counter
 }
 
 func newMetrics(n *Node) *metrics {
@@ -53,6 +54,8 @@ func newMetrics(n *Node) *metrics {
 			Help: "Cached entries dropped because the change log held a newer version."}),
 		reconciled: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_changelog_reconciled_total",
 			Help: "Rows the change log was behind on, logged by the reconcile pass."}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_tombstones_expired_total",
+			Help: "Tombstones removed from the table and the change log after TOMBSTONE_RETENTION."}),
 		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_http_unauthorized_total",
 			Help: "HTTP requests refused for their credentials: missing_or_invalid (401) or forbidden (403)."}, []string{"reason"}),
 	}
@@ -60,7 +63,7 @@ func newMetrics(n *Node) *metrics {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
 	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.mode, m.epoch, m.replayed, m.replayStale,
-		m.reads, m.corrections, m.invalidations, m.reconciled, m.unauthorized,
+		m.reads, m.corrections, m.invalidations, m.reconciled, m.unauthorized, m.expired,
 		stat("anivault_changelog_lag_seconds", "How long ago the node last proved it had applied every change log entry (reads lag writes by at most this).",
 			func() float64 { return n.changes.lag().Seconds() }),
 		stat("anivault_changelog_index_keys", "Records in the node's index of the change log.", func() float64 { return float64(n.changes.keys()) }),

@@ -300,6 +300,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { n.changes.run(gctx); return nil })
 	g.Go(func() error { n.relogLoop(gctx); return nil })
 	g.Go(func() error { n.syncLog(gctx); return nil })
+	g.Go(func() error { n.expireLoop(gctx); return nil })
 	g.Go(func() error {
 		// Shutdown in order: readiness fails first, the node keeps serving
 		// for SHUTDOWN_DELAY so that load balancers stop sending to it,
