@@ -128,11 +128,7 @@ func TestOperatorCompletesAStuckRecovery(t *testing.T) {
 	n1 := s.StartNode("n1", nil)
 	s.StartMonitor(nil)
 	s.StartManager(nil)
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, n1, events.ModeCacheOnly)
+	mr := s.EnterMaintenance("maintenance", n1)
 	l := newLedger()
 	writeAll(t, []*Node{n1}, l, idRange(1, 100), false, "buffered", 202)
 

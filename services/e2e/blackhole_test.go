@@ -3,7 +3,6 @@ package e2e_test
 import (
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/events"
-	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/procs"
 )
 
@@ -86,17 +84,8 @@ func TestBlackHoledDatabase(t *testing.T) {
 		FailureThreshold: threshold, RecoveryThresh: 2, AutoRecovery: true})
 	// The services reach PostgreSQL only through the fault proxy; the test's
 	// own store (s.Versions) keeps the direct DSN.
-	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	u, err := url.Parse(s.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = proxy.Addr()
-	s.opts.DatabaseURL = u.String()
+	proxy, dsn := s.ProxyDatabase()
+	s.opts.DatabaseURL = dsn
 
 	nodeEnv := map[string]string{"HEALTH_CHECK_TIMEOUT": timeout.String(), "DB_TIMEOUT": dbTimeout.String()}
 	n1 := s.StartNode("n1", nodeEnv)

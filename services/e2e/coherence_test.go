@@ -60,6 +60,20 @@ func (c *readCheck) checkRead(n *Node, id int64, want metastore.Version) error {
 	return fmt.Errorf("tmdb:%d on %s: %d %s", id, n.ID, r.Code, r.Body)
 }
 
+// checkKeys reads every id from n and checks each against the ledger's
+// newest acknowledged write, reporting violations as test errors.
+func (c *readCheck) checkKeys(t *testing.T, n *Node, l *ledger, ids []int64) {
+	t.Helper()
+	for _, id := range ids {
+		l.mu.Lock()
+		want := l.want[id]
+		l.mu.Unlock()
+		if err := c.checkRead(n, id, want); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // assertServesTable checks that every node answers exactly the table's row
 // for every key: 200 with the row's version, or 404 for a tombstone.
 func assertServesTable(t *testing.T, s *System, nodes []*Node, ids []int64) int {
@@ -110,11 +124,7 @@ func TestColdNodeReadsThroughMaintenanceWindow(t *testing.T) {
 	writeAll(t, []*Node{n1}, l, ids, false, "before", 200)
 	checkReads(t, n1, l, ids) // n1 caches the pre-window rows
 
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "planned maintenance"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, n1, events.ModeCacheOnly)
+	s.EnterMaintenance("planned maintenance", n1)
 	writeAll(t, []*Node{n1}, l, ids[:320], false, "rewritten in the window", 202)
 	writeAll(t, []*Node{n1}, l, ids[320:], true, "", 202)
 
@@ -151,19 +161,8 @@ func TestColdNodeReadsThroughMaintenanceWindow(t *testing.T) {
 		}
 	}
 	// Every key read from the cold node in cache-only mode: from the change log.
-	for _, id := range ids {
-		l.mu.Lock()
-		want := l.want[id]
-		l.mu.Unlock()
-		if err := rc.checkRead(n2, id, want); err != nil {
-			t.Error(err)
-		}
-	}
-	at := time.Now()
-	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	rc.checkKeys(t, n2, l, ids)
+	s.ExitMaintenance()
 	for _, n := range nodes {
 		waitNodeMode(t, n, events.ModeNormal)
 	}
@@ -171,14 +170,7 @@ func TestColdNodeReadsThroughMaintenanceWindow(t *testing.T) {
 	// issue were made by reads during recovering and served ever after.
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, id := range ids {
-			l.mu.Lock()
-			want := l.want[id]
-			l.mu.Unlock()
-			if err := rc.checkRead(n2, id, want); err != nil {
-				t.Error(err)
-			}
-		}
+		rc.checkKeys(t, n2, l, ids)
 	}
 	close(stop)
 	wg.Wait()
@@ -233,28 +225,14 @@ func TestMissedChangesReachTheNode(t *testing.T) {
 	// Beyond the bound, n2 may no longer serve what it cached before the cut.
 	time.Sleep(time.Until(cutAt.Add(bound + 200*time.Millisecond)))
 	var rc readCheck
-	for _, id := range ids {
-		l.mu.Lock()
-		want := l.want[id]
-		l.mu.Unlock()
-		if err := rc.checkRead(n2, id, want); err != nil {
-			t.Error(err)
-		}
-	}
+	rc.checkKeys(t, n2, l, ids)
 	if err := proxy.Heal(); err != nil {
 		t.Fatal(err)
 	}
 	// Reconnected, n2 caches again: still the latest.
 	writeAll(t, []*Node{n3}, l, ids[:100], true, "", 200)
 	time.Sleep(bound)
-	for _, id := range ids {
-		l.mu.Lock()
-		want := l.want[id]
-		l.mu.Unlock()
-		if err := rc.checkRead(n2, id, want); err != nil {
-			t.Error(err)
-		}
-	}
+	rc.checkKeys(t, n2, l, ids)
 
 	// n3 restarted while n1 writes.
 	var wg sync.WaitGroup
@@ -308,14 +286,7 @@ func TestEveryKeyReadableDuringOutage(t *testing.T) {
 	}
 	var rc readCheck
 	for _, n := range nodes {
-		for _, id := range ids {
-			l.mu.Lock()
-			want := l.want[id]
-			l.mu.Unlock()
-			if err := rc.checkRead(n, id, want); err != nil {
-				t.Error(err)
-			}
-		}
+		rc.checkKeys(t, n, l, ids)
 	}
 	t.Logf("outage reads: %d checked, %d from the change log, stale %d, unavailable %d", rc.checked.Load(), rc.replica.Load(), rc.stale.Load(), rc.unavailable.Load())
 	if rc.replica.Load() < int64(len(ids)) {
@@ -407,11 +378,7 @@ func TestLosingWrites(t *testing.T) {
 
 	// HTTP, buffered: the change log holds a newer version than the writer's
 	// clock (a node whose clock runs fast buffered it).
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, n1, events.ModeCacheOnly)
+	s.EnterMaintenance("maintenance", n1)
 	skewed := ahead + 1<<12
 	publishChange(t, s, 8, skewed, anime(8, "buffered by a fast clock"))
 	r, err = n1.Put(anime(8, "buffered after the skewed write"))
@@ -423,11 +390,7 @@ func TestLosingWrites(t *testing.T) {
 		t.Fatalf("buffered v%d below the logged v%d", wr.Version, skewed)
 	}
 	l.ack(8, wr.Version, false)
-	at := time.Now()
-	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	s.ExitMaintenance()
 	table, err = s.Versions()
 	if err != nil {
 		t.Fatal(err)

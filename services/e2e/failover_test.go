@@ -18,7 +18,6 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/anivault/anivault/events"
-	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/natsembed"
 	"github.com/anivault/anivault/pkg/pgdb"
@@ -183,17 +182,8 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 		defer ccancel()
 		_ = replica.Close(cctx)
 	})
-	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	u, err := url.Parse(s.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = proxy.Addr()
-	s.opts.DatabaseURL = u.String()
+	proxy, dsn := s.ProxyDatabase()
+	s.opts.DatabaseURL = dsn
 
 	n1 := s.StartNode("n1", nil)
 	n2 := s.StartNode("n2", nil)
@@ -263,6 +253,10 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	}
 
 	// The table is now the promoted replica's.
+	u, err := url.Parse(s.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
 	db, err := pgdb.Open(pgdb.Config{DSN: replica.DSNFor(u.Path[1:]), DialTimeout: 2 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -287,21 +281,12 @@ func TestMonitorsAreOutvoted(t *testing.T) {
 	t.Parallel()
 	const interval, threshold = 200 * time.Millisecond, 2
 	s := NewSystem(t, Options{PrivatePG: true, MonitorInterval: interval, MonitorTimeout: time.Second, FailureThreshold: threshold, AutoRecovery: true})
-	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(proxy.Close)
-	u, err := url.Parse(s.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = proxy.Addr()
+	proxy, proxied := s.ProxyDatabase()
 	n1 := s.StartNode("n1", nil)
 	s.StartManager(nil)
 	m1 := s.StartMonitor(map[string]string{"NODE_ID": "monitor-1"})
 	s.StartMonitor(map[string]string{"NODE_ID": "monitor-2"})
-	cut := s.StartMonitor(map[string]string{"NODE_ID": "monitor-3", "DATABASE_URL": u.String()})
+	cut := s.StartMonitor(map[string]string{"NODE_ID": "monitor-3", "DATABASE_URL": proxied})
 	waitSchema(t, s)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -427,11 +412,7 @@ func TestBufferLeaderLoss(t *testing.T) {
 	}
 	w.finish()
 	gap := w.longestGap(killed, restarted)
-	at := time.Now()
-	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeNormal, at, 2*time.Minute, nil)
+	s.ExitMaintenance()
 	w.mu.Lock()
 	codes := maps.Clone(w.codes)
 	w.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/natsembed"
 	"github.com/anivault/anivault/pkg/pgdb"
@@ -529,3 +531,46 @@ func (e Event) Mode() events.ModeChanged {
 
 // streamName is the name of one of the system's streams under its prefix.
 func (s *System) streamName(base string) string { return events.NewSubjects(s.opts.Prefix).Name(base) }
+
+// EnterMaintenance asks the manager for cache-only mode (planned
+// maintenance) and waits until every node given knows it.
+func (s *System) EnterMaintenance(reason string, nodes ...*Node) events.ModeReply {
+	s.t.Helper()
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: reason}, &mr); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitNodeMode(s.t, n, events.ModeCacheOnly)
+	}
+	return mr
+}
+
+// ExitMaintenance leaves cache-only mode and waits for mode.normal.
+func (s *System) ExitMaintenance() Event {
+	s.t.Helper()
+	at := time.Now()
+	var mr events.ModeReply
+	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
+		s.t.Fatal(err)
+	}
+	return s.Events.Wait(s.t, events.SubjectModeNormal, at, 2*time.Minute, nil)
+}
+
+// ProxyDatabase puts a fault proxy in front of the private PostgreSQL and
+// returns it with the DSN through it; the test's own store keeps the
+// direct DSN.
+func (s *System) ProxyDatabase() (*faultproxy.Proxy, string) {
+	s.t.Helper()
+	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(proxy.Close)
+	u, err := url.Parse(s.DSN)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	u.Host = proxy.Addr()
+	return proxy, u.String()
+}

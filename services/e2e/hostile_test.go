@@ -239,11 +239,7 @@ func TestUndecodableBufferMessageIsKeptInPoison(t *testing.T) {
 	n1 := s.StartNode("n1", nil)
 	s.StartMonitor(nil)
 	s.StartManager(nil)
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, n1, events.ModeCacheOnly)
+	s.EnterMaintenance("maintenance", n1)
 	l := newLedger()
 	writeAll(t, []*Node{n1}, l, idRange(1, 20), false, "good", 202)
 	garbage := []byte(`{"writes":[{"tmdb_id":7,"version":-3}]}`)
@@ -252,11 +248,7 @@ func TestUndecodableBufferMessageIsKeptInPoison(t *testing.T) {
 	if _, err := s.JS.Publish(ctx, s.subject(events.SubjectBufferWrites), garbage); err != nil {
 		t.Fatal(err)
 	}
-	at := time.Now()
-	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	s.ExitMaintenance()
 	got, err := s.Versions()
 	if err != nil {
 		t.Fatal(err)
@@ -288,12 +280,7 @@ func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
 	other := s.StartNode("other", nil)
 	s.StartMonitor(nil)
 	s.StartManager(nil)
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, victim, events.ModeCacheOnly)
-	waitNodeMode(t, other, events.ModeCacheOnly)
+	s.EnterMaintenance("maintenance", victim, other)
 
 	var ready atomic.Bool
 	ready.Store(true)
@@ -371,11 +358,7 @@ func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	at := time.Now()
-	if err := s.Request(events.SubjectCacheOnlyExit, map[string]any{}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeNormal, at, 60*time.Second, nil)
+	s.ExitMaintenance()
 	got, err := s.Versions()
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/procs"
 )
 
@@ -19,11 +18,7 @@ func TestEveryServiceServesItsMetrics(t *testing.T) {
 	monAddr, mgrAddr := freeAddr(t), freeAddr(t)
 	s.StartMonitor(map[string]string{"ADMIN_ADDR": monAddr})
 	s.StartManager(map[string]string{"ADMIN_ADDR": mgrAddr})
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "metrics"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, n1, events.ModeCacheOnly)
+	s.EnterMaintenance("metrics", n1)
 	l := newLedger()
 	writeAll(t, []*Node{n1}, l, idRange(1, 5), false, "buffered", 202)
 

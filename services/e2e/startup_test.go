@@ -21,11 +21,7 @@ func TestNodeStartedJustBeforeRecovery(t *testing.T) {
 	n1 := s.StartNode("n1", nil)
 	s.StartMonitor(nil)
 	s.StartManager(nil)
-	var mr events.ModeReply
-	if err := s.Request(events.SubjectCacheOnlyEnter, events.CacheOnlyEnterRequest{Reason: "maintenance"}, &mr); err != nil {
-		t.Fatal(err)
-	}
-	waitNodeMode(t, n1, events.ModeCacheOnly)
+	mr := s.EnterMaintenance("maintenance", n1)
 	n2 := s.StartNode("late", map[string]string{"NODE_STATUS_INTERVAL": "30s"})
 	// The node reports itself as soon as it is ready and on every mode
 	// change, not only every NODE_STATUS_INTERVAL: the manager lists it in
