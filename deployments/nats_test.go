@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/anivault"
 	"github.com/anivault/anivault/pkg/topology"
 )
 
@@ -194,6 +195,55 @@ func TestWrongPasswordIsRefused(t *testing.T) {
 	}
 }
 
+// A producer service pauses on cache_only with the credentials we ship: the
+// Go client's Mode and WatchMode work with the producer role.
+func TestProducerFollowsTheMode(t *testing.T) {
+	srv, _ := startServer(t, singleConf, nil)
+	url := srv.ClientURL()
+	users := natsUsers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	mgr := connect(t, url, "recovery-manager", users)
+	js, err := jetstream.New(mgr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	top, _ := topology.New(js, events.NewSubjects(""))
+	kv, err := top.EnsureEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(mode events.Mode, epoch int64) {
+		b, _ := json.Marshal(events.ModeChanged{Mode: mode, Epoch: epoch, Since: time.Now().UTC()})
+		if _, err := kv.Put(ctx, events.KeyMode, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(events.ModeNormal, 1)
+	c, err := anivault.New(connect(t, url, "producer", users), anivault.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mc, err := c.Mode(ctx); err != nil || mc.Mode != events.ModeNormal || mc.Epoch != 1 {
+		t.Fatalf("Mode as the producer: %+v %v", mc, err)
+	}
+	ch, err := c.WatchMode(ctx)
+	if err != nil {
+		t.Fatalf("WatchMode as the producer: %v", err)
+	}
+	put(events.ModeCacheOnly, 2)
+	for {
+		select {
+		case mc := <-ch:
+			if mc.Mode == events.ModeCacheOnly && mc.Epoch == 2 {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("the producer never saw cache_only through WatchMode")
+		}
+	}
+}
+
 // TestProducerCannotChangeTheMode is the test: a producer's
 // credentials are refused when publishing mode.cache_only, and nothing
 // receives or stores it, while its own subjects work.
@@ -303,8 +353,12 @@ func TestPermissionMatrix(t *testing.T) {
 			pub("mode.cache_only", false), pub("mode.normal", false), pub("db.unhealthy", false),
 			pub("recovery.force", false), pub("status.get", false), pub("buffer.writes", false),
 			pub("metadata.changed", false), pub("$KV.anivault.mode", false), pub("$JS.API.STREAM.DELETE.ANIVAULT_BUFFER", false),
+			pub("$JS.API.STREAM.PURGE.ANIVAULT_BUFFER", false), pub("$JS.API.STREAM.PURGE.KV_anivault", false),
+			pub("$JS.API.STREAM.DELETE.KV_anivault", false), pub("$JS.API.CONSUMER.DELETE.ANIVAULT_BUFFER.cache-node-replay", false),
+			pub("$JS.API.CONSUMER.CREATE.ANIVAULT_BUFFER.x", false), pub("changes.1429", false),
+			pub("$JS.API.DIRECT.GET.KV_anivault.$KV.anivault.mode", true), pub("$JS.API.CONSUMER.CREATE.KV_anivault.w.$KV.anivault.mode", true),
 			sub("_INBOX.abc", true), sub("metadata.get", false), sub("recovery.force", false),
-			sub("status.get", false), sub("mode.>", false), sub(">", false),
+			sub("status.get", false), sub("mode.>", true), sub(">", false),
 		},
 		"health-monitor": {
 			pub("db.health", true), pub("db.unhealthy", true), pub("db.recovered", true),
@@ -325,7 +379,8 @@ func TestPermissionMatrix(t *testing.T) {
 		},
 		"cache-node": {
 			pub("buffer.writes", true), pub("metadata.changed", true), pub("node.status", true),
-			pub("replay.completed", true), pub("poison.metadata", true), pub("$JS.API.STREAM.INFO.ANIVAULT_BUFFER", true),
+			pub("replay.completed", true), pub("poison.metadata", true), pub("poison.buffer", true), pub("changes.1429", true),
+			pub("$JS.API.STREAM.INFO.ANIVAULT_BUFFER", true),
 			pub("$JS.FC.KV_anivault.x.1", true), pub("$JS.ACK.ANIVAULT_METADATA.cache-node-writer.1.1.1.0.0", true),
 			pub("db.unhealthy", false), pub("db.health", false), pub("mode.cache_only", false), pub("mode.normal", false),
 			pub("$KV.anivault.mode", false), pub("metadata.upsert", false), pub("recovery.force", false), pub("status.get", false),
