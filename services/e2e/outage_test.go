@@ -203,6 +203,18 @@ func TestOutageLifecycle(t *testing.T) {
 	}
 	for _, n := range nodes {
 		waitNodeMode(t, n, events.ModeNormal)
+		// A node's own status shows the manager's counters, as the old guide's keys promise.
+		r, err := do("GET", n.URL()+"/v1/status", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ns events.SystemStatus
+		r.JSON(t, &ns)
+		if ns.TotalFailures != 1 || ns.TotalRecoveries != 1 || ns.LastFailureTime == nil || ns.LastRecoveryTime == nil ||
+			!ns.IsOperational || ns.CacheOnlyReason != "" {
+			t.Errorf("node %s status: failures %d recoveries %d last failure %v last recovery %v operational %v reason %q",
+				n.ID, ns.TotalFailures, ns.TotalRecoveries, ns.LastFailureTime, ns.LastRecoveryTime, ns.IsOperational, ns.CacheOnlyReason)
+		}
 	}
 	for _, phrase := range []string{"Cache-only mode enabled", "Recovery started", "Recovery completed", "Cache-only mode disabled"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -288,12 +288,12 @@ func (n *Node) status() events.SystemStatus {
 	if h := n.health.Load(); h != nil {
 		hs, hstats = h.Status, h.Statistics
 	}
-	return events.SystemStatus{
-		IsOperational:       true,
+	st := events.SystemStatus{
+		// Operational: the node knows the mode and can serve reads and take writes.
+		IsOperational:       n.ready.Load() && !n.stopping.Load(),
 		Mode:                mode,
 		Epoch:               mc.Epoch,
 		CacheOnlyMode:       mode == events.ModeCacheOnly,
-		CacheOnlyReason:     mc.Reason,
 		HealthStatus:        hs,
 		HealthStatistics:    hstats,
 		CircuitBreakerState: n.breaker.State(),
@@ -304,6 +304,15 @@ func (n *Node) status() events.SystemStatus {
 		Nodes:               []events.NodeStatus{},
 		ChangeLog:           n.changeLogStatus(),
 	}
+	if mode == events.ModeCacheOnly {
+		st.CacheOnlyReason = mc.Reason
+	}
+	// The manager keeps its counters with the mode; the node shows them as it read them.
+	if c := mc.Counters; c != nil {
+		st.TotalFailures, st.TotalRecoveries, st.RecoveryAttempts = c.TotalFailures, c.TotalRecoveries, c.RecoveryAttempts
+		st.LastFailureTime, st.LastRecoveryTime = c.LastFailureTime, c.LastRecoveryTime
+	}
+	return st
 }
 
 func (n *Node) changeLogStatus() *events.ChangeLogStatus {
