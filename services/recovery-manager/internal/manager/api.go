@@ -83,7 +83,7 @@ func (m *Manager) handleDBEvent(msg *message.Message) error {
 				m.log.Info("ignoring db.unhealthy older than the current mode", "occurred_at", ev.OccurredAt, "since", cur.Since)
 				return nil, nil
 			}
-			m.monitors.heard(ev.Source, events.HealthUnhealthy, ev.OccurredAt, time.Now(), false)
+			m.monitors.heard(ev.Source, events.HealthUnhealthy, true, ev.OccurredAt, time.Now(), false)
 			m.pendingVerdict, m.pendingVerdictReason = events.SubjectDBUnhealthy, ev.Reason
 			return nil, m.actOnVerdict(ctx, cur)
 		})
@@ -101,7 +101,7 @@ func (m *Manager) handleDBEvent(msg *message.Message) error {
 			if !ev.OccurredAt.IsZero() && ev.OccurredAt.Before(cur.Since) {
 				return nil, nil
 			}
-			m.monitors.heard(ev.Source, events.HealthHealthy, ev.OccurredAt, time.Now(), false)
+			m.monitors.heard(ev.Source, events.HealthHealthy, false, ev.OccurredAt, time.Now(), false)
 			if !m.cfg.AutoRecovery {
 				m.log.Info("database recovered; automatic recovery is disabled, waiting for recovery.force")
 				return nil, nil
@@ -139,7 +139,7 @@ func (m *Manager) handleHealth(msg *message.Message) error {
 	_, err := m.submit(msg.Context(), func(context.Context) (any, error) {
 		m.health = &ev
 		if ev.Source != "" && ev.Status != events.HealthUnknown {
-			m.monitors.heard(ev.Source, ev.Status, ev.OccurredAt, time.Now(), true)
+			m.monitors.heard(ev.Source, ev.Status, ev.Error != "", ev.OccurredAt, time.Now(), true)
 		}
 		return nil, nil
 	})

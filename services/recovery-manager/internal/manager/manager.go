@@ -515,7 +515,7 @@ func (m *Manager) evaluate(ctx context.Context) {
 	}
 	// A fresh unhealthy verdict of a majority of the monitors during replay
 	// sends the system back to cache-only.
-	if yes, agree, live := m.monitors.majority(events.HealthUnhealthy, cur.Since, time.Now()); yes {
+	if yes, agree, live := m.monitors.failing(cur.Since, time.Now()); yes {
 		reason := fmt.Sprintf("health check failed during recovery (%d of %d monitors)", agree, live)
 		if h := m.health; h != nil && h.Error != "" {
 			reason += ": " + h.Error

@@ -17,6 +17,10 @@ type monitorSeen struct {
 	last     time.Time     // when its latest db.health (or transition) arrived
 	interval time.Duration // the time between its last two db.health, 0 until known
 	status   events.HealthStatus
+	// failed is true when the monitor's latest check failed: a monitor whose
+	// verdict is still unhealthy while its checks succeed again (it waits for
+	// HEALTH_RECOVERY_THRESHOLD successes) does not count as seeing a failure.
+	failed bool
 	// reported is when the monitor made its latest verdict (its payload's occurred_at).
 	reported time.Time
 }
@@ -28,16 +32,30 @@ const defaultMonitorLife = 5 * time.Second
 // monitorVotes keeps every monitor's latest verdict.
 type monitorVotes map[string]monitorSeen
 
-// heard records a verdict from monitor id, made at reported.
-func (v monitorVotes) heard(id string, status events.HealthStatus, reported, now time.Time, isHealth bool) {
+// heard records a verdict from monitor id, made at reported; failed tells
+// whether the check behind it failed.
+func (v monitorVotes) heard(id string, status events.HealthStatus, failed bool, reported, now time.Time, isHealth bool) {
 	m := v[id]
 	if isHealth && !m.last.IsZero() {
 		if d := now.Sub(m.last); d > 0 {
 			m.interval = d
 		}
 	}
-	m.last, m.status, m.reported = now, status, reported
+	m.last, m.status, m.failed, m.reported = now, status, failed, reported
 	v[id] = m
+}
+
+// failing tells whether more than half of the live monitors declared the
+// database unhealthy and saw their latest check fail after since: a fresh
+// failure, not a verdict that waits for enough successes to turn.
+func (v monitorVotes) failing(since, now time.Time) (yes bool, agree, live int) {
+	for _, m := range v.live(now) {
+		live++
+		if m.status == events.HealthUnhealthy && m.failed && !m.reported.Before(since) {
+			agree++
+		}
+	}
+	return live > 0 && 2*agree > live, agree, live
 }
 
 // live returns the monitors heard from within three of their intervals.

@@ -14,19 +14,19 @@ func TestMonitorVotes(t *testing.T) {
 	// Three monitors checking every 200 ms, all healthy.
 	for i := range 3 {
 		for _, id := range []string{"a", "b", "c"} {
-			v.heard(id, events.HealthHealthy, at(i*200), at(i*200), true)
+			v.heard(id, events.HealthHealthy, false, at(i*200), at(i*200), true)
 		}
 	}
 	if yes, agree, live := v.majority(events.HealthHealthy, time.Time{}, at(450)); !yes || agree != 3 || live != 3 {
 		t.Fatalf("all healthy: %v %d of %d", yes, agree, live)
 	}
 	// One cut off from the database: a minority.
-	v.heard("c", events.HealthUnhealthy, at(600), at(600), true)
+	v.heard("c", events.HealthUnhealthy, true, at(600), at(600), true)
 	if yes, agree, live := v.majority(events.HealthUnhealthy, time.Time{}, at(650)); yes || agree != 1 || live != 3 {
 		t.Fatalf("one of three unhealthy is not a majority: %v %d of %d", yes, agree, live)
 	}
 	// A second one agrees: a majority.
-	v.heard("b", events.HealthUnhealthy, at(620), at(620), false)
+	v.heard("b", events.HealthUnhealthy, true, at(620), at(620), false)
 	if yes, _, _ := v.majority(events.HealthUnhealthy, time.Time{}, at(650)); !yes {
 		t.Fatal("two of three unhealthy is a majority")
 	}
@@ -36,17 +36,29 @@ func TestMonitorVotes(t *testing.T) {
 	}
 	// a dies: after three of its intervals it no longer counts, and b and c
 	// are the whole electorate.
-	v.heard("b", events.HealthUnhealthy, at(800), at(800), true)
-	v.heard("c", events.HealthUnhealthy, at(800), at(800), true)
+	v.heard("b", events.HealthUnhealthy, true, at(800), at(800), true)
+	v.heard("c", events.HealthUnhealthy, true, at(800), at(800), true)
 	if live := len(v.live(at(1000))); live != 3 {
 		t.Fatalf("a is still live within three intervals: %d live", live)
 	}
 	if live := len(v.live(at(1050))); live != 2 {
 		t.Fatalf("a is not live after three intervals: %d live", live)
 	}
+	// A verdict still unhealthy while the checks succeed again (waiting for
+	// the recovery threshold) is no fresh failure: chaos seed 82 went back
+	// to cache-only on one during a recovery the manager's own check began.
+	w := monitorVotes{}
+	w.heard("m", events.HealthUnhealthy, false, at(100), at(100), true)
+	if yes, _, _ := w.failing(at(50), at(110)); yes {
+		t.Fatal("a successful check under an unhealthy verdict counted as a failure")
+	}
+	w.heard("m", events.HealthUnhealthy, true, at(300), at(300), true)
+	if yes, _, _ := w.failing(at(50), at(310)); !yes {
+		t.Fatal("a failed check under an unhealthy verdict is a failure")
+	}
 	// One monitor alone decides.
 	one := monitorVotes{}
-	one.heard("x", events.HealthUnhealthy, at(0), at(0), false)
+	one.heard("x", events.HealthUnhealthy, true, at(0), at(0), false)
 	if yes, agree, live := one.majority(events.HealthUnhealthy, time.Time{}, at(10)); !yes || agree != 1 || live != 1 {
 		t.Fatalf("a single monitor: %v %d of %d", yes, agree, live)
 	}
