@@ -3,6 +3,8 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"reflect"
 	"errors"
 	"fmt"
 	"time"
@@ -109,7 +111,7 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 	}
 	body, src, err := n.serveRow(id, rec, deleted, true)
 	if revalidating != nil && (revalidating.version != rowVersion || revalidating.deleted != (rec == nil || deleted) ||
-		(err == nil && !bytes.Equal(body, revalidating.body))) {
+		(err == nil && !sameRecord(body, revalidating.body))) {
 		n.metrics.corrections.Inc()
 		n.log.Warn("cache entry corrected by revalidation: the row was changed by something other than the services", "tmdb_id", id,
 			"cached_version", revalidating.version, "database_version", rowVersion)
@@ -396,4 +398,30 @@ func (n *Node) applyLocal(id, version int64, body []byte) {
 		return
 	}
 	n.cacheSet(id, entry{version: version, body: body})
+}
+
+// sameRecord tells whether two encodings hold the same record: raw_data as
+// JSON values (PostgreSQL's jsonb reorders keys and drops spaces) and
+// updated_at as an instant (the table keeps microseconds).
+func sameRecord(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var ra, rb events.Record
+	if json.Unmarshal(a, &ra) != nil || json.Unmarshal(b, &rb) != nil {
+		return false
+	}
+	var va, vb any
+	if len(ra.RawData) > 0 || len(rb.RawData) > 0 {
+		if json.Unmarshal(ra.RawData, &va) != nil || json.Unmarshal(rb.RawData, &vb) != nil || !reflect.DeepEqual(va, vb) {
+			return false
+		}
+	}
+	ra.RawData, rb.RawData = nil, nil
+	if (ra.UpdatedAt == nil) != (rb.UpdatedAt == nil) ||
+		(ra.UpdatedAt != nil && !ra.UpdatedAt.Truncate(time.Microsecond).Equal(rb.UpdatedAt.Truncate(time.Microsecond))) {
+		return false
+	}
+	ra.UpdatedAt, rb.UpdatedAt = nil, nil
+	return reflect.DeepEqual(ra, rb)
 }
