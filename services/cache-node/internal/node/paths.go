@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"reflect"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/anivault/anivault/events"
