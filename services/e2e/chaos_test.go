@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,10 +27,21 @@ import (
 // --duration 20s --nodes 2 --max-fault 4s --max-gap 3s`.
 func TestChaosShort(t *testing.T) {
 	t.Parallel()
-	seeds := []uint64{11, 13, 27}
+	// Three single-server schedules, and one on a three-server JetStream
+	// cluster (every stream replicated 3 ways) whose first process fault
+	// stops the buffer stream's leader.
+	runs := []struct {
+		seed    uint64
+		cluster int
+	}{{11, 0}, {13, 0}, {27, 0}, {7, 3}}
 	covered := map[chaos.Kind]bool{}
-	for _, seed := range seeds {
-		t.Run(fmt.Sprintf("seed-%d", seed), func(t *testing.T) {
+	for _, run := range runs {
+		seed := run.seed
+		name := fmt.Sprintf("seed-%d", seed)
+		if run.cluster > 0 {
+			name = fmt.Sprintf("cluster-%d-seed-%d", run.cluster, seed)
+		}
+		t.Run(name, func(t *testing.T) {
 			var out bytes.Buffer
 			dir, err := os.MkdirTemp("", "anivault-chaos-")
 			if err != nil {
@@ -40,7 +52,7 @@ func TestChaosShort(t *testing.T) {
 				ModuleDir: "../..", Dir: dir, Out: &out,
 				HTTPWriters: 3, Producers: 2, Readers: 2,
 				MinFault: time.Second, MaxFault: 4 * time.Second, MinGap: time.Second, MaxGap: 3 * time.Second,
-				DrainTimeout: 90 * time.Second,
+				DrainTimeout: 90 * time.Second, NATSCluster: run.cluster,
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
@@ -81,7 +93,7 @@ func TestChaosShort(t *testing.T) {
 		})
 	}
 	if !t.Failed() {
-		for _, k := range chaos.AllKinds {
+		for _, k := range append(slices.Clone(chaos.AllKinds), chaos.ClusterKinds...) {
 			if !covered[k] {
 				t.Errorf("no schedule injected %s: choose seeds that cover every fault", k)
 			}
