@@ -80,7 +80,7 @@ const (
 	StreamPoison = "ANIVAULT_POISON"
 	// StreamChanges is the change log: a compacted replica of the table, the
 	// last durable write of every record (one subject per record, one message
-	// per subject), read by subject from any replica (direct get).
+	// per subject), read by subject from the stream leader.
 	StreamChanges = "ANIVAULT_CHANGES"
 
 	// ConsumerMetadataWriter is the one durable consumer shared by all cache-nodes on StreamMetadata.

@@ -256,7 +256,10 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 		{
 			// A compacted table: one subject per record, its last message
 			// kept. No global limit, so nothing but a newer write of the same
-			// record ever removes an entry.
+			// record ever removes an entry. No direct get: a read by subject
+			// goes to the stream leader, which holds every acknowledged entry;
+			// a follower replica may lag behind (the chaos runner's cluster
+			// mode saw one serve a version 5 s older than an acknowledged one).
 			Name:              s.Name(events.StreamChanges),
 			Description:       "Change log: the last durable write of every record (changes.<tmdb_id>), a compacted replica of the table",
 			Subjects:          []string{s.Of(events.SubjectChanges + ".>")},
@@ -264,7 +267,6 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 			Discard:           jetstream.DiscardNew,
 			MaxMsgsPerSubject: 1,
 			MaxMsgSize:        MaxBufferMsgBytes,
-			AllowDirect:       true,
 			Replicas:          limits.Replicas,
 		},
 		{

@@ -335,7 +335,21 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	res.Final = CheckFinalReads(r.readBack(ctx, writtenKeys(ops)), table, cfg.StalenessBound)
 	nameNodes(res.Final.Check, names)
 	r.say("final reads: %d compared with the table, %d differ", res.Final.Compared, res.Final.Differing)
-	hist, err := ReadHistory(ctx, r.js, r.subj)
+	// A cluster that was just restarted may answer "no responders" while its
+	// stream leaders are elected: read the history again for up to 30 s.
+	var hist History
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		hist, err = ReadHistory(ctx, r.js, r.subj)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,8 @@ import (
 // durable write (the metadata.changed payload, with the record or as a
 // tombstone). Every write is in it before its writer is answered, so:
 //   - a record missing from the cache is read from it when the database is
-//     unavailable (direct get by subject, from any replica);
+//     unavailable (a get by subject, answered by the stream leader, which
+//     holds every acknowledged entry: a follower replica may lag);
 //   - every node follows it (headers only) into an index of every record's
 //     latest version, which invalidates older cache entries and proves
 //     whether a row read from PostgreSQL is current.
@@ -182,7 +183,7 @@ func entryVersion(h nats.Header) (version int64, deleted, ok bool) {
 	return v, h.Get(events.HeaderDeleted) == "true", true
 }
 
-// get reads the record's last entry from the log (any replica). found is
+// get reads the record's last entry from the log (the stream leader). found is
 // false for a record the log has never seen.
 func (l *changeLog) get(ctx context.Context, id int64) (e logEntry, found bool, err error) {
 	m, err := l.stream.GetLastMsgForSubject(ctx, l.subject(id))
