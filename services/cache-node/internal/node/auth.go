@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -90,20 +91,11 @@ func (n *Node) authorize(h http.HandlerFunc, allowed ...string) http.HandlerFunc
 			n.metrics.unauthorized.WithLabelValues("missing_or_invalid").Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="anivault"`)
 			writeJSON(w, http.StatusUnauthorized, httpError{Error: "a valid bearer token is required", Field: "Authorization"})
-		case !contains(allowed, role):
+		case !slices.Contains(allowed, role):
 			n.metrics.unauthorized.WithLabelValues("forbidden").Inc()
 			writeJSON(w, http.StatusForbidden, httpError{Error: fmt.Sprintf("a %s token may not do this", role), Field: "Authorization"})
 		default:
 			h(w, r)
 		}
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

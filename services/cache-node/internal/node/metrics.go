@@ -19,8 +19,7 @@ type metrics struct {
 	writes      *prometheus.CounterVec
 	invalid     *prometheus.CounterVec
 	breakerTx   *prometheus.CounterVec
-	mode        *prometheus.GaugeVec
-	epoch       prometheus.Gauge
+	mode        *svckit.ModeGauges
 	replayed    prometheus.Counter
 	replayStale prometheus.Counter
 	// reads counts reads that missed the cache, by where they were answered from.
@@ -42,8 +41,6 @@ func newMetrics(n *Node) *metrics {
 		writes:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_writes_total", Help: "Writes by outcome: committed, buffered, failed; superseded (a producer write older than the stored version), reversioned (an HTTP write versioned again above a newer one)."}, []string{"outcome"}),
 		invalid:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_invalid_requests_total", Help: "Rejected bad input by transport."}, []string{"transport"}),
 		breakerTx:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_circuit_breaker_transitions_total", Help: "Circuit breaker state changes."}, []string{"from", "to"}),
-		mode:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "anivault_mode", Help: "1 for the node's current mode."}, []string{"mode"}),
-		epoch:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "anivault_mode_epoch", Help: "Epoch of the node's current mode."}),
 		replayed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_replay_applied_total", Help: "Buffered writes applied by replay."}),
 		replayStale: prometheus.NewCounter(prometheus.CounterOpts{Name: "anivault_replay_skipped_stale_total", Help: "Buffered writes skipped on replay because the row was newer."}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_reads_total",
@@ -62,7 +59,8 @@ func newMetrics(n *Node) *metrics {
 	stat := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.mode, m.epoch, m.replayed, m.replayStale,
+	m.mode = svckit.NewModeGauges(reg, string(events.ModeNormal), string(events.ModeCacheOnly), string(events.ModeRecovering))
+	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.replayed, m.replayStale,
 		m.reads, m.corrections, m.invalidations, m.reconciled, m.unauthorized, m.expired,
 		stat("anivault_changelog_lag_seconds", "How long ago the node last proved it had applied every change log entry (reads lag writes by at most this).",
 			func() float64 { return n.changes.lag().Seconds() }),
@@ -101,14 +99,7 @@ func (m *metrics) breakerChanged(from, to string) {
 }
 
 func (m *metrics) setMode(mode events.Mode, epoch int64) {
-	for _, md := range []events.Mode{events.ModeNormal, events.ModeCacheOnly, events.ModeRecovering} {
-		v := 0.0
-		if md == mode {
-			v = 1
-		}
-		m.mode.WithLabelValues(string(md)).Set(v)
-	}
-	m.epoch.Set(float64(epoch))
+	m.mode.Set(string(mode), epoch)
 }
 
 type statusRecorder struct {
