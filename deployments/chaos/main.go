@@ -8,7 +8,9 @@
 // Schedule i runs with seed+i; its fault list is printed before it runs and
 // replays exactly with --seed <its seed> --schedules 1 (and the same
 // --nats-cluster). The run ends with a report and exits 1 when any checker
-// failed.
+// failed. A JSON report (--report, by default <dir>/report.json) is
+// rewritten atomically after every schedule, so that an interrupted run
+// still leaves one.
 //
 // --nats-cluster 3 runs NATS as a cluster of three servers (streams and the
 // KV bucket replicated three ways, BUFFER_REPLICAS=3) and adds the
@@ -50,6 +52,7 @@ func main() {
 	fs.IntVar(&cfg.ProcessFaults, "process-faults", 0, "process faults per schedule (0: one per 10s, at least 2)")
 	fs.StringVar(&cfg.Dir, "dir", ".anivault/chaos", "working directory; a failed schedule's logs stay in <dir>/seed-N/logs")
 	fs.BoolVar(&cfg.KeepDirs, "keep", false, "keep the working directories of passing schedules too")
+	fs.StringVar(&cfg.Report, "report", "", "JSON report (parameters, every schedule's faults, verdict, checkers and figures, totals), rewritten after every schedule (default <dir>/report.json)")
 	fs.BoolVar(&cfg.Quiet, "quiet", false, "print only schedules and verdicts, not every event")
 	fs.IntVar(&cfg.PGMaxConnections, "pg-max-connections", 0, "raise PostgreSQL's max_connections (0: pgembed's 200); a workaround for a service connection leak")
 	fs.BoolVar(&cfg.Strict, "strict", false, "advisory checkers fail the run too")

@@ -150,9 +150,22 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	say("load: %d writers and %d readers for %v; PostgreSQL goes down at +%v for %v", f.writers, f.readers, f.duration, f.outageAt, f.outage)
 	loadCtx, stopLoad := context.WithTimeout(ctx, f.duration)
 	defer stopLoad()
-	var wg sync.WaitGroup
+	// The sampler records the picture's series until the system has healed,
+	// past the end of the load; it prints the live line while the load runs.
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	defer stopSampling()
+	var wg, sampler sync.WaitGroup
 	wg.Go(func() { gen.Run(loadCtx) })
-	wg.Go(func() { tl.live(loadCtx, gen, js) })
+	sampler.Go(func() { tl.live(sampleCtx, loadCtx.Done(), gen, js) })
+	svgPath := filepath.Join(dir, "timeline.svg")
+	pic := picture{Nodes: f.nodes, Writers: f.writers, Readers: f.readers}
+	// draw writes the picture of what was recorded so far.
+	draw := func() error {
+		stopSampling()
+		sampler.Wait()
+		pic.Counters = gen.Counters()
+		return tl.writeSVG(svgPath, pic)
+	}
 
 	loadStart := time.Now()
 	select {
@@ -162,12 +175,14 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if proxy != nil {
 		proxy.Disable()
-		tl.mark("OUTAGE: connections to PostgreSQL cut by the fault proxy")
+		tl.outage(time.Now(), time.Time{}, "PostgreSQL unreachable")
+		tl.mark("OUTAGE: connections to PostgreSQL cut by the fault proxy", "connections cut")
 	} else {
 		if err := st.PG.Kill(); err != nil {
 			return err
 		}
-		tl.mark("OUTAGE: PostgreSQL killed with SIGKILL")
+		tl.outage(time.Now(), time.Time{}, "PostgreSQL down")
+		tl.mark("OUTAGE: PostgreSQL killed with SIGKILL", "PostgreSQL SIGKILL")
 	}
 	select {
 	case <-ctx.Done():
@@ -178,7 +193,8 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		if err := proxy.Enable(); err != nil {
 			return err
 		}
-		tl.mark("PostgreSQL reachable again")
+		tl.outage(time.Time{}, time.Now(), "")
+		tl.mark("PostgreSQL reachable again", "PostgreSQL reachable")
 	} else {
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
 		err := st.PG.Start(rctx)
@@ -186,25 +202,37 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		tl.mark("PostgreSQL started again (crash recovery done)")
+		tl.outage(time.Time{}, time.Now(), "")
+		tl.mark("PostgreSQL started again (crash recovery done)", "PostgreSQL up")
 	}
 	wg.Wait()
-	tl.mark(fmt.Sprintf("load stopped after %v", time.Since(loadStart).Round(time.Second)))
+	tl.mark(fmt.Sprintf("load stopped after %v", time.Since(loadStart).Round(time.Second)), "load stopped")
 
 	// Let the system finish healing on its own, then count.
 	if err := waitHealed(ctx, js, 90*time.Second); err != nil {
-		return fmt.Errorf("system did not heal: %w", err)
+		where := svgPath
+		if derr := draw(); derr != nil {
+			where = derr.Error()
+		}
+		return fmt.Errorf("system did not heal: %w (timeline: %s; service logs: %s)", err, where, filepath.Join(dir, "logs"))
 	}
-	tl.mark("healed: mode normal, write buffer empty")
+	tl.mark("healed: mode normal, write buffer empty", "healed")
+	pic.Healed = true
 	table, err := st.ReadTable(ctx)
 	if err != nil {
 		return err
 	}
 	t := gen.Check(table)
+	pic.Tally = &t
+	svgErr := draw()
+	picPath := svgPath
+	if svgErr != nil {
+		picPath = "NOT WRITTEN: " + svgErr.Error()
+	}
 	c := gen.Counters()
 	fmt.Fprintf(out, "\n==== tally ====\n")
 	fmt.Fprintf(out, "writes acknowledged:   %d (committed %d, buffered during the outage %d)\n", t.Acknowledged, c.Committed, c.Buffered)
-	fmt.Fprintf(out, "write errors:          %d\n", c.WriteErrors)
+	fmt.Fprintf(out, "write errors:          %d (answered 503: %d)\n", c.WriteErrors, c.WriteUnavailable)
 	fmt.Fprintf(out, "reads served:          %d (uncached reads answered 503 during the outage: %d, errors: %d)\n", c.Reads, c.ReadUnavailable, c.ReadErrors)
 	fmt.Fprintf(out, "keys written:          %d\n", t.Keys)
 	fmt.Fprintf(out, "rows matching:         %d\n", t.Matching)
@@ -213,8 +241,13 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "lost:                  %d\n", t.Lost)
 	fmt.Fprintf(out, "total time:            %v\n", time.Since(begin).Round(100*time.Millisecond))
+	fmt.Fprintf(out, "timeline:              %s\n", picPath)
+	fmt.Fprintf(out, "service logs:          %s\n", filepath.Join(dir, "logs"))
 	if t.Lost > 0 {
 		return &lostError{lost: t.Lost}
+	}
+	if svgErr != nil {
+		return svgErr
 	}
 	if f.keepRunning {
 		printPoke(out, st, urls)

@@ -18,8 +18,6 @@ import (
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/pgdialect"
 	"github.com/uptrace/bun/driver/pgdriver"
-
-	"github.com/anivault/anivault/pkg/envconfig"
 )
 
 // Config configures a pool.
@@ -97,21 +95,32 @@ type dialSlot struct {
 	conn net.Conn
 }
 
-// withTrackedDial dials like pgdriver's default dialer and records the
-// connection in the Connect's dialSlot.
-func withTrackedDial(timeout time.Duration) pgdriver.Option {
+// withTrackedDial dials like pgdriver's default dialer, records the
+// connection in the Connect's dialSlot, and negotiates TLS as policy says
+// (pgdriver's own TLS is turned off: see parseTLS). Unix sockets never use
+// TLS, as in libpq.
+func withTrackedDial(timeout time.Duration, policy *tlsPolicy) pgdriver.Option {
 	return func(c *pgdriver.Config) {
 		d := &net.Dialer{Timeout: timeout, KeepAlive: 5 * time.Minute}
 		c.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := d.DialContext(ctx, network, addr)
-			if err == nil {
-				if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
-					slot.mu.Lock()
-					slot.conn = conn
-					slot.mu.Unlock()
-				}
+			if err != nil {
+				return nil, err
 			}
-			return conn, err
+			if slot, ok := ctx.Value(dialSlotKey{}).(*dialSlot); ok {
+				slot.mu.Lock()
+				slot.conn = conn
+				slot.mu.Unlock()
+			}
+			if policy.config == nil || network == "unix" {
+				return conn, nil
+			}
+			nc, err := policy.negotiate(ctx, conn, addr, timeout)
+			if err != nil {
+				_ = conn.Close() // the negotiation error is the one to report
+				return nil, err
+			}
+			return nc, nil
 		}
 	}
 }
@@ -141,24 +150,38 @@ func (c closingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 func (c closingConnector) Driver() driver.Driver { return c.inner.Driver() }
 
 // Open returns a bun.DB for cfg. It does not touch the network: a database
-// that is down at start is reported by the first query, not here.
+// that is down at start is reported by the first query, not here. It does
+// read the TLS files the DSN names (sslrootcert, sslcert, sslkey), so that
+// a missing or bad one, or an unknown sslmode, stops a service at start.
+// Errors name DATABASE_URL (every service's DSN) with the password masked.
 func Open(cfg Config) (_ *bun.DB, err error) {
 	if cfg.DSN == "" {
 		return nil, errors.New("open postgres: empty DSN")
 	}
 	// pgdriver panics on a DSN it cannot parse, with the DSN (password
 	// included) in the message: check it first, and never let its text out.
-	if _, perr := url.Parse(cfg.DSN); perr != nil {
-		return nil, fmt.Errorf("open postgres: the DSN %s does not parse as a URL", envconfig.MaskURLs(cfg.DSN))
+	u, perr := url.Parse(cfg.DSN)
+	if perr != nil {
+		return nil, fmt.Errorf("open postgres: DATABASE_URL %s does not parse as a URL", maskDSN(cfg.DSN))
 	}
+	q := u.Query()
+	policy, err := parseTLS(q)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: DATABASE_URL %s: %w", maskDSN(cfg.DSN), err)
+	}
+	// pgdriver would build its own TLS from the ssl parameters (and turns
+	// TLS on, unverified, when they are absent): hand it the DSN without
+	// them and TLS off; withTrackedDial negotiates TLS instead.
+	u.RawQuery = q.Encode()
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("open postgres: the DSN %s is not one pgdriver accepts (a bad port or sslmode?)", envconfig.MaskURLs(cfg.DSN))
+			err = fmt.Errorf("open postgres: DATABASE_URL %s is not one pgdriver accepts (a bad port or parameter?)", maskDSN(cfg.DSN))
 		}
 	}()
 	cfg.setDefaults()
 	opts := []pgdriver.Option{
-		pgdriver.WithDSN(cfg.DSN),
+		pgdriver.WithDSN(u.String()),
+		pgdriver.WithTLSConfig(nil),
 		pgdriver.WithDialTimeout(cfg.DialTimeout),
 		pgdriver.WithReadTimeout(cfg.ReadTimeout),
 		pgdriver.WithWriteTimeout(cfg.WriteTimeout),
@@ -167,7 +190,7 @@ func Open(cfg Config) (_ *bun.DB, err error) {
 	if cfg.AppName != "" {
 		opts = append(opts, pgdriver.WithApplicationName(cfg.AppName))
 	}
-	opts = append(opts, withTrackedDial(cfg.DialTimeout))
+	opts = append(opts, withTrackedDial(cfg.DialTimeout, &policy))
 	sqldb := sql.OpenDB(closingConnector{pgdriver.NewConnector(opts...)})
 	sqldb.SetMaxOpenConns(cfg.MaxOpenConns)
 	sqldb.SetMaxIdleConns(cfg.MaxIdleConns)

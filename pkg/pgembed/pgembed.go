@@ -71,7 +71,23 @@ type Options struct {
 	// BaseDir is kept by Close; only the data directory and log inside it
 	// are removed.
 	BaseDir string
+	// ServerCertPEM and ServerKeyPEM, when both are set, turn TLS on
+	// (ssl = on) with this certificate (chain) and its private key, PEM
+	// encoded; they are written into the data directory, readable by the
+	// server user only. Plain connections stay allowed, so DSN keeps working.
+	ServerCertPEM, ServerKeyPEM []byte
+	// ClientCAPEM, with a server certificate, makes every TLS connection
+	// (except replication) present a client certificate signed by one of
+	// these CA certificates (pg_hba: hostssl ... trust clientcert=verify-ca).
+	ClientCAPEM []byte
 }
+
+// File names of the TLS material inside the data directory.
+const (
+	serverCertFile = "server.crt"
+	serverKeyFile  = "server.key"
+	clientCAFile   = "client-ca.crt"
+)
 
 // Instance is a private PostgreSQL server. It is safe for concurrent use.
 type Instance struct {
@@ -114,6 +130,12 @@ func Start(ctx context.Context, opts Options) (_ *Instance, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("pgembed start: %w", err)
 	}
+	if (len(opts.ServerCertPEM) == 0) != (len(opts.ServerKeyPEM) == 0) {
+		return nil, errors.New("pgembed start: ServerCertPEM and ServerKeyPEM go together")
+	}
+	if len(opts.ClientCAPEM) > 0 && len(opts.ServerCertPEM) == 0 {
+		return nil, errors.New("pgembed start: ClientCAPEM needs ServerCertPEM and ServerKeyPEM")
+	}
 	inst := &Instance{binDir: binDir, cred: cred, port: opts.Port}
 
 	if opts.BaseDir == "" {
@@ -154,12 +176,79 @@ func Start(ctx context.Context, opts Options) (_ *Instance, err error) {
 	if err := inst.writeConfig(); err != nil {
 		return nil, fmt.Errorf("pgembed start: %w", err)
 	}
+	if len(opts.ServerCertPEM) > 0 {
+		if err := inst.writeTLS(opts); err != nil {
+			return nil, fmt.Errorf("pgembed start: %w", err)
+		}
+	}
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	if err := inst.startLocked(ctx); err != nil {
 		return nil, fmt.Errorf("pgembed start: %w", err)
 	}
 	return inst, nil
+}
+
+// writeTLS writes the server's certificate, key and client CA into the data
+// directory (owned by the server user, the key readable by it alone, as
+// PostgreSQL demands), turns ssl on and, with a client CA, requires client
+// certificates of TLS connections in pg_hba.conf.
+func (i *Instance) writeTLS(opts Options) error {
+	files := []struct {
+		name string
+		data []byte
+	}{{serverCertFile, opts.ServerCertPEM}, {serverKeyFile, opts.ServerKeyPEM}}
+	conf := fmt.Sprintf("\n# pgembed TLS\nssl = on\nssl_cert_file = '%s'\nssl_key_file = '%s'\n", serverCertFile, serverKeyFile)
+	if len(opts.ClientCAPEM) > 0 {
+		files = append(files, struct {
+			name string
+			data []byte
+		}{clientCAFile, opts.ClientCAPEM})
+		conf += fmt.Sprintf("ssl_ca_file = '%s'\n", clientCAFile)
+	}
+	for _, f := range files {
+		path := filepath.Join(i.dataDir, f.name)
+		if err := os.WriteFile(path, f.data, 0o600); err != nil {
+			return fmt.Errorf("write %s: %w", f.name, err)
+		}
+		if i.cred != nil {
+			if err := os.Chown(path, int(i.cred.Uid), int(i.cred.Gid)); err != nil {
+				return fmt.Errorf("chown %s: %w", f.name, err)
+			}
+		}
+	}
+	if err := appendFile(filepath.Join(i.dataDir, "postgresql.conf"), conf); err != nil {
+		return fmt.Errorf("write config: %w", err)
+	}
+	if len(opts.ClientCAPEM) == 0 {
+		return nil
+	}
+	// The first matching line decides: TLS connections to any database
+	// (replication excepted) need a certificate; plain ones fall through
+	// to initdb's trust lines.
+	hba := filepath.Join(i.dataDir, "pg_hba.conf")
+	old, err := os.ReadFile(hba)
+	if err != nil {
+		return fmt.Errorf("read pg_hba.conf: %w", err)
+	}
+	rule := "hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n"
+	if err := os.WriteFile(hba, append([]byte(rule), old...), 0o600); err != nil {
+		return fmt.Errorf("write pg_hba.conf: %w", err)
+	}
+	return nil
+}
+
+// appendFile appends text to an existing file.
+func appendFile(path, text string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		_ = f.Close() // the write error is the one to report
+		return err
+	}
+	return f.Close()
 }
 
 // StartReplica makes a streaming replica of the running instance i

@@ -214,3 +214,34 @@ func TestNoBinaries(t *testing.T) {
 		t.Fatalf("error should name the Debian package: %v", err)
 	}
 }
+
+// The TLS options are checked before anything is created: a certificate
+// needs its key, and a client CA needs a server certificate.
+func TestTLSOptionsChecked(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	pemData := []byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+	for _, tc := range []struct {
+		name string
+		opts pgembed.Options
+		want string
+	}{
+		{"certificate without key", pgembed.Options{ServerCertPEM: pemData}, "go together"},
+		{"key without certificate", pgembed.Options{ServerKeyPEM: pemData}, "go together"},
+		{"client CA without server certificate", pgembed.Options{ClientCAPEM: pemData}, "needs ServerCertPEM"},
+	} {
+		base := t.TempDir()
+		tc.opts.BaseDir = base
+		inst, err := pgembed.Start(ctx, tc.opts)
+		if err == nil {
+			_ = inst.Close(ctx)
+			t.Fatalf("%s: Start succeeded", tc.name)
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		if entries, _ := os.ReadDir(base); len(entries) != 0 {
+			t.Fatalf("%s: Start left %d entries in the base directory", tc.name, len(entries))
+		}
+	}
+}

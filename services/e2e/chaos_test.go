@@ -64,6 +64,21 @@ func TestChaosShort(t *testing.T) {
 				covered[k] = true
 			}
 			res := rep.Results[0]
+			// The JSON report (--report, <dir>/report.json) holds what the run printed.
+			j, err := chaos.ReadJSON(filepath.Join(dir, "report.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(j.Schedules) != 1 || !j.Finished || j.Schedules[0].Seed != seed || j.Totals.Figures.Lost != rep.Lost() ||
+				j.Schedules[0].Figures.WritesAcknowledged != res.Counters.Acked() || len(j.Schedules[0].Faults) != len(res.Schedule.Faults) ||
+				len(j.Schedules[0].Checks) != len(res.Checks) || !strings.Contains(out.String(), fmt.Sprintf("---- seed %d: %s in ", seed, j.Schedules[0].Verdict)) {
+				t.Errorf("the JSON report does not hold the run: %+v", j)
+			}
+			for _, c := range j.Schedules[0].Checks {
+				if !strings.Contains(out.String(), fmt.Sprintf("] %s: %s\n", c.Name, c.Detail)) {
+					t.Errorf("checker %q in the JSON report is not the printed one", c.Name)
+				}
+			}
 			t.Logf("seed %d: %d faults, %d writes acknowledged, lost %d, outages %d, longest detection %s, longest recovery %s, %v",
 				seed, len(res.Schedule.Faults), res.Counters.Acked(), res.Ledger.Lost, len(res.Outages), res.LongestDetection, res.LongestRecovery, res.Elapsed.Round(time.Second))
 			rd, fin := res.Reads, res.Final

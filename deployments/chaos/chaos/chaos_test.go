@@ -1,7 +1,13 @@
 package chaos
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -396,5 +402,222 @@ func TestLongestFree(t *testing.T) {
 	}
 	if d := longestFree(s(0), s(10), [][2]time.Time{{s(-5), s(11)}}); d != 0 {
 		t.Fatalf("covered: %v", d)
+	}
+}
+
+// fakeReport is a run of two schedules as Run would return it: seed 41
+// passed, seed 42 failed a checker (and an advisory one) and lost a write.
+func fakeReport(t *testing.T) Report {
+	t.Helper()
+	cfg := Config{Seed: 41, Schedules: 3, Duration: 20 * time.Second, Nodes: 2, NATSCluster: 3, Dir: t.TempDir()}
+	cfg.Defaults()
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var results []ScheduleResult
+	for i, seed := range []uint64{41, 42} {
+		s := Generate(seed, cfg.ScheduleOptions())
+		f := s.Database()[0]
+		res := ScheduleResult{Seed: seed, Schedule: s, Dir: filepath.Join(cfg.Dir, fmt.Sprintf("seed-%d", seed)), Elapsed: 75 * time.Second,
+			Counters:      Counters{HTTPCommitted: 1000 + int64(i), HTTPBuffered: 200, ProducerAcked: 300, HTTPIndeterminate: 4, Reads: 5000, ReadsUnavailable: 7},
+			Ledger:        LedgerResult{Lost: i},
+			Reads:         ReadResult{Bound: cfg.StalenessBound, Checked: 4900, Stale: 0, Replica: 12, ProducerLag: 3},
+			Final:         FinalReads{Compared: 480, Differing: 0},
+			Outages:       []Outage{{Start: t0, End: t0.Add(9 * time.Second), StartEpoch: 1, Reason: "database unhealthy"}, {Start: t0.Add(20 * time.Second), StartEpoch: 3, Reason: "database unhealthy"}},
+			TotalFailures: 2, TotalRecoveries: 1,
+			Detections: []Timing{{D: 900 * time.Millisecond, Seed: seed, Fault: f}}, Recoveries: []Timing{{D: time.Duration(2+i) * time.Second, Seed: seed, Fault: f}},
+			LongestDetection: Timing{D: 900 * time.Millisecond, Seed: seed, Fault: f}, LongestRecovery: Timing{D: time.Duration(2+i) * time.Second, Seed: seed, Fault: f},
+			DrainTime: 1500 * time.Millisecond, Accepted: 200, Replayed: 150, Stale: 50, ReplayEventsSum: 200,
+			Executed:      []Executed{{Fault: f, Start: t0, End: t0.Add(f.Duration)}},
+			UnknownCauses: map[string]int{"timeout": 4},
+		}
+		loss := newCheck(CheckNoLoss)
+		loss.Detail = "every acknowledged write in the table"
+		adv := newCheck("no connection leaked")
+		adv.Warn = true
+		adv.Detail = "connections per application"
+		if i == 1 {
+			loss.fail("tmdb:7 put v1 lost")
+			adv.fail("cache-node-1 holds 40 connections")
+		}
+		res.Checks = []*Check{loss, adv}
+		results = append(results, res)
+	}
+	return Report{Config: cfg, Results: results}
+}
+
+// TestJSONReportHoldsWhatWasPrinted: the JSON report of a run decodes and
+// carries what the text report printed: the parameters, every schedule's
+// seed, faults, verdict, checkers and figures, and the totals.
+func TestJSONReportHoldsWhatWasPrinted(t *testing.T) {
+	rep := fakeReport(t)
+	var printed strings.Builder
+	for _, s := range rep.Results {
+		PrintResult(&printed, s)
+	}
+	rep.Print(&printed)
+	text := printed.String()
+	started := time.Now().Add(-3 * time.Minute)
+	if err := WriteJSON(rep.Config.Report, rep.JSON(started, true, "")); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text, "json report:         "+rep.Config.Report+"\n") {
+		t.Fatalf("the text report does not name the JSON report:\n%s", text)
+	}
+	j, err := ReadJSON(rep.Config.Report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(rep.Config.Report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := regexp.MustCompile(`"[a-z_]+_seconds": -?[0-9]+\.[0-9]{4,}`).Find(raw); m != nil {
+		t.Errorf("durations are in seconds to the millisecond: %s", m)
+	}
+	if j.Format != JSONReportFormat || !j.Finished || j.Interrupted != "" || j.Passed || !j.Started.Equal(started) {
+		t.Fatalf("header %+v", j)
+	}
+	p := j.Parameters
+	if p.FirstSeed != 41 || p.Schedules != 3 || p.DurationSeconds != 20 || p.Nodes != 2 || p.NATSCluster != 3 || p.StalenessBoundSec != 5 ||
+		len(p.FaultKinds) != len(Kinds(true)) || p.Dir != rep.Config.Dir {
+		t.Fatalf("parameters %+v", p)
+	}
+	if len(j.Schedules) != 2 {
+		t.Fatalf("%d schedules", len(j.Schedules))
+	}
+	for i, s := range j.Schedules {
+		r := rep.Results[i]
+		if !strings.Contains(text, fmt.Sprintf("---- seed %d: %s in ", s.Seed, s.Verdict)) {
+			t.Errorf("seed %d: verdict %s is not the printed one", s.Seed, s.Verdict)
+		}
+		if len(s.Faults) != len(r.Schedule.Faults) {
+			t.Fatalf("seed %d: %d faults, want %d", s.Seed, len(s.Faults), len(r.Schedule.Faults))
+		}
+		for k, f := range s.Faults {
+			back := Fault{Kind: f.Kind, Target: f.Target, Param: f.Param,
+				At: time.Duration(f.AtSeconds * float64(time.Second)), Duration: time.Duration(f.DurationSeconds * float64(time.Second))}
+			if back.String() != r.Schedule.Faults[k].String() {
+				t.Errorf("seed %d fault %d: %q, printed %q", s.Seed, k, back, r.Schedule.Faults[k])
+			}
+		}
+		for _, c := range s.Checks {
+			mark := "ok  "
+			switch {
+			case !c.OK && c.Advisory:
+				mark = "WARN"
+			case !c.OK:
+				mark = "FAIL"
+			}
+			if !strings.Contains(text, fmt.Sprintf("  [%s] %s: %s\n", mark, c.Name, c.Detail)) {
+				t.Errorf("seed %d: checker %q (ok %v) is not printed so", s.Seed, c.Name, c.OK)
+			}
+			for _, v := range c.Violations {
+				if !strings.Contains(text, "         "+v+"\n") {
+					t.Errorf("seed %d: violation %q not printed", s.Seed, v)
+				}
+			}
+		}
+		f := s.Figures
+		if !strings.Contains(text, fmt.Sprintf("  writes acknowledged %d (http committed %d, http buffered %d, producer %d); unknown outcome %d;",
+			f.WritesAcknowledged, f.HTTPCommitted, f.HTTPBuffered, f.ProducerAcked, f.UnknownOutcome)) ||
+			!strings.Contains(text, fmt.Sprintf("  lost %d; outages %d; total_failures %d total_recoveries %d;", f.Lost, f.Outages, f.TotalFailures, f.TotalRecoveries)) {
+			t.Errorf("seed %d: figures %+v are not the printed ones", s.Seed, f)
+		}
+		if s.LongestRecovery == nil || s.LongestRecovery.Seconds != r.LongestRecovery.D.Seconds() || len(s.Detections) != 1 || s.DrainSeconds != 1.5 {
+			t.Errorf("seed %d: timings %+v %+v drain %v", s.Seed, s.LongestRecovery, s.Detections, s.DrainSeconds)
+		}
+		if len(s.Outages) != 2 || s.Outages[1].End != nil || s.Outages[0].End == nil {
+			t.Errorf("seed %d: outages %+v (the second never ended)", s.Seed, s.Outages)
+		}
+		if len(s.Executed) != 1 || s.Executed[0].Kind != r.Executed[0].Kind {
+			t.Errorf("seed %d: executed %+v", s.Seed, s.Executed)
+		}
+	}
+	if j.Schedules[1].Checks[0].ViolationCount != 1 || j.Schedules[1].Verdict != "FAIL" || !strings.Contains(text, "replay with: "+j.Schedules[1].Replay+"\n") {
+		t.Errorf("the failed schedule: %+v", j.Schedules[1])
+	}
+	tot := j.Totals
+	if !strings.Contains(text, fmt.Sprintf("schedules run:       %d (passed %d, failed %d)", tot.SchedulesRun, tot.Passed, tot.Failed)) ||
+		!strings.Contains(text, fmt.Sprintf("lost:                %d\n", tot.Figures.Lost)) ||
+		!strings.Contains(text, fmt.Sprintf("faults by kind:      %d: ", tot.Faults)) ||
+		!strings.Contains(text, fmt.Sprintf("writes acknowledged: %d (", tot.Figures.WritesAcknowledged)) ||
+		!strings.Contains(text, fmt.Sprintf("final reads:         %d compared with the table, %d differing", tot.Figures.FinalCompared, tot.Figures.FinalDiffering)) ||
+		!strings.Contains(text, fmt.Sprintf("outages:             %d (total_failures %d, total_recoveries %d)", tot.Figures.Outages, tot.Figures.TotalFailures, tot.Figures.TotalRecoveries)) {
+		t.Errorf("totals %+v are not the printed ones:\n%s", tot, text)
+	}
+	if tot.SchedulesRun != 2 || tot.Failed != 1 || !reflect.DeepEqual(tot.FailedSeeds, []uint64{42}) || tot.Figures.Lost != 1 ||
+		tot.Figures.WritesAcknowledged != rep.Acked() || tot.LongestRecovery.Seconds != 3 {
+		t.Errorf("totals %+v", tot)
+	}
+	for k, n := range rep.FaultsByKind() {
+		if tot.FaultsByKind[k] != n || !strings.Contains(text, fmt.Sprintf("%s %d", k, n)) {
+			t.Errorf("faults of kind %s: %d in JSON, %d run", k, tot.FaultsByKind[k], n)
+		}
+	}
+	for _, c := range tot.Checkers {
+		if c.Name == CheckNoLoss && !reflect.DeepEqual(c.FailedSeeds, []uint64{42}) || !strings.Contains(text, c.Name) {
+			t.Errorf("checker %+v", c)
+		}
+	}
+	// Nothing is left beside the report: the temporary file was renamed.
+	entries, _ := os.ReadDir(filepath.Dir(rep.Config.Report))
+	if len(entries) != 1 || entries[0].Name() != "report.json" {
+		t.Errorf("report directory holds %v", entries)
+	}
+}
+
+// Run writes the report before the first schedule: a path that cannot be
+// written stops the run before anything started, and a run interrupted
+// before its first schedule leaves a report that says so.
+func TestRunReportEarly(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), Config{Dir: t.TempDir(), Report: filepath.Join(file, "report.json")})
+	if err == nil || len(rep.Results) != 0 || !strings.Contains(err.Error(), "chaos report") {
+		t.Fatalf("unwritable report: %v, %d schedules run", err, len(rep.Results))
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := t.TempDir()
+	rep, err = Run(ctx, Config{Seed: 5, Schedules: 4, Dir: dir})
+	if !errors.Is(err, context.Canceled) || len(rep.Results) != 0 {
+		t.Fatalf("cancelled run: %v, %d schedules", err, len(rep.Results))
+	}
+	j, err := ReadJSON(filepath.Join(dir, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Finished || !strings.Contains(j.Interrupted, "with 0 of 4 schedules run") || j.Parameters.FirstSeed != 5 || len(j.Schedules) != 0 || j.Totals.SchedulesRun != 0 {
+		t.Fatalf("report of an interrupted run: %+v", j)
+	}
+}
+
+// WriteJSON replaces the report whole, and leaves no temporary file.
+func TestWriteJSONReplaces(t *testing.T) {
+	rep := fakeReport(t)
+	path := rep.Config.Report
+	one := Report{Config: rep.Config, Results: rep.Results[:1]}
+	if err := WriteJSON(path, one.JSON(time.Now(), false, "")); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := ReadJSON(path); err != nil || len(j.Schedules) != 1 || j.Finished || !j.Passed {
+		t.Fatalf("after one schedule: %v %+v", err, j)
+	}
+	if err := WriteJSON(path, rep.JSON(time.Now(), true, "")); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := ReadJSON(path); err != nil || len(j.Schedules) != 2 || !j.Finished || j.Passed {
+		t.Fatalf("after two schedules: %v %+v", err, j)
+	}
+	if err := os.WriteFile(path, []byte(`{"format":1,"schedules":[`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadJSON(path); err == nil {
+		t.Fatal("a truncated report decodes")
+	}
+	if m, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*tmp")); len(m) != 0 {
+		t.Fatalf("temporary files left: %v", m)
 	}
 }

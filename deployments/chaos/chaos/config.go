@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strconv"
 	"time"
 )
@@ -46,6 +47,10 @@ type Config struct {
 	Dir string
 	// KeepDirs keeps the working directories of passing schedules too.
 	KeepDirs bool
+	// Report is the JSON report's path (JSONReport), rewritten atomically
+	// before the first schedule and after every one; <Dir>/report.json by
+	// default.
+	Report string
 	// Out receives progress lines (nil: discarded).
 	Out io.Writer
 	// Quiet prints only the schedule and its verdict, not every event.
@@ -106,6 +111,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Dir == "" {
 		c.Dir = ".anivault/chaos"
+	}
+	if c.Report == "" {
+		c.Report = filepath.Join(c.Dir, "report.json")
 	}
 	if c.Out == nil {
 		c.Out = io.Discard

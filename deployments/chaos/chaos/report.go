@@ -103,12 +103,8 @@ func (t Timing) String() string {
 // PrintResult prints one schedule's verdict and, when it failed, everything
 // needed to replay and diagnose it.
 func PrintResult(w io.Writer, s ScheduleResult) {
-	verdict := "PASS"
-	if !s.Passed() {
-		verdict = "FAIL"
-	}
 	c := s.Counters
-	fmt.Fprintf(w, "---- seed %d: %s in %v ----\n", s.Seed, verdict, s.Elapsed.Round(time.Second))
+	fmt.Fprintf(w, "---- seed %d: %s in %v ----\n", s.Seed, verdict(s), s.Elapsed.Round(time.Second))
 	fmt.Fprintf(w, "  writes acknowledged %d (http committed %d, http buffered %d, producer %d); unknown outcome %d; refused by a dead node %d; rejected %d\n",
 		c.Acked(), c.HTTPCommitted, c.HTTPBuffered, c.ProducerAcked, c.HTTPIndeterminate+c.ProducerIndeterminate, c.Refused, c.Rejected)
 	fmt.Fprintf(w, "  reads %d (503 while uncached in an outage: %d, errors %d)\n", c.Reads, c.ReadsUnavailable, c.ReadErrors)
@@ -159,7 +155,7 @@ func PrintResult(w io.Writer, s ScheduleResult) {
 		}
 	}
 	if !s.Passed() {
-		fmt.Fprintf(w, "  replay with: go run ./deployments/chaos --seed %d --schedules 1 --duration %v --nodes %d%s\n", s.Seed, s.Schedule.Duration, s.Schedule.Nodes, s.Schedule.clusterFlag())
+		fmt.Fprintf(w, "  replay with: %s\n", replayCommand(s))
 		fmt.Fprintf(w, "  %s", indent(s.Schedule.String(), "  "))
 		fmt.Fprintf(w, "  as executed:\n")
 		for _, e := range s.Executed {
@@ -278,7 +274,9 @@ func (r Report) Print(w io.Writer) {
 		if s.Err != nil {
 			failed = append(failed, "error: "+s.Err.Error())
 		}
-		fmt.Fprintf(w, "FAILED seed %d: %s (replay: go run ./deployments/chaos --seed %d --schedules 1 --duration %v --nodes %d%s; logs %s/logs)\n",
-			s.Seed, strings.Join(failed, "; "), s.Seed, s.Schedule.Duration, s.Schedule.Nodes, s.Schedule.clusterFlag(), s.Dir)
+		fmt.Fprintf(w, "FAILED seed %d: %s (replay: %s; logs %s/logs)\n", s.Seed, strings.Join(failed, "; "), replayCommand(s), s.Dir)
+	}
+	if r.Config.Report != "" {
+		fmt.Fprintf(w, "json report:         %s\n", r.Config.Report)
 	}
 }

@@ -88,23 +88,46 @@ func (r ScheduleResult) Passed() bool {
 }
 
 // Run runs cfg.Schedules schedules, seeds cfg.Seed, cfg.Seed+1, ..., one after
-// another, each on a fresh system. The error is only for a bad configuration
-// or a cancelled ctx; failed checks are in the report.
+// another, each on a fresh system, and keeps the JSON report at cfg.Report
+// up to date. The error is only for a bad configuration, a cancelled ctx or
+// a report that could not be written; failed checks are in the report.
 func Run(ctx context.Context, cfg Config) (Report, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return Report{}, err
 	}
 	rep := Report{Config: cfg}
+	started := time.Now()
+	// The JSON report exists before the first schedule (a path that cannot
+	// be written stops the run before anything ran) and is rewritten after
+	// every schedule, so that an interrupted run leaves the finished ones.
+	if err := WriteJSON(cfg.Report, rep.JSON(started, false, "")); err != nil {
+		return Report{}, err
+	}
+	var writeErr error
+	write := func(finished bool, interrupted string) {
+		if err := WriteJSON(cfg.Report, rep.JSON(started, finished, interrupted)); err != nil {
+			fmt.Fprintf(cfg.Out, "WARNING: %v\n", err)
+			writeErr = err
+		}
+	}
 	for i := range cfg.Schedules {
 		if ctx.Err() != nil {
-			return rep, ctx.Err()
+			break
 		}
 		res := RunSchedule(ctx, cfg, cfg.Seed+uint64(i))
 		rep.Results = append(rep.Results, res)
 		PrintResult(cfg.Out, res)
+		if i < cfg.Schedules-1 {
+			write(false, "")
+		}
 	}
-	return rep, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		write(false, fmt.Sprintf("%v with %d of %d schedules run (the last one may have been cut short)", err, len(rep.Results), cfg.Schedules))
+		return rep, err
+	}
+	write(true, "")
+	return rep, writeErr
 }
 
 // runner is the state of one schedule.

@@ -40,6 +40,9 @@ type Config struct {
 type Counters struct {
 	Reads, ReadErrors, ReadUnavailable int64
 	Committed, Buffered, WriteErrors   int64
+	// WriteUnavailable counts the writes answered 503 (no database and no
+	// room in the buffer); they are counted in WriteErrors too.
+	WriteUnavailable int64
 }
 
 // Generator runs the traffic.
@@ -49,6 +52,7 @@ type Generator struct {
 
 	reads, readErr, readUnavail atomic.Int64
 	committed, buffered, wErr   atomic.Int64
+	wUnavail                    atomic.Int64
 
 	mu      sync.Mutex
 	ledger  map[int64]metastore.Version
@@ -67,7 +71,8 @@ func New(cfg Config) (*Generator, error) {
 // Counters returns a snapshot.
 func (g *Generator) Counters() Counters {
 	return Counters{Reads: g.reads.Load(), ReadErrors: g.readErr.Load(), ReadUnavailable: g.readUnavail.Load(),
-		Committed: g.committed.Load(), Buffered: g.buffered.Load(), WriteErrors: g.wErr.Load()}
+		Committed: g.committed.Load(), Buffered: g.buffered.Load(), WriteErrors: g.wErr.Load(),
+		WriteUnavailable: g.wUnavail.Load()}
 }
 
 // LastError is the latest unexpected error, for display.
@@ -168,6 +173,9 @@ func (g *Generator) writer(ctx context.Context, rng *rand.Rand) {
 			}
 		default:
 			g.wErr.Add(1)
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				g.wUnavail.Add(1)
+			}
 			g.fail(fmt.Sprintf("%s %s: %d %s", req.Method, url, resp.StatusCode, bytes.TrimSpace(b)))
 		}
 	}
