@@ -10,6 +10,7 @@ import (
 	"go/token"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -313,7 +314,7 @@ type composeService struct {
 
 // service returns which AniVault service a compose service runs, or "".
 func (s composeService) service() string {
-	if s.Build != nil && s.Build.Args["SERVICE"] != "" {
+	if s.Build != nil && slices.Contains(services, s.Build.Args["SERVICE"]) {
 		return s.Build.Args["SERVICE"]
 	}
 	for _, svc := range services {
@@ -647,7 +648,15 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	}
 	files, _ := filepath.Glob(filepath.Join("k8s", "*.yaml"))
 	for _, f := range files {
-		if base := filepath.Base(f); base != "kustomization.yaml" && !slices.Contains(k.Resources, base) {
+		base := filepath.Base(f)
+		if strings.HasSuffix(base, ".example.yaml") {
+			// Examples to copy and change (the Secrets): never deployed as they are.
+			if slices.Contains(k.Resources, base) {
+				t.Errorf("kustomization.yaml deploys %s, an example with example passwords", base)
+			}
+			continue
+		}
+		if base != "kustomization.yaml" && !slices.Contains(k.Resources, base) {
 			t.Errorf("kustomization.yaml does not list %s", base)
 		}
 	}
@@ -842,9 +851,10 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
-	// Every ConfigMap and Secret is used by some Deployment.
+	// Every ConfigMap and Secret is used by some Deployment or Job (the
+	// provision Job alone uses the NATS admin's Secret).
 	used := map[string]bool{}
-	for _, o := range byKind["Deployment"] {
+	for _, o := range append(slices.Collect(maps.Values(byKind["Deployment"])), slices.Collect(maps.Values(byKind["Job"]))...) {
 		d := decodeAs[k8sDeployment](t, o)
 		for _, v := range d.Spec.Template.Spec.Volumes {
 			if v.Secret != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,15 +18,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/anivault"
 	"github.com/anivault/anivault/pkg/procs"
 	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
 
-// TestServicesRunUnderRolePermissions runs the real services, each connected
-// as its own NATS role of nats/accounts.conf (two recovery-managers and two
-// cache-nodes, as in k8s/), through a database outage and its recovery, with a
-// producer and an operator at work, and fails on any permissions violation:
-// the permissions must not only forbid, they must let every role do its job.
+// TestServicesRunUnderRolePermissions runs the real services as in the
+// shipped deployments: the provision command makes the topology as the NATS
+// admin, and every service connects as its own role of nats/accounts.conf
+// (two recovery-managers and two cache-nodes, as in k8s/) with
+// NATS_PROVISION=false and its own inbox prefix. Started before provision,
+// the services wait for it; then a producer writes and reads back, an
+// operator puts the system in cache_only (a write is buffered, 202) and out
+// again (the buffer is replayed), and a database outage is detected and
+// recovered, with a producer following the mode through the Go client. Any
+// permission violation, in the server's log or a service's, fails it: the
+// permissions must not only forbid, they must let every role do its job.
 func TestServicesRunUnderRolePermissions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the services against PostgreSQL")
@@ -33,7 +41,7 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	binDir := t.TempDir()
-	bins, err := procs.Build(ctx, "..", binDir, "./services/cache-node", "./services/health-monitor", "./services/recovery-manager")
+	bins, err := procs.Build(ctx, "..", binDir, "./services/cache-node", "./services/health-monitor", "./services/recovery-manager", "./services/provision")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,11 +50,17 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 	users := natsUsers(t)
 	pg := pgtest.NewInstance(t)
 	logDir := t.TempDir()
+	t.Cleanup(func() {
+		if v := srvLog.filter("violation"); t.Failed() && len(v) > 0 {
+			t.Logf("the NATS server refused:\n%s", strings.Join(v, "\n"))
+		}
+	})
 
 	var all []*procs.Proc
 	start := func(name, svc string, extra map[string]string) *procs.Proc {
 		env := map[string]string{
 			"NATS_URL": url, "NATS_USER": svc, "NATS_PASSWORD": users[svc],
+			"NATS_PROVISION": "false", "NATS_INBOX_PREFIX": inboxPrefix(svc),
 			"DATABASE_URL": pg.DSN(), "NODE_ID": name, "LOG_LEVEL": "debug",
 			"HEALTH_CHECK_INTERVAL": "200ms", "HEALTH_CHECK_TIMEOUT": "1s",
 		}
@@ -81,12 +95,73 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 			"RECOVERY_CHECK_INTERVAL": "1s", "NODE_TIMEOUT": "2s", "MODE_EVAL_INTERVAL": "100ms",
 		})
 	}
+	// Nothing is provisioned yet: every service says so and waits.
+	for _, p := range all {
+		wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+		err := p.WaitOutput(wctx, "JetStream topology not provisioned")
+		wcancel()
+		if err != nil {
+			t.Fatalf("%s does not say it waits for the provision step: %v\n%s", p.Name, err, tail(p.Output(), 20))
+		}
+	}
+	if code, _ := httpDo(http.MethodGet, "http://"+nodeAddr["cache-node-a"]+"/readyz", ""); code == http.StatusOK {
+		t.Fatal("a cache-node is ready before the topology exists")
+	}
+
+	// provision as a service's role is refused, clearly, and makes nothing;
+	// as the admin it makes everything.
+	runProvision := func(name, role string) *procs.Proc {
+		p := procs.New(name, bins["provision"], filepath.Join(logDir, name+".log"), map[string]string{
+			"NATS_URL": url, "NATS_USER": role, "NATS_PASSWORD": users[role], "NATS_INBOX_PREFIX": inboxPrefix(role),
+			"PROVISION_TIMEOUT": "30s", "LOG_FORMAT": "text",
+		})
+		if err := p.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, name+" exits", 60*time.Second, func() error {
+			if p.Running() {
+				return errors.New("still running")
+			}
+			return nil
+		})
+		return p
+	}
+	if p := runProvision("provision-as-cache-node", "cache-node"); p.ExitErr() == nil || !strings.Contains(p.Output(), "may not publish to $JS.API.STREAM.CREATE.") {
+		t.Fatalf("provision as the cache-node role: exit %v, want a failure naming the refused API subject:\n%s", p.ExitErr(), tail(p.Output(), 10))
+	}
+	srvLog.reset() // the refusals just provoked, on purpose
+	if p := runProvision("provision", "admin"); p.ExitErr() != nil || !strings.Contains(p.Output(), "JetStream topology provisioned") {
+		t.Fatalf("provision as the admin: exit %v:\n%s", p.ExitErr(), tail(p.Output(), 20))
+	}
 	for id, addr := range nodeAddr {
 		waitHTTP(t, id, "http://"+addr+"/readyz", 200, 30*time.Second)
 	}
 
 	op := connect(t, url, "operator", users)
 	producer := connect(t, url, "producer", users)
+	// A producer service follows the mode with the Go client.
+	client, err := anivault.New(producer, anivault.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	modes, err := client.WatchMode(ctx)
+	if err != nil {
+		t.Fatalf("the producer's WatchMode: %v", err)
+	}
+	waitMode := func(want events.Mode) {
+		t.Helper()
+		for {
+			select {
+			case m := <-modes:
+				if m.Mode == want {
+					return
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatalf("the producer's WatchMode never delivered %s", want)
+			}
+		}
+	}
 
 	// The operator: status.get, `nats micro ls`, `nats kv get anivault mode`.
 	eventually(t, "status.get answers the operator", 30*time.Second, func() error {
@@ -131,6 +206,45 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 		return nil
 	})
 
+	// Maintenance by the operator: cache_only, a write buffered (202), then
+	// out through recovering: the buffer is replayed into the database.
+	if err := request(op, events.SubjectCacheOnlyEnter, map[string]string{"reason": "role permissions test"}, nil); err != nil {
+		t.Fatalf("operator recovery.cache_only.enter: %v", err)
+	}
+	waitMode(events.ModeCacheOnly)
+	eventually(t, "a write buffered in maintenance", 20*time.Second, func() error {
+		code, body := httpDo(http.MethodPut, "http://"+nodeAddr["cache-node-a"]+"/v1/anime/1535", `{"tmdb_id":1535,"title":"Death Note"}`)
+		if code != http.StatusAccepted {
+			return fmt.Errorf("PUT %d %s", code, body)
+		}
+		return nil
+	})
+	if n := bufferDepth(t, op); n == 0 {
+		t.Fatal("the buffered write is not in ANIVAULT_BUFFER")
+	}
+	if err := request(op, events.SubjectCacheOnlyExit, struct{}{}, nil); err != nil {
+		t.Fatalf("operator recovery.cache_only.exit: %v", err)
+	}
+	waitMode(events.ModeNormal)
+	if n := bufferDepth(t, op); n != 0 {
+		t.Fatalf("normal mode with %d messages left in the buffer", n)
+	}
+	eventually(t, "the replayed write in the database", 20*time.Second, func() error {
+		var got struct {
+			Title string `json:"title"`
+		}
+		if err := request(producer, events.SubjectMetadataGet, map[string]int{"tmdb_id": 1535}, &got); err != nil {
+			return err
+		}
+		if got.Title != "Death Note" {
+			return fmt.Errorf("got %+v", got)
+		}
+		return nil
+	})
+	if code, body := httpDo(http.MethodGet, "http://"+nodeAddr["cache-node-b"]+"/v1/anime/1535", ""); code != http.StatusOK || !strings.Contains(body, "Death Note") {
+		t.Fatalf("the other node after the replay: %d %s", code, body)
+	}
+
 	// An outage: the health-monitor publishes db.unhealthy, a manager moves
 	// the mode (mode.cache_only, KV), the nodes buffer writes.
 	if err := pg.Stop(ctx, "immediate"); err != nil {
@@ -162,6 +276,7 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 		return nil
 	})
 	waitHTTP(t, "cache-node-b", "http://"+nodeAddr["cache-node-b"]+"/v1/anime/5114", 200, 20*time.Second)
+	waitMode(events.ModeNormal)
 
 	for _, p := range all {
 		if !p.Running() {
@@ -176,10 +291,24 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 	}
 }
 
+// bufferDepth does what `nats stream info ANIVAULT_BUFFER` does: the
+// messages the write buffer holds.
+func bufferDepth(t *testing.T, nc *nats.Conn) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(ctx, events.StreamBuffer)
+	if err != nil {
+		t.Fatalf("stream info %s: %v", events.StreamBuffer, err)
+	}
+	return st.CachedInfo().State.Msgs
+}
+
 // microServices does what `nats micro ls` does: $SRV.INFO, collecting replies.
 func microServices(t *testing.T, nc *nats.Conn) map[string]int {
 	t.Helper()
-	inbox := nats.NewInbox()
+	inbox := nc.NewInbox() // under the connection's own prefix, the only inboxes a role may read
 	ch := make(chan *nats.Msg, 64)
 	sub, err := nc.ChanSubscribe(inbox, ch)
 	if err != nil {

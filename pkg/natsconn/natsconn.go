@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/anivault/anivault/pkg/envconfig"
@@ -28,7 +29,19 @@ type Config struct {
 	NKey string
 	// CA, Cert and Key configure TLS (NATS_CA, NATS_CERT, NATS_KEY).
 	CA, Cert, Key string
+	// InboxPrefix is where the connection receives replies: request
+	// replies, JetStream API answers and acknowledgements, pull and push
+	// consumer deliveries, KV watches (NATS_INBOX_PREFIX). The server's
+	// permissions give each role only its own prefix (_INBOX.cache-node.>
+	// and so on), so that no role reads another's replies. Empty means
+	// DefaultInboxPrefix.
+	InboxPrefix string
 }
+
+// DefaultInboxPrefix is NATS_INBOX_PREFIX's default, the library's own: an
+// open server, or one that lets every user subscribe to _INBOX.>, needs
+// nothing else.
+const DefaultInboxPrefix = "_INBOX"
 
 // DefaultURL is NATS_URL's default.
 const DefaultURL = "nats://127.0.0.1:4222"
@@ -45,6 +58,8 @@ func FromEnv(r *envconfig.Reader) Config {
 		CA:       r.String("NATS_CA", ""),
 		Cert:     r.String("NATS_CERT", ""),
 		Key:      r.String("NATS_KEY", ""),
+
+		InboxPrefix: r.String("NATS_INBOX_PREFIX", DefaultInboxPrefix),
 	}
 	if err := c.Validate(); err != nil {
 		r.Fail("NATS_*", "%v", err)
@@ -64,7 +79,36 @@ func (c Config) Validate() error {
 	if c.Password != "" && c.User == "" {
 		errs = append(errs, errors.New("NATS_PASSWORD: set NATS_USER too"))
 	}
+	if err := ValidInboxPrefix(c.InboxPrefix); err != nil {
+		errs = append(errs, fmt.Errorf("NATS_INBOX_PREFIX: %w", err))
+	}
 	return errors.Join(errs...)
+}
+
+// ValidInboxPrefix reports whether p can prefix inbox subjects: empty (the
+// default), or dot-separated tokens without wildcards, white space or an
+// empty token, such as _INBOX.cache-node.
+func ValidInboxPrefix(p string) error {
+	if p == "" {
+		return nil
+	}
+	for _, tok := range strings.Split(p, ".") {
+		if tok == "" {
+			return fmt.Errorf("%q has an empty token (a leading, trailing or double dot)", p)
+		}
+		if strings.ContainsAny(tok, "*> \t\r\n") {
+			return fmt.Errorf("%q has a wildcard or white space", p)
+		}
+	}
+	return nil
+}
+
+// inboxPrefix is the prefix the connection uses.
+func (c Config) inboxPrefix() string {
+	if c.InboxPrefix == "" {
+		return DefaultInboxPrefix
+	}
+	return c.InboxPrefix
 }
 
 // String masks secrets, so a Config can be logged.
@@ -75,8 +119,8 @@ func (c Config) String() string {
 		}
 		return "****"
 	}
-	return fmt.Sprintf("url=%s creds=%s user=%s password=%s token=%s nkey=%s tls=%t",
-		envconfig.MaskURLs(c.URL), c.Creds, c.User, mask(c.Password), mask(c.Token), c.NKey, c.Cert != "" || c.CA != "")
+	return fmt.Sprintf("url=%s creds=%s user=%s password=%s token=%s nkey=%s tls=%t inbox_prefix=%s",
+		envconfig.MaskURLs(c.URL), c.Creds, c.User, mask(c.Password), mask(c.Token), c.NKey, c.Cert != "" || c.CA != "", c.inboxPrefix())
 }
 
 // LogValue implements slog.LogValuer with secrets masked.
@@ -94,6 +138,7 @@ func Connect(ctx context.Context, c Config, name string, log *slog.Logger, extra
 	}
 	opts := []nats.Option{
 		nats.Name(name),
+		nats.CustomInboxPrefix(c.inboxPrefix()),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectJitter(100*time.Millisecond, time.Second),

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/anivault/anivault/pkg/envconfig"
 	"github.com/anivault/anivault/pkg/natsconn"
 	"github.com/anivault/anivault/pkg/testutil/natstest"
@@ -110,5 +112,53 @@ func TestMaskURLs(t *testing.T) {
 	}
 	if got := envconfig.MaskURLs("nats://a:4222,nats://b:4222"); got != "nats://a:4222,nats://b:4222" {
 		t.Errorf("URLs without credentials changed: %q", got)
+	}
+}
+
+// NATS_INBOX_PREFIX: replies arrive under the role's own prefix, which the
+// server's permissions give it alone; a prefix that cannot head a subject is
+// refused at start, naming the variable.
+func TestInboxPrefix(t *testing.T) {
+	t.Parallel()
+	def := natsconn.FromEnv(envconfig.FromMap(nil))
+	if def.InboxPrefix != natsconn.DefaultInboxPrefix {
+		t.Fatalf("default inbox prefix %q, want %q", def.InboxPrefix, natsconn.DefaultInboxPrefix)
+	}
+	r := envconfig.FromMap(map[string]string{"NATS_INBOX_PREFIX": "_INBOX.cache-node"})
+	c := natsconn.FromEnv(r)
+	if r.Err() != nil || c.InboxPrefix != "_INBOX.cache-node" || !strings.Contains(c.String(), "inbox_prefix=_INBOX.cache-node") {
+		t.Fatalf("NATS_INBOX_PREFIX=_INBOX.cache-node: %+v (%q), %v", c, c.String(), r.Err())
+	}
+	for _, bad := range []string{"_INBOX.>", "_INBOX.*", "_INBOX.", ".x", "a..b", "_INBOX.cache node"} {
+		r := envconfig.FromMap(map[string]string{"NATS_INBOX_PREFIX": bad})
+		natsconn.FromEnv(r)
+		if r.Err() == nil || !strings.Contains(r.Err().Error(), "NATS_INBOX_PREFIX") {
+			t.Errorf("NATS_INBOX_PREFIX=%q: %v, want an error naming the variable", bad, r.Err())
+		}
+	}
+
+	srv := natstest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, err := natsconn.Connect(ctx, natsconn.Config{URL: srv.URL(), InboxPrefix: "_INBOX.producer"}, "inbox-test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if in := nc.NewInbox(); !strings.HasPrefix(in, "_INBOX.producer.") {
+		t.Fatalf("inbox %q, want it under _INBOX.producer", in)
+	}
+	// A request's reply subject, as a responder sees it.
+	sub, err := nc.Subscribe("echo", func(m *nats.Msg) { _ = m.Respond([]byte(m.Reply)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	m, err := nc.Request("echo", nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(m.Data), "_INBOX.producer.") {
+		t.Fatalf("request reply subject %q, want it under _INBOX.producer", m.Data)
 	}
 }

@@ -2,6 +2,12 @@
 // KV bucket explicitly, with the contract's names. It is a domain package: it
 // knows the events package's names. Every process calls the parts it needs at
 // start; creation is idempotent (CreateOrUpdate), so they may race safely.
+//
+// Where the services' NATS roles may not create streams (the shipped
+// deployments: deployments/nats/accounts.conf), the provision command makes
+// everything once as the admin role, and the services run with
+// NATS_PROVISION=false: their Topology is CheckOnly, and the same calls only
+// check that what they need exists.
 package topology
 
 import (
@@ -9,11 +15,18 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/anivault/anivault/events"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
+
+// ErrNotProvisioned is the error (wrapped, naming what is missing) of a
+// CheckOnly topology that lacks a stream, bucket or consumer: the provision
+// step has not run yet, or something deleted it.
+var ErrNotProvisioned = errors.New("JetStream topology not provisioned (run the provision command as the NATS admin role)")
 
 // BufferLimits bound the durable write buffer. The stream refuses new writes
 // (DiscardNew) when a limit is reached, so a full buffer is visible to clients
@@ -57,6 +70,11 @@ type Topology struct {
 	// bucket (0 or 1 on a single server; 3 on a three-server cluster, so that
 	// losing a server loses neither the mode nor the events).
 	Replicas int
+	// CheckOnly makes every Ensure method create and change nothing: it
+	// checks that the streams, the bucket and the durable consumers it would
+	// make exist, and fails with ErrNotProvisioned when one is missing. For
+	// processes whose NATS role may only use the topology (NATS_PROVISION=false).
+	CheckOnly bool
 }
 
 // New returns a Topology.
@@ -113,9 +131,15 @@ func (t *Topology) ensureStream(ctx context.Context, want jetstream.StreamConfig
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	st, err := t.JS.Stream(ctx, want.Name)
+	if t.CheckOnly {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("stream %s is missing: %w", want.Name, ErrNotProvisioned)
+		}
+		return t.denied(err, "look up stream "+want.Name, "STREAM.INFO."+want.Name)
+	}
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		if _, err = t.JS.CreateStream(ctx, want); err == nil || !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-			return err
+			return t.denied(err, "create stream "+want.Name, "STREAM.CREATE."+want.Name)
 		}
 		// Another process created it in between: compare with theirs.
 		st, err = t.JS.Stream(ctx, want.Name)
@@ -129,6 +153,22 @@ func (t *Topology) ensureStream(ctx context.Context, want jetstream.StreamConfig
 		return nil
 	}
 	_, err = t.JS.UpdateStream(ctx, want)
+	return t.denied(err, "update stream "+want.Name, "STREAM.UPDATE."+want.Name)
+}
+
+// denied explains err when the server refused the JetStream API request
+// (api, a subject below $JS.API.) for lack of permission: the server drops
+// such a request, so the call only times out, and the connection's last
+// error names the refused subject. Any other error is returned as it is.
+func (t *Topology) denied(err error, what, api string) error {
+	if err == nil {
+		return nil
+	}
+	if last := t.JS.Conn().LastError(); last != nil && errors.Is(last, nats.ErrPermissionViolation) &&
+		strings.Contains(last.Error(), jetstream.DefaultAPIPrefix+api+`"`) {
+		return fmt.Errorf("%s: this NATS user may not publish to %s%s (%w): create the topology with the provision command as the admin role, and start the services with NATS_PROVISION=false",
+			what, jetstream.DefaultAPIPrefix, api, last)
+	}
 	return err
 }
 
@@ -150,6 +190,7 @@ func sameStream(have, want jetstream.StreamConfig) bool {
 	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
 		have.Retention == want.Retention && have.Discard == want.Discard && have.Storage == want.Storage &&
 		have.Replicas == want.Replicas && have.MaxAge == want.MaxAge && have.AllowDirect == want.AllowDirect &&
+		have.AllowAtomicPublish == want.AllowAtomicPublish &&
 		limit(have.MaxMsgs) == limit(want.MaxMsgs) && limit(have.MaxBytes) == limit(want.MaxBytes) &&
 		limit(have.MaxMsgsPerSubject) == limit(want.MaxMsgsPerSubject) && size(have.MaxMsgSize) == size(want.MaxMsgSize)
 }
@@ -160,6 +201,15 @@ func (t *Topology) ensureKeyValue(ctx context.Context, want jetstream.KeyValueCo
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	kv, err := t.JS.KeyValue(ctx, want.Bucket)
+	if t.CheckOnly {
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("KV bucket %s is missing: %w", want.Bucket, ErrNotProvisioned)
+		}
+		if err != nil {
+			return nil, t.denied(err, "look up KV bucket "+want.Bucket, "STREAM.INFO.KV_"+want.Bucket)
+		}
+		return kv, nil
+	}
 	if err == nil {
 		st, serr := t.JS.Stream(ctx, "KV_"+want.Bucket)
 		if serr != nil {
@@ -173,7 +223,11 @@ func (t *Topology) ensureKeyValue(ctx context.Context, want jetstream.KeyValueCo
 	} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, err
 	}
-	return t.JS.CreateOrUpdateKeyValue(ctx, want)
+	kv, err = t.JS.CreateOrUpdateKeyValue(ctx, want)
+	if err != nil {
+		return nil, t.denied(err, "create KV bucket "+want.Bucket, "STREAM.CREATE.KV_"+want.Bucket)
+	}
+	return kv, nil
 }
 
 // filters returns a consumer's subject filters sorted: the server may keep
@@ -193,6 +247,12 @@ func (t *Topology) ensureConsumer(ctx context.Context, stream string, want jetst
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	c, err := t.JS.Consumer(ctx, stream, want.Durable)
+	if t.CheckOnly {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("consumer %s of stream %s is missing: %w", want.Durable, stream, ErrNotProvisioned)
+		}
+		return t.denied(err, "look up consumer "+want.Durable, "CONSUMER.INFO."+stream+"."+want.Durable)
+	}
 	if err == nil {
 		have := c.CachedInfo().Config
 		if have.Description == want.Description && have.AckPolicy == want.AckPolicy && have.AckWait == want.AckWait &&
@@ -204,7 +264,7 @@ func (t *Topology) ensureConsumer(ctx context.Context, stream string, want jetst
 		return err
 	}
 	_, err = t.JS.CreateOrUpdateConsumer(ctx, stream, want)
-	return err
+	return t.denied(err, "create consumer "+want.Durable, "CONSUMER.CREATE."+stream+"."+want.Durable)
 }
 
 // EnsureManagerConsumers creates the recovery-manager's durable consumers.
@@ -268,6 +328,8 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 			MaxMsgsPerSubject: 1,
 			MaxMsgSize:        MaxBufferMsgBytes,
 			Replicas:          limits.Replicas,
+			// Committed writes are logged in atomic batches (group commit).
+			AllowAtomicPublish: true,
 		},
 		{
 			Name:        s.Name(events.StreamPoison),
@@ -321,29 +383,60 @@ const WriteAckWait = 10 * time.Second
 // EnsureWritesIfMissing creates the write streams and consumers only when the
 // buffer stream does not exist yet. Processes that do not own the buffer's
 // limits (the recovery-manager) use it, so they never reset limits that the
-// cache-nodes configured.
+// cache-nodes configured. CheckOnly, it checks that the buffer stream exists.
 func (t *Topology) EnsureWritesIfMissing(ctx context.Context, limits BufferLimits) error {
-	_, err := t.JS.Stream(ctx, t.Subjects.Name(events.StreamBuffer))
+	name := t.Subjects.Name(events.StreamBuffer)
+	_, err := t.JS.Stream(ctx, name)
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("look up stream %s: %w", events.StreamBuffer, err)
+		return fmt.Errorf("look up stream %s: %w", name, t.denied(err, "look up stream "+name, "STREAM.INFO."+name))
+	}
+	if t.CheckOnly {
+		return fmt.Errorf("stream %s is missing: %w", name, ErrNotProvisioned)
 	}
 	return t.EnsureWrites(ctx, limits)
 }
 
 // EnsureEventsIfMissing creates the events stream and mode bucket only when
 // the stream does not exist yet, for processes that do not own their
-// replication settings (the health-monitor).
+// replication settings (the health-monitor). CheckOnly, it checks that the
+// events stream exists.
 func (t *Topology) EnsureEventsIfMissing(ctx context.Context) error {
-	_, err := t.JS.Stream(ctx, t.Subjects.Name(events.StreamEvents))
+	name := t.Subjects.Name(events.StreamEvents)
+	_, err := t.JS.Stream(ctx, name)
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("look up stream %s: %w", events.StreamEvents, err)
+		return fmt.Errorf("look up stream %s: %w", name, t.denied(err, "look up stream "+name, "STREAM.INFO."+name))
+	}
+	if t.CheckOnly {
+		return fmt.Errorf("stream %s is missing: %w", name, ErrNotProvisioned)
 	}
 	_, err = t.EnsureEvents(ctx)
 	return err
+}
+
+// Step names what the Ensure methods do, for log lines and errors:
+// provisioning, or checking a topology the provision command made.
+func (t *Topology) Step() string {
+	if t.CheckOnly {
+		return "check the JetStream topology (NATS_PROVISION=false: the provision command makes it)"
+	}
+	return "provision jetstream"
+}
+
+// EnsureAll makes (or, CheckOnly, checks) everything AniVault needs: the
+// events stream and mode bucket, the write streams with limits, and every
+// durable consumer. The provision command runs it as the admin role.
+func (t *Topology) EnsureAll(ctx context.Context, limits BufferLimits) error {
+	if _, err := t.EnsureEvents(ctx); err != nil {
+		return err
+	}
+	if err := t.EnsureWrites(ctx, limits); err != nil {
+		return err
+	}
+	return t.EnsureManagerConsumers(ctx)
 }

@@ -2,6 +2,8 @@ package topology_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -129,5 +131,52 @@ func TestProvisioningOnAClusterNeverLowersReplicas(t *testing.T) {
 		if got := st.CachedInfo().Config.Replicas; got != 3 {
 			t.Errorf("%s has %d replicas after a process with BUFFER_REPLICAS=1 started, want 3", name, got)
 		}
+	}
+}
+
+// CheckOnly (NATS_PROVISION=false) creates nothing: every Ensure method
+// reports what is missing as ErrNotProvisioned, and passes once it exists.
+func TestCheckOnlyCreatesNothing(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := connect(t, srv.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	top, _ := topology.New(js, events.NewSubjects(""))
+	top.CheckOnly = true
+	checks := map[string]func() error{
+		"EnsureEvents":           func() error { _, err := top.EnsureEvents(ctx); return err },
+		"EnsureEventsIfMissing":  func() error { return top.EnsureEventsIfMissing(ctx) },
+		"EnsureWrites":           func() error { return top.EnsureWrites(ctx, topology.BufferLimits{}) },
+		"EnsureWritesIfMissing":  func() error { return top.EnsureWritesIfMissing(ctx, topology.BufferLimits{}) },
+		"EnsureManagerConsumers": func() error { return top.EnsureManagerConsumers(ctx) },
+		"EnsureAll":              func() error { return top.EnsureAll(ctx, topology.BufferLimits{}) },
+	}
+	for name, check := range checks {
+		if err := check(); !errors.Is(err, topology.ErrNotProvisioned) {
+			t.Errorf("%s before provisioning: %v, want ErrNotProvisioned", name, err)
+		}
+	}
+	for n := range js.StreamNames(ctx).Name() {
+		t.Errorf("a CheckOnly topology created stream %s", n)
+	}
+	if err := provision(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	for name, check := range checks {
+		if err := check(); err != nil {
+			t.Errorf("%s after provisioning: %v", name, err)
+		}
+	}
+	// A durable deleted afterwards is missed by name.
+	if err := js.DeleteConsumer(ctx, events.StreamBuffer, events.ConsumerReplay); err != nil {
+		t.Fatal(err)
+	}
+	err := top.EnsureWrites(ctx, topology.BufferLimits{})
+	if !errors.Is(err, topology.ErrNotProvisioned) || !strings.Contains(err.Error(), events.ConsumerReplay) {
+		t.Fatalf("EnsureWrites without the replay consumer: %v, want ErrNotProvisioned naming %s", err, events.ConsumerReplay)
+	}
+	if _, err := js.Consumer(ctx, events.StreamBuffer, events.ConsumerReplay); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("a CheckOnly topology made the replay consumer again: %v", err)
 	}
 }
