@@ -28,6 +28,10 @@ const (
 	HealthUnknown   HealthStatus = "unknown"
 	HealthHealthy   HealthStatus = "healthy"
 	HealthUnhealthy HealthStatus = "unhealthy"
+	// HealthStale is shown in a status for a health report older than two
+	// of its monitor's check intervals: no monitor has spoken for too long
+	// to trust the last verdict either way.
+	HealthStale HealthStatus = "stale"
 )
 
 // Envelope carries the fields every event payload has.
@@ -58,6 +62,28 @@ type DBHealth struct {
 	LatencyMS  float64          `json:"latency_ms"`
 	Error      string           `json:"error,omitempty"`
 	Statistics HealthStatistics `json:"statistics"`
+	// IntervalSeconds is the monitor's HEALTH_CHECK_INTERVAL (an extension:
+	// it tells a reader when the next report is due, see Aged).
+	IntervalSeconds float64 `json:"interval_seconds,omitempty"`
+}
+
+// DefaultHealthInterval is the contract's HEALTH_CHECK_INTERVAL, assumed for
+// a report that does not carry its interval.
+const DefaultHealthInterval = 30 * time.Second
+
+// Aged returns the status to show for the report h, received at received:
+// h.Status while the report is younger than two of its monitor's check
+// intervals, HealthStale after that; and the report's age in seconds.
+func (h *DBHealth) Aged(received, now time.Time) (HealthStatus, float64) {
+	interval := DefaultHealthInterval
+	if h.IntervalSeconds > 0 {
+		interval = time.Duration(h.IntervalSeconds * float64(time.Second))
+	}
+	age := max(now.Sub(received), 0)
+	if age > 2*interval {
+		return HealthStale, age.Seconds()
+	}
+	return h.Status, age.Seconds()
 }
 
 // DBUnhealthy is published on db.unhealthy when consecutive failures reach the threshold.
@@ -102,6 +128,10 @@ type ManagerCounters struct {
 	// InOutage is true from a failure until the next normal mode, so that
 	// each outage counts one failure and one recovery however often it flaps.
 	InOutage bool `json:"in_outage"`
+	// AutoRecoveryEnabled is the AUTO_RECOVERY_ENABLED of the manager that
+	// wrote the mode last, so that every node reports it; nil when written
+	// by a manager that did not say.
+	AutoRecoveryEnabled *bool `json:"auto_recovery_enabled,omitempty"`
 }
 
 // ReplayCompleted is published by a cache-node after it replayed its share of the buffer for Epoch.
@@ -174,11 +204,17 @@ type ModeReply struct {
 
 // RetryStatistics are the retry policy's counters.
 type RetryStatistics struct {
-	TotalAttempts        int64   `json:"total_attempts"`
-	SuccessfulRetries    int64   `json:"successful_retries"`
-	FailedAfterRetries   int64   `json:"failed_after_retries"`
-	NonRetriableFailures int64   `json:"non_retriable_failures"`
-	SuccessRate          float64 `json:"success_rate"`
+	TotalAttempts        int64 `json:"total_attempts"`
+	SuccessfulRetries    int64 `json:"successful_retries"`
+	FailedAfterRetries   int64 `json:"failed_after_retries"`
+	NonRetriableFailures int64 `json:"non_retriable_failures"`
+	// SuccessRate is Successes / Operations: the share of database
+	// operations (each tried one or more times) that succeeded, 1 before any.
+	SuccessRate float64 `json:"success_rate"`
+	// Operations and Successes are the counts behind SuccessRate (an
+	// extension: a sum over nodes weights each node by its operations).
+	Operations int64 `json:"operations"`
+	Successes  int64 `json:"successes"`
 }
 
 // CacheStatistics are the bounded cache's counters.
@@ -220,24 +256,27 @@ type NodeStatus struct {
 
 // SystemStatus is the reply to status.get and (for one node) GET /v1/status.
 type SystemStatus struct {
-	IsOperational       bool             `json:"is_operational"`
-	Mode                Mode             `json:"mode"`
-	Epoch               int64            `json:"epoch"`
-	CacheOnlyMode       bool             `json:"cache_only_mode"`
-	CacheOnlyReason     string           `json:"cache_only_reason"`
-	HealthStatus        HealthStatus     `json:"health_status"`
-	HealthStatistics    HealthStatistics `json:"health_statistics"`
-	CircuitBreakerState string           `json:"circuit_breaker_state"`
-	RetryStatistics     RetryStatistics  `json:"retry_statistics"`
-	CacheStatistics     CacheStatistics  `json:"cache_statistics"`
-	TotalFailures       int64            `json:"total_failures"`
-	TotalRecoveries     int64            `json:"total_recoveries"`
-	RecoveryAttempts    int64            `json:"recovery_attempts"`
-	LastFailureTime     *time.Time       `json:"last_failure_time"`
-	LastRecoveryTime    *time.Time       `json:"last_recovery_time"`
-	AutoRecoveryEnabled bool             `json:"auto_recovery_enabled"`
-	Buffer              BufferStatus     `json:"buffer"`
-	Nodes               []NodeStatus     `json:"nodes"`
+	IsOperational   bool         `json:"is_operational"`
+	Mode            Mode         `json:"mode"`
+	Epoch           int64        `json:"epoch"`
+	CacheOnlyMode   bool         `json:"cache_only_mode"`
+	CacheOnlyReason string       `json:"cache_only_reason"`
+	HealthStatus    HealthStatus `json:"health_status"`
+	// HealthStatusAgeSeconds is the age of the health report behind
+	// HealthStatus, null when none was received (an extension).
+	HealthStatusAgeSeconds *float64         `json:"health_status_age_seconds"`
+	HealthStatistics       HealthStatistics `json:"health_statistics"`
+	CircuitBreakerState    string           `json:"circuit_breaker_state"`
+	RetryStatistics        RetryStatistics  `json:"retry_statistics"`
+	CacheStatistics        CacheStatistics  `json:"cache_statistics"`
+	TotalFailures          int64            `json:"total_failures"`
+	TotalRecoveries        int64            `json:"total_recoveries"`
+	RecoveryAttempts       int64            `json:"recovery_attempts"`
+	LastFailureTime        *time.Time       `json:"last_failure_time"`
+	LastRecoveryTime       *time.Time       `json:"last_recovery_time"`
+	AutoRecoveryEnabled    bool             `json:"auto_recovery_enabled"`
+	Buffer                 BufferStatus     `json:"buffer"`
+	Nodes                  []NodeStatus     `json:"nodes"`
 	// NodeID is set on a single node's status (GET /v1/status).
 	NodeID string `json:"node_id,omitempty"`
 	// ChangeLog is set on a single node's status: how far it follows the change log.

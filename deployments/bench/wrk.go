@@ -149,14 +149,13 @@ func (w *wrkLoad) exec(ctx context.Context, base string, d time.Duration) (wrkSu
 	return s, cpu, text, nil
 }
 
-// probeGets is the number of GET requests of one sourceCounts: the node
-// counts its status request before the metrics are read and its metrics
-// request after, so between two snapshots it counts probeGets for each
-// snapshot taken after the first, up to and including the second.
-const probeGets = 2
+// probeGets is the number of counted GET requests of one sourceCounts: only
+// GETs of the record route are counted (the node counts /v1/status under its
+// own route and leaves /metrics out), so a snapshot's own requests add none.
+const probeGets = 0
 
 // sourceCounts are a node's read counters: cache hits (cache_statistics)
-// and anivault_reads_total by source, plus anivault_http_requests_total of GET by code.
+// and anivault_reads_total by source, plus anivault_http_requests_total of GETs of records by code.
 type sourceCounts struct {
 	Cache, Database, Replica int64
 	GetCodes                 map[int]int64
@@ -197,7 +196,7 @@ func (r *runner) sourceCounts(n *stack.Node) sourceCounts {
 				c.Replica = int64(v)
 			}
 		case "anivault_http_requests_total":
-			code, isGet := "", false
+			code, isGet, isRecord := "", false, false
 			for _, kv := range strings.Split(labels, ",") {
 				k, v, _ := strings.Cut(kv, "=")
 				v = strings.Trim(v, `"`)
@@ -206,10 +205,12 @@ func (r *runner) sourceCounts(n *stack.Node) sourceCounts {
 					code = v
 				case "method":
 					isGet = v == "GET"
+				case "route":
+					isRecord = v == "/v1/anime/{tmdb_id}"
 				}
 			}
-			if n, err := strconv.Atoi(code); err == nil && isGet {
-				c.GetCodes[n] = int64(v)
+			if n, err := strconv.Atoi(code); err == nil && isGet && isRecord {
+				c.GetCodes[n] += int64(v)
 			}
 		}
 	}

@@ -211,9 +211,9 @@ func TestOutageLifecycle(t *testing.T) {
 		var ns events.SystemStatus
 		r.JSON(t, &ns)
 		if ns.TotalFailures != 1 || ns.TotalRecoveries != 1 || ns.LastFailureTime == nil || ns.LastRecoveryTime == nil ||
-			!ns.IsOperational || ns.CacheOnlyReason != "" {
-			t.Errorf("node %s status: failures %d recoveries %d last failure %v last recovery %v operational %v reason %q",
-				n.ID, ns.TotalFailures, ns.TotalRecoveries, ns.LastFailureTime, ns.LastRecoveryTime, ns.IsOperational, ns.CacheOnlyReason)
+			!ns.IsOperational || ns.CacheOnlyReason != "" || !ns.AutoRecoveryEnabled {
+			t.Errorf("node %s status: failures %d recoveries %d last failure %v last recovery %v operational %v reason %q auto recovery %v",
+				n.ID, ns.TotalFailures, ns.TotalRecoveries, ns.LastFailureTime, ns.LastRecoveryTime, ns.IsOperational, ns.CacheOnlyReason, ns.AutoRecoveryEnabled)
 		}
 	}
 	for _, phrase := range []string{"Cache-only mode enabled", "Recovery started", "Recovery completed", "Cache-only mode disabled"} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,6 +178,12 @@ func TestManualCacheOnlyAndForce(t *testing.T) {
 	if !fr.Attempted || fr.HealthStatus != events.HealthUnhealthy || fr.Mode != events.ModeCacheOnly || fr.Epoch != co.Epoch {
 		t.Fatalf("force during outage: %+v (cache-only epoch %d)", fr, co.Epoch)
 	}
+	// Every forced check logs the old guide's phrase with its outcome.
+	wctx, wcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := s.Manager.WaitOutput(wctx, "Recovery attempt (forced by operator)"); err != nil {
+		t.Errorf("recovery.force was not logged as a \"Recovery attempt\": %v", err)
+	}
+	wcancel()
 	endOutage(t, s)
 	st, _ := s.Status()
 	if st.TotalFailures != 1 || st.TotalRecoveries != 1 || st.RecoveryAttempts < 2 {
@@ -209,6 +216,16 @@ func TestAutoRecoveryDisabled(t *testing.T) {
 			t.Fatalf("recovered without an operator: %+v %v", mc, err)
 		}
 		time.Sleep(100 * time.Millisecond) // observation window for an absence
+	}
+	// Nodes report the manager's AUTO_RECOVERY_ENABLED, as the old guide's key promises.
+	r, err := do("GET", n1.URL()+"/v1/status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ns events.SystemStatus
+	r.JSON(t, &ns)
+	if raw := string(r.Body); !strings.Contains(raw, `"auto_recovery_enabled":false`) || ns.AutoRecoveryEnabled {
+		t.Errorf("node status auto_recovery_enabled: %s", raw)
 	}
 	var fr events.ForceRecoveryReply
 	if err := s.Request(events.SubjectRecoveryForce, struct{}{}, &fr); err != nil {

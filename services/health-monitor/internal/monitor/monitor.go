@@ -38,6 +38,10 @@ type Config struct {
 	SubjectPrefix     string
 	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
 	AdminAddr string
+	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
+	// consumer: the process only waits for the ones the provision command
+	// makes as the admin role, for NATS roles that may not create them.
+	NoProvision bool
 }
 
 // LoadConfig reads the environment.
@@ -52,6 +56,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		NodeID:            r.String("NODE_ID", svckit.DefaultNodeID()),
 		SubjectPrefix:     r.String("SUBJECT_PREFIX", ""),
 		AdminAddr:         r.String("ADMIN_ADDR", ":9090"),
+		NoProvision:       !r.Bool("NATS_PROVISION", true),
 	}
 	r.Positive("HEALTH_CHECK_INTERVAL", c.Interval)
 	r.Positive("HEALTH_CHECK_TIMEOUT", c.Timeout)
@@ -91,6 +96,7 @@ type Monitor struct {
 
 	registry *prometheus.Registry
 	checks   *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
 	modes    *svckit.ModeGauges
 	ready    atomic.Bool
 }
@@ -113,7 +119,14 @@ func New(cfg Config, log *slog.Logger) (*Monitor, error) {
 		checker: NewChecker(cfg.FailureThreshold, cfg.RecoveryThreshold), registry: svckit.NewRegistry("health-monitor")}
 	m.checks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_health_checks_total",
 		Help: "Database health checks by result: success or failure (the database did not answer, or does not take writes)."}, []string{"result"})
-	m.registry.MustRegister(m.checks,
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "anivault_health_check_duration_seconds",
+		Help:    "How long each database health check took (a failed one up to HEALTH_CHECK_TIMEOUT), by result.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"result"})
+	for _, r := range []string{"success", "failure"} {
+		m.checks.WithLabelValues(r)
+		m.latency.WithLabelValues(r)
+	}
+	m.registry.MustRegister(m.checks, m.latency,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anivault_health_consecutive_failures", Help: "Consecutive failed health checks."},
 			func() float64 { return float64(m.checker.Stats().ConsecutiveFailures) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "anivault_health_database_up", Help: "1 while this monitor's verdict is healthy, 0 when unhealthy or unknown."},
@@ -171,7 +184,11 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
+	top.CheckOnly = m.cfg.NoProvision
+	if top.CheckOnly {
+		m.log.Info("NATS_PROVISION=false: creating no stream or bucket, waiting for the ones the provision command makes")
+	}
+	if err := svckit.RetryUntil(ctx, m.log, top.Step(), func(ctx context.Context) error {
 		return top.EnsureEventsIfMissing(ctx)
 	}); err != nil {
 		return err
@@ -211,11 +228,12 @@ func (m *Monitor) check(ctx context.Context) {
 	} else {
 		m.log.Info("Database health check succeeded", "latency_ms", ms(lat))
 	}
-	if err == nil {
-		m.checks.WithLabelValues("success").Inc()
-	} else {
-		m.checks.WithLabelValues("failure").Inc()
+	result := "success"
+	if err != nil {
+		result = "failure"
 	}
+	m.checks.WithLabelValues(result).Inc()
+	m.latency.WithLabelValues(result).Observe(lat.Seconds())
 	tr := m.checker.Record(err == nil, errText, now)
 	st := m.checker.Stats()
 	env := events.Envelope{OccurredAt: now, Source: m.cfg.NodeID}
@@ -236,7 +254,8 @@ func (m *Monitor) check(ctx context.Context) {
 		m.log.Info("database healthy", "consecutive_successes", st.ConsecutiveSuccesses)
 	}
 	status := st.CurrentStatus
-	health := events.DBHealth{Envelope: env, Status: status, LatencyMS: ms(lat), Error: errText, Statistics: st}
+	health := events.DBHealth{Envelope: env, Status: status, LatencyMS: ms(lat), Error: errText, Statistics: st,
+		IntervalSeconds: m.cfg.Interval.Seconds()}
 	// Transitions first, in order; db.health is best effort (the next check sends another).
 	for len(m.pending) > 0 {
 		if err := m.publish(m.pending[0].subject, m.pending[0].payload); err != nil {

@@ -137,7 +137,7 @@ func (m *Manager) handleHealth(msg *message.Message) error {
 		return nil // a status feed: drop what cannot be read
 	}
 	_, err := m.submit(msg.Context(), func(context.Context) (any, error) {
-		m.health = &ev
+		m.health, m.healthAt = &ev, time.Now()
 		if ev.Source != "" && ev.Status != events.HealthUnknown {
 			m.monitors.heard(ev.Source, ev.Status, ev.Error != "", ev.OccurredAt, time.Now(), true)
 		}
@@ -284,7 +284,7 @@ func (m *Manager) handleForce(req micro.Request) {
 		if err != nil {
 			return nil, err
 		}
-		m.log.Info("recovery forced by operator", "attempted", attempted, "health_status", health, "mode", next.Mode, "epoch", next.Epoch, "db_error", errString(dbErr))
+		m.log.Info("Recovery attempt (forced by operator)", "trigger", "forced", "attempted", attempted, "health_status", health, "mode", next.Mode, "epoch", next.Epoch, "db_error", errString(dbErr))
 		return events.ForceRecoveryReply{Attempted: attempted, HealthStatus: health, Mode: next.Mode, Epoch: next.Epoch}, nil
 	})
 	if err != nil {
@@ -413,7 +413,8 @@ func (m *Manager) systemStatus(ctx context.Context) events.SystemStatus {
 		st.CacheOnlyReason = cur.Reason
 	}
 	if h := m.health; h != nil {
-		st.HealthStatus = h.Status
+		status, age := h.Aged(m.healthAt, time.Now())
+		st.HealthStatus, st.HealthStatusAgeSeconds = status, &age
 		st.HealthStatistics = h.Statistics
 	}
 	// With several monitors, the verdict is the majority's.
@@ -424,7 +425,7 @@ func (m *Manager) systemStatus(ctx context.Context) events.SystemStatus {
 		st.HealthStatus = events.HealthHealthy
 	}
 	rank := map[string]int{"closed": 0, "half_open": 1, "open": 2}
-	var okRetries, ops float64
+	var retries []events.RetryStatistics
 	for _, n := range m.liveNodes(time.Now()) {
 		ns := n.status
 		st.Nodes = append(st.Nodes, ns)
@@ -438,13 +439,7 @@ func (m *Manager) systemStatus(ctx context.Context) events.SystemStatus {
 		cs.TotalRequests += ns.CacheStatistics.TotalRequests
 		cs.CacheSize += ns.CacheStatistics.CacheSize
 		cs.MemoryUsageBytes += ns.CacheStatistics.MemoryUsageBytes
-		rs := &st.RetryStatistics
-		rs.TotalAttempts += ns.RetryStatistics.TotalAttempts
-		rs.SuccessfulRetries += ns.RetryStatistics.SuccessfulRetries
-		rs.FailedAfterRetries += ns.RetryStatistics.FailedAfterRetries
-		rs.NonRetriableFailures += ns.RetryStatistics.NonRetriableFailures
-		okRetries += ns.RetryStatistics.SuccessRate * float64(ns.RetryStatistics.TotalAttempts)
-		ops += float64(ns.RetryStatistics.TotalAttempts)
+		retries = append(retries, ns.RetryStatistics)
 		st.Buffer.ReplayedTotal += ns.Buffer.ReplayedTotal
 		st.Buffer.AcceptedTotal += ns.Buffer.AcceptedTotal
 		st.Buffer.SkippedStaleTotal += ns.Buffer.SkippedStaleTotal
@@ -452,10 +447,7 @@ func (m *Manager) systemStatus(ctx context.Context) events.SystemStatus {
 	if st.CacheStatistics.TotalRequests > 0 {
 		st.CacheStatistics.HitRate = float64(st.CacheStatistics.Hits) / float64(st.CacheStatistics.TotalRequests)
 	}
-	st.RetryStatistics.SuccessRate = 1
-	if ops > 0 {
-		st.RetryStatistics.SuccessRate = okRetries / ops
-	}
+	st.RetryStatistics = sumRetries(retries)
 	if s, err := m.js.Stream(ctx, m.subj.Name(events.StreamBuffer)); err == nil {
 		info := s.CachedInfo()
 		st.Buffer.Pending = int64(info.State.Msgs)
@@ -467,4 +459,24 @@ func (m *Manager) systemStatus(ctx context.Context) events.SystemStatus {
 	// committed or durably buffered.
 	st.IsOperational = len(st.Nodes) > 0
 	return st
+}
+
+// sumRetries adds the nodes' retry statistics. The rate is successes per
+// operation over all nodes: each node weighs by its operations, not by its
+// attempts (which count the retries too).
+func sumRetries(nodes []events.RetryStatistics) events.RetryStatistics {
+	var sum events.RetryStatistics
+	for _, r := range nodes {
+		sum.TotalAttempts += r.TotalAttempts
+		sum.SuccessfulRetries += r.SuccessfulRetries
+		sum.FailedAfterRetries += r.FailedAfterRetries
+		sum.NonRetriableFailures += r.NonRetriableFailures
+		sum.Operations += r.Operations
+		sum.Successes += r.Successes
+	}
+	sum.SuccessRate = 1
+	if sum.Operations > 0 {
+		sum.SuccessRate = float64(sum.Successes) / float64(sum.Operations)
+	}
+	return sum
 }

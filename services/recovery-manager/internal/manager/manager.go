@@ -44,6 +44,10 @@ type Config struct {
 	Buffer                topology.BufferLimits
 	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
 	AdminAddr string
+	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
+	// consumer: the process only waits for the ones the provision command
+	// makes as the admin role, for NATS roles that may not create them.
+	NoProvision bool
 }
 
 // LoadConfig reads the environment.
@@ -59,6 +63,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		NodeID:                r.String("NODE_ID", svckit.DefaultNodeID()),
 		SubjectPrefix:         r.String("SUBJECT_PREFIX", ""),
 		AdminAddr:             r.String("ADMIN_ADDR", ":9090"),
+		NoProvision:           !r.Bool("NATS_PROVISION", true),
 		Buffer: topology.BufferLimits{
 			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
 			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
@@ -114,10 +119,12 @@ type Manager struct {
 	registry    *prometheus.Registry
 	transitions *prometheus.CounterVec
 	modes       *svckit.ModeGauges
+	peers       *peers // the monitors and nodes heard, for /metrics
 	ready       atomic.Bool
 
 	// Owned by the loop goroutine.
 	health   *events.DBHealth
+	healthAt time.Time // when health arrived (or was stored, for one read back at start)
 	monitors monitorVotes
 	// pendingVerdict is a transition (db.unhealthy or db.recovered) a
 	// minority of the monitors reported, with its reason, waiting for a
@@ -159,7 +166,11 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 		registry: svckit.NewRegistry("recovery-manager")}
 	m.transitions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "anivault_mode_transitions_total",
 		Help: "Mode changes this manager made, by the mode entered."}, []string{"to"})
-	m.registry.MustRegister(m.transitions)
+	m.peers = &peers{nodeTimeout: cfg.NodeTimeout}
+	m.registry.MustRegister(m.transitions, m.peers)
+	for _, to := range []events.Mode{events.ModeNormal, events.ModeCacheOnly, events.ModeRecovering} {
+		m.transitions.WithLabelValues(string(to)) // 0 until the first transition
+	}
 	m.modes = svckit.NewModeGauges(m.registry, string(events.ModeNormal), string(events.ModeCacheOnly), string(events.ModeRecovering))
 	return m, nil
 }
@@ -187,8 +198,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	top.Replicas = m.cfg.Buffer.Replicas
+	top.CheckOnly = m.cfg.NoProvision
+	if top.CheckOnly {
+		m.log.Info("NATS_PROVISION=false: creating no stream, bucket or consumer, waiting for the ones the provision command makes")
+	}
 	m.top = top
-	if err := svckit.RetryUntil(ctx, m.log, "provision jetstream", func(ctx context.Context) error {
+	if err := svckit.RetryUntil(ctx, m.log, top.Step(), func(ctx context.Context) error {
 		kv, err := top.EnsureEvents(ctx)
 		if err != nil {
 			return err
@@ -221,6 +236,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 		}
 	}
+	m.seedHealth(ctx)
 	router, err := m.newRouter(ctx)
 	if err != nil {
 		return err
@@ -278,6 +294,7 @@ func (m *Manager) loop(ctx context.Context) {
 			in.reply <- result{v, err}
 		case <-eval.C:
 			m.evaluate(ctx)
+			m.peers.observe(m.monitors, m.nodes)
 		case <-check.C:
 			m.periodicCheck(ctx)
 		}
@@ -292,7 +309,7 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		// The bucket was deleted: make it again, then treat the key as lost.
 		if kv, perr := m.top.EnsureEvents(ctx); perr != nil {
-			return events.ModeChanged{}, 0, fmt.Errorf("read mode: the bucket is gone and making it again failed: %w", perr)
+			return events.ModeChanged{}, 0, fmt.Errorf("read mode: the bucket is gone and making it again failed (%s): %w", m.top.Step(), perr)
 		} else {
 			m.kv = kv
 		}
@@ -363,6 +380,27 @@ func (m *Manager) lastAnnounced(ctx context.Context) (events.ModeChanged, bool) 
 	return last, found
 }
 
+// seedHealth reads the newest db.health back from the events stream, so that
+// a restarted manager's status shows the last verdict with its age instead of
+// "unknown" until the next report. It only runs before the loop starts.
+func (m *Manager) seedHealth(ctx context.Context) {
+	st, err := m.js.Stream(ctx, m.subj.Name(events.StreamEvents))
+	if err != nil {
+		return
+	}
+	gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	msg, err := st.GetLastMsgForSubject(gctx, m.subj.Of(events.SubjectDBHealth))
+	if err != nil {
+		return
+	}
+	var ev events.DBHealth
+	if json.Unmarshal(msg.Data, &ev) != nil || (ev.Status != events.HealthHealthy && ev.Status != events.HealthUnhealthy) {
+		return
+	}
+	m.health, m.healthAt = &ev, msg.Time
+}
+
 // initMode creates the mode key with cur (epoch 0, normal, on a fresh
 // system); losing the race to another manager is fine.
 func (m *Manager) initMode(ctx context.Context, cur events.ModeChanged) error {
@@ -395,6 +433,11 @@ func (m *Manager) transition(ctx context.Context, f func(cur events.ModeChanged)
 			return cur, nil
 		}
 		next.Envelope = events.Envelope{OccurredAt: time.Now().UTC(), Source: m.cfg.NodeID}
+		if next.Counters != nil {
+			c := *next.Counters
+			c.AutoRecoveryEnabled = &m.cfg.AutoRecovery
+			next.Counters = &c
+		}
 		b, err := json.Marshal(next)
 		if err != nil {
 			return cur, fmt.Errorf("encode mode: %w", err)
@@ -572,10 +615,10 @@ func (m *Manager) periodicCheck(ctx context.Context) {
 		return
 	}
 	if err := m.checkDB(ctx); err != nil {
-		m.log.Info("periodic recovery check: database still unavailable", "error", err)
+		m.log.Info("Recovery attempt (periodic): database still unavailable, staying in cache-only mode", "trigger", "periodic", "outcome", "database_unavailable", "error", err)
 		return
 	}
-	m.log.Info("periodic recovery check: database healthy")
+	m.log.Info("Recovery attempt (periodic): database healthy, starting recovery", "trigger", "periodic", "outcome", "recovery_started")
 	if _, err := m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
 		return OnRecovered(c, m.cfg.AutoRecovery, time.Now())
 	}); err != nil {
