@@ -90,14 +90,15 @@ func closingNote(rep *Report) string {
 		p("\n")
 	}
 	if r := rep.Replay; r != nil && r.Default != nil {
-		p("- **Replay.** %s buffered writes (%d per message) replayed in %s (`recovering` → `normal`), against %s for the set-based ceiling and %s (extrapolated from %s rows) one row at a time: **%.2f of the ceiling** (goal 0.5, %s).",
-			commas(int64(r.Writes)), r.WritesPerMsg, secs(r.Default.RecoveringToNormal), secs(r.Ceiling), secs(r.NaiveExtrap), commas(int64(r.NaiveN)), r.Ratio, metWord(r.Ratio >= 0.5))
+		p("- **Replay.** %s buffered writes (%d per message) replayed in %s (`recovering` → `normal`, %s rows/s), against %s for the set-based ceiling (%s rows/s; COPY of the same rows %s) and %s (extrapolated from %s rows) one row at a time: **%.2f of the ceiling** (goal ≥ %s rows/s and ≥ 0.5, %s).",
+			commas(int64(r.Writes)), r.WritesPerMsg, secs(r.Default.RecoveringToNormal), num(r.RowsPerSec()), secs(r.Ceiling), num(r.CeilingRowsPerSec()), secs(r.CopyCeiling), secs(r.NaiveExtrap), commas(int64(r.NaiveN)), r.Ratio,
+			num(replayGoalRowsPerSec), metWord(r.RowsPerSec() >= replayGoalRowsPerSec && r.Ratio >= 0.5))
 		if r.Default.ReplayErrors > 0 {
 			p(" The node logged %d replay errors on the way (`%s`).", r.Default.ReplayErrors, firstLine(r.Default.ReplayErrorSample))
 		}
 		if c, cc := r.Default.CPU, r.CeilingCPU; c.Wall > 0 && cc.Wall > 0 {
 			n := float64(r.Writes)
-			p(" CPU per row: the replay took %.0f µs in the node, %.0f µs in PostgreSQL and %.0f µs in the bench process (the NATS server: fetches and acknowledgements); the ceiling %.0f µs in PostgreSQL and %.0f µs in the bench process (building the statements). Other processes took %.2f cores during the replay and %.2f during the ceiling.",
+			p(" CPU per row: the replay took %.0f µs in the node, %.0f µs in PostgreSQL and %.0f µs in the bench process (the NATS server: fetches and acknowledgements); the ceiling %.0f µs in PostgreSQL and %.0f µs in the bench process (encoding the COPY rows). Other processes took %.2f cores during the replay and %.2f during the ceiling.",
 				c.Server/n*1e6, c.Postgres/n*1e6, c.Bench/n*1e6, cc.Postgres/n*1e6, cc.Bench/n*1e6, c.Other/c.Wall, cc.Other/cc.Wall)
 		}
 		if len(r.Trials) > 0 {
@@ -122,7 +123,7 @@ func closingNote(rep *Report) string {
 				}
 				p(" What would close it: cap the rows of one replay statement (a fetch applied in chunks of at most a few thousand rows, each with its own budget, the messages acknowledged once all their writes committed), halve the chunk after a timeout, and set `statement_timeout` so that an abandoned statement stops in PostgreSQL too.")
 			} else {
-				p(" Large group-committed messages: %s writes in messages of %d (a fetch of 500 such messages holds up to 128,000 rows) replayed in %s without a single timeout. This experiment is the regression check for a problem this benchmark found: the replay used to apply a whole fetch as one statement under the per-request `DB_TIMEOUT`, and here it never finished (each attempt timed out, was retried whole, and left its abandoned statement running in PostgreSQL, so the system stayed in `recovering`); the cache-node now applies a fetch in statements of at most 1,000 rows, each with its own budget, and its connections carry `statement_timeout` (the request budget plus one second), so that a statement abandoned by a timeout also stops in PostgreSQL.",
+				p(" Large group-committed messages: %s writes in messages of %d (a fetch is bounded by `REPLAY_MAX_BYTES`) replayed in %s without a single timeout. This experiment is the regression check for a problem this benchmark found: the replay used to apply a whole fetch as one statement under the per-request `DB_TIMEOUT`, and here it never finished (each attempt timed out, was retried whole, and left its abandoned statement running in PostgreSQL, so the system stayed in `recovering`); the cache-node now applies a fetch in statements of at most 1,000 rows, each with its own budget, and its connections carry `statement_timeout` (the request budget plus one second), so that a statement abandoned by a timeout also stops in PostgreSQL.",
 					commas(int64(bg.Run.Writes)), bg.PerMsg, ms(bg.Run.RecoveringToNormal))
 			}
 		}

@@ -14,7 +14,7 @@ import (
 	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
 
-func newStore(t *testing.T) *metastore.Store {
+func newStore(t testing.TB) *metastore.Store {
 	t.Helper()
 	db, err := pgdb.Open(pgdb.Config{DSN: pgtest.NewDatabase(t), ReadTimeout: time.Minute, WriteTimeout: time.Minute})
 	if err != nil {

@@ -4,12 +4,16 @@
 // implicit or ephemeral one), message metadata carrying the stream sequence
 // and timestamp, and a router with the standard middleware.
 //
-// watermill-nats subscribers drain their connection on Close, so every
-// subscriber is given a connection of its own.
+// Durable consumers are read by this package's own pull loop (Durable), not
+// by watermill-nats' JetStream subscriber: that one pulled 500 messages ahead
+// of a one-at-a-time handler (so under a backlog JetStream delivered most of
+// them again) and could send on its closed output channel when stopped.
+//
+// Subscribers drain their connection on Close, so every subscriber is given
+// a connection of its own.
 package wmnats
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,7 +21,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	wmjs "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/jetstream"
 	wmn "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
@@ -86,29 +89,20 @@ func NewCoreSubscriber(nc *nats.Conn, log watermill.LoggerAdapter) (message.Subs
 }
 
 // NewDurableSubscriber consumes from the existing durable pull consumer
-// consumer on stream, whatever topic it is subscribed with. It takes ownership
-// of nc and drains it on Close. Messages are acknowledged after the handler
-// returns nil and negatively acknowledged (with nakDelay) on error.
+// consumer on stream, whatever topic it is subscribed with, one message at a
+// time in the consumer's order (see Durable). It takes ownership of nc and
+// drains it on Close. Messages are acknowledged after the handler returns nil
+// and negatively acknowledged (with nakDelay) on error.
 func NewDurableSubscriber(nc *nats.Conn, stream, consumer string, nakDelay time.Duration, log watermill.LoggerAdapter) (message.Subscriber, error) {
-	if stream == "" || consumer == "" {
-		return nil, errors.New("durable subscriber: stream and consumer are required")
+	if log == nil {
+		log = watermill.NopLogger{}
 	}
-	s, err := wmjs.NewSubscriber(wmjs.SubscriberConfig{
-		Conn:           nc,
-		Logger:         log,
-		AckWaitTimeout: 30 * time.Second,
-		ResourceInitializer: func(ctx context.Context, js jetstream.JetStream, _ string) (jetstream.Consumer, func(context.Context, watermill.LoggerAdapter), error) {
-			c, err := js.Consumer(ctx, stream, consumer)
-			if err != nil {
-				return nil, nil, fmt.Errorf("bind consumer %s/%s: %w", stream, consumer, err)
-			}
-			return c, nil, nil // never delete: the consumer is durable API
-		},
-		NakDelay:    wmjs.NewStaticDelay(nakDelay),
-		Unmarshaler: jsUnmarshaler{},
+	s, err := NewDurable(nc, DurableConfig{
+		Stream: stream, Consumer: consumer, NakDelay: nakDelay,
+		Logger: slog.New(wmSlog{log: log}),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("durable subscriber: %w", err)
+		return nil, err
 	}
 	return s, nil
 }

@@ -73,7 +73,7 @@ type changeLog struct {
 	validate func(id, version int64, deleted bool, raw []byte) ([]byte, error)
 
 	mu    sync.RWMutex
-	index map[int64]int64 // latest version of every record in the log; negative: a tombstone
+	index map[int64]indexEntry // latest version of every record in the log
 
 	applied  atomic.Uint64 // the stream sequence the follower has applied up to
 	provenAt atomic.Int64  // unix nanos: every entry published before it is applied
@@ -93,7 +93,7 @@ func newChangeLog(subj events.Subjects, source string, bound time.Duration, log 
 		onChange: func(int64, int64, bool) {},
 		onLapse:  func() {},
 		validate: func(_, _ int64, _ bool, raw []byte) ([]byte, error) { return raw, nil },
-		index:    map[int64]int64{},
+		index:    map[int64]indexEntry{},
 		restart:  make(chan struct{}, 1),
 	}
 }
@@ -151,14 +151,14 @@ func (l *changeLog) publishOnce(ctx context.Context, e logEntry) (int64, bool, e
 		default:
 			v, deleted, ok := entryVersion(last.Header)
 			if ok && v >= e.version {
-				l.observe(e.id, v, deleted)
+				l.observe(e.id, v, deleted, last.Sequence)
 				return v, false, nil
 			}
 			expect = last.Sequence
 		}
-		_, err = l.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(expect))
+		ack, err := l.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(expect))
 		if err == nil {
-			l.observe(e.id, e.version, e.deleted)
+			l.observe(e.id, e.version, e.deleted, ack.Sequence)
 			return e.version, true, nil
 		}
 		if !isWrongLastSequence(err) || attempt >= casAttempts {
@@ -206,7 +206,7 @@ func (l *changeLog) get(ctx context.Context, id int64) (e logEntry, found bool, 
 	if err != nil {
 		return logEntry{}, false, fmt.Errorf("%w: tmdb:%d at sequence %d: %v", ErrLogMismatch, id, m.Sequence, err)
 	}
-	l.observe(id, p.Version, p.Deleted)
+	l.observe(id, p.Version, p.Deleted, m.Sequence)
 	e = logEntry{id: id, version: p.Version, deleted: p.Deleted}
 	if !p.Deleted {
 		e.body = body
@@ -217,16 +217,23 @@ func (l *changeLog) get(ctx context.Context, id int64) (e logEntry, found bool, 
 // observe moves the index to version when it is newer, and then tells the
 // node (onChange), whoever learnt of the version first: the follower, a
 // publish or a read of the log.
-func (l *changeLog) observe(id, version int64, deleted bool) {
+//
+// seq is the stream sequence of the entry holding version (0 when not
+// known); the group commit uses it as the expected last sequence of the
+// record's subject.
+func (l *changeLog) observe(id, version int64, deleted bool, seq uint64) {
 	v := version
 	if deleted {
 		v = -version
 	}
 	l.mu.Lock()
 	cur := l.index[id]
-	moved := abs(cur) < version
+	moved := abs(cur.version) < version
 	if moved {
-		l.index[id] = v
+		l.index[id] = indexEntry{version: v, seq: seq}
+	} else if abs(cur.version) == version && cur.seq == 0 && seq != 0 {
+		cur.seq = seq
+		l.index[id] = cur
 	}
 	l.mu.Unlock()
 	if moved {
@@ -238,7 +245,27 @@ func (l *changeLog) observe(id, version int64, deleted bool) {
 func (l *changeLog) latest(id int64) int64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return abs(l.index[id])
+	return abs(l.index[id].version)
+}
+
+// indexEntry is what the index knows of a record's latest log entry: its
+// version (negative for a tombstone) and stream sequence (0 if unknown).
+type indexEntry struct {
+	version int64
+	seq     uint64
+}
+
+// lastEntry returns the index's version (0 if none) and stream sequence of
+// the record's latest entry; known is false when the record has a version
+// but its sequence is not known.
+func (l *changeLog) lastEntry(id int64) (version int64, seq uint64, known bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	e, ok := l.index[id]
+	if !ok {
+		return 0, 0, true
+	}
+	return abs(e.version), e.seq, e.seq != 0
 }
 
 // keys returns the number of records in the index.
@@ -325,7 +352,7 @@ func (l *changeLog) handle(msg jetstream.Msg) {
 	}
 	if id, ok := events.ChangeID(l.subj.Base(msg.Subject())); ok {
 		if v, deleted, ok := entryVersion(msg.Headers()); ok {
-			l.observe(id, v, deleted)
+			l.observe(id, v, deleted, meta.Sequence.Stream)
 		}
 	}
 	l.applied.Store(meta.Sequence.Stream)
@@ -389,7 +416,7 @@ func (l *changeLog) prove(ctx context.Context) {
 // start of the stream.
 func (l *changeLog) reset() {
 	l.mu.Lock()
-	l.index = map[int64]int64{}
+	l.index = map[int64]indexEntry{}
 	l.mu.Unlock()
 	l.applied.Store(0)
 	l.provenAt.Store(0)
@@ -402,7 +429,10 @@ func (l *changeLog) reset() {
 }
 
 // forgetTombstone removes the record's entry from the log if it is still the
-// tombstone at version: the purge keeps any message published after it.
+// tombstone at version. It deletes that one message (the stream keeps one per
+// subject, so nothing else of the record is there; a message published after
+// it stays): a cache-node's NATS role may delete single change log messages
+// but never purge the stream.
 func (l *changeLog) forgetTombstone(ctx context.Context, id, version int64) error {
 	subject := l.subject(id)
 	last, err := l.stream.GetLastMsgForSubject(ctx, subject)
@@ -415,8 +445,15 @@ func (l *changeLog) forgetTombstone(ctx context.Context, id, version int64) erro
 	if v, deleted, ok := entryVersion(last.Header); !ok || !deleted || v != version {
 		return nil // a newer write: keep it
 	}
-	if err := l.stream.Purge(ctx, jetstream.WithPurgeSubject(subject), jetstream.WithPurgeSequence(last.Sequence+1)); err != nil {
-		return fmt.Errorf("change log purge %s: %w", subject, err)
+	if err := l.stream.DeleteMsg(ctx, last.Sequence); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) && !isMsgNotFound(err) {
+		return fmt.Errorf("change log delete %s seq %d: %w", subject, last.Sequence, err)
 	}
 	return nil
+}
+
+// isMsgNotFound matches the API error of a delete of a message already gone
+// (another node expired the same tombstone, or a newer write replaced it).
+func isMsgNotFound(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound
 }

@@ -19,6 +19,10 @@ type Config struct {
 	HTTPAddr      string
 	NodeID        string
 	SubjectPrefix string
+	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
+	// consumer: the node only waits for the ones the provision command makes
+	// as the admin role, for NATS roles that may not create them.
+	NoProvision bool
 
 	// CacheMaxSize bounds the cache's entries (CACHE_MAX_SIZE); CacheMaxMemoryMB
 	// is the node's memory budget (CACHE_MAX_MEMORY_MB), three quarters of
@@ -52,6 +56,9 @@ type Config struct {
 	GroupCommitWindow time.Duration
 	GroupCommitMax    int
 	BufferTimeout     time.Duration
+	// DBGroupCommitMax (DB_GROUP_COMMIT_MAX) is the most committed writes
+	// one statement and one change-log batch carry; 1 writes one by one.
+	DBGroupCommitMax int
 
 	// ReplayBatchSize and ReplayBatchInterval pace the replay so that a database
 	// that just came back is not flattened.
@@ -113,6 +120,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		HTTPAddr:         r.String("HTTP_ADDR", ":8080"),
 		NodeID:           r.String("NODE_ID", svckit.DefaultNodeID()),
 		SubjectPrefix:    r.String("SUBJECT_PREFIX", ""),
+		NoProvision:      !r.Bool("NATS_PROVISION", true),
 		CacheMaxSize:     int(r.Int("CACHE_MAX_SIZE", 1000, 1, 1<<31-1)),
 		CacheMaxMemoryMB: int(r.Int("CACHE_MAX_MEMORY_MB", 100, 1, 1<<20)),
 		GoMemLimit:       r.String("GOMEMLIMIT", ""),
@@ -134,6 +142,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		GroupCommitWindow: r.Duration("BUFFER_GROUP_COMMIT_WINDOW", time.Millisecond),
 		GroupCommitMax:    int(r.Int("BUFFER_GROUP_COMMIT_MAX", 256, 1, 10_000)),
 		BufferTimeout:     r.Duration("BUFFER_TIMEOUT", 5*time.Second),
+		DBGroupCommitMax:  int(r.Int("DB_GROUP_COMMIT_MAX", 1, 1, 1000)),
 
 		ReplayBatchSize:     int(r.Int("REPLAY_BATCH_SIZE", 500, 1, 100_000)),
 		ReplayBatchInterval: r.Duration("REPLAY_BATCH_INTERVAL", 10*time.Millisecond),

@@ -20,16 +20,18 @@ const retryAfterSeconds = "5"
 
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/anime/{tmdb_id}", n.authorize(n.handleHTTPGet, roleRead, roleWrite))
-	mux.HandleFunc("PUT /v1/anime/{tmdb_id}", n.authorize(n.handleHTTPPut, roleWrite))
-	mux.HandleFunc("DELETE /v1/anime/{tmdb_id}", n.authorize(n.handleHTTPDelete, roleWrite))
-	mux.HandleFunc("GET /v1/status", n.authorize(func(w http.ResponseWriter, _ *http.Request) {
+	route := n.metrics.route
+	mux.Handle("GET /v1/anime/{tmdb_id}", route(routeAnime, n.authorize(n.handleHTTPGet, roleRead, roleWrite)))
+	mux.Handle("PUT /v1/anime/{tmdb_id}", route(routeAnime, n.authorize(n.handleHTTPPut, roleWrite)))
+	mux.Handle("DELETE /v1/anime/{tmdb_id}", route(routeAnime, n.authorize(n.handleHTTPDelete, roleWrite)))
+	mux.Handle("GET /v1/status", route(routeStatus, n.authorize(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, n.status())
-	}, roleRead, roleWrite))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	}, roleRead, roleWrite)))
+	// Probes and scrapes are left out of the HTTP metrics (route "").
+	mux.Handle("GET /healthz", route("", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	})))
+	mux.Handle("GET /readyz", route("", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if n.stopping.Load() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "shutting down"})
 			return
@@ -39,8 +41,8 @@ func (n *Node) routes() http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "mode": string(n.currentMode())})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.registry, promhttp.HandlerOpts{}))
+	})))
+	mux.Handle("GET /metrics", route("", promhttp.HandlerFor(n.metrics.registry, promhttp.HandlerOpts{})))
 	return n.metrics.instrument(mux)
 }
 
@@ -234,6 +236,7 @@ func (n *Node) refreshBufferStatus(ctx context.Context) {
 	s, err := n.js.Stream(ctx, n.subj.Name(events.StreamBuffer))
 	if err == nil {
 		info := s.CachedInfo()
+		n.metrics.bufferStream(info)
 		st.Pending = int64(info.State.Msgs)
 		if info.State.Msgs > 0 && !info.State.FirstTime.IsZero() {
 			st.OldestPendingAgeSeconds = time.Since(info.State.FirstTime).Seconds()
@@ -276,7 +279,7 @@ func (n *Node) retryStats() events.RetryStatistics {
 	return events.RetryStatistics{
 		TotalAttempts: int64(s.TotalAttempts), SuccessfulRetries: int64(s.SuccessfulRetries),
 		FailedAfterRetries: int64(s.FailedAfterRetries), NonRetriableFailures: int64(s.NonRetriableFailures),
-		SuccessRate: s.SuccessRate,
+		SuccessRate: s.SuccessRate, Operations: int64(s.Operations), Successes: int64(s.Successes),
 	}
 }
 
@@ -285,24 +288,27 @@ func (n *Node) status() events.SystemStatus {
 	mc, _ := n.mode.get()
 	mode := n.currentMode()
 	hs, hstats := events.HealthUnknown, events.HealthStatistics{CurrentStatus: events.HealthUnknown}
+	var hage *float64
 	if h := n.health.Load(); h != nil {
-		hs, hstats = h.Status, h.Statistics
+		status, age := h.report.Aged(h.at, time.Now())
+		hs, hstats, hage = status, h.report.Statistics, &age
 	}
 	st := events.SystemStatus{
 		// Operational: the node knows the mode and can serve reads and take writes.
-		IsOperational:       n.ready.Load() && !n.stopping.Load(),
-		Mode:                mode,
-		Epoch:               mc.Epoch,
-		CacheOnlyMode:       mode == events.ModeCacheOnly,
-		HealthStatus:        hs,
-		HealthStatistics:    hstats,
-		CircuitBreakerState: n.breaker.State(),
-		RetryStatistics:     n.retryStats(),
-		CacheStatistics:     n.cacheStats(),
-		Buffer:              *n.bufStatus.Load(),
-		NodeID:              n.cfg.NodeID,
-		Nodes:               []events.NodeStatus{},
-		ChangeLog:           n.changeLogStatus(),
+		IsOperational:          n.ready.Load() && !n.stopping.Load(),
+		Mode:                   mode,
+		Epoch:                  mc.Epoch,
+		CacheOnlyMode:          mode == events.ModeCacheOnly,
+		HealthStatus:           hs,
+		HealthStatusAgeSeconds: hage,
+		HealthStatistics:       hstats,
+		CircuitBreakerState:    n.breaker.State(),
+		RetryStatistics:        n.retryStats(),
+		CacheStatistics:        n.cacheStats(),
+		Buffer:                 *n.bufStatus.Load(),
+		NodeID:                 n.cfg.NodeID,
+		Nodes:                  []events.NodeStatus{},
+		ChangeLog:              n.changeLogStatus(),
 	}
 	if mode == events.ModeCacheOnly {
 		st.CacheOnlyReason = mc.Reason
@@ -311,6 +317,7 @@ func (n *Node) status() events.SystemStatus {
 	if c := mc.Counters; c != nil {
 		st.TotalFailures, st.TotalRecoveries, st.RecoveryAttempts = c.TotalFailures, c.TotalRecoveries, c.RecoveryAttempts
 		st.LastFailureTime, st.LastRecoveryTime = c.LastFailureTime, c.LastRecoveryTime
+		st.AutoRecoveryEnabled = c.AutoRecoveryEnabled != nil && *c.AutoRecoveryEnabled
 	}
 	return st
 }

@@ -142,7 +142,7 @@ func (n *Node) logBehind(ctx context.Context, rows []metastore.KeyVersion) (int,
 		return 0, nil
 	}
 	var writes []metastore.Write
-	err := n.dbCall(ctx, func(ctx context.Context) error {
+	err := n.dbCall(ctx, opGetMany, func(ctx context.Context) error {
 		var err error
 		writes, err = n.store.GetMany(ctx, ids)
 		return err
@@ -244,7 +244,7 @@ func (n *Node) expireTombstones(ctx context.Context) error {
 	var total int
 	for ctx.Err() == nil {
 		var rows []metastore.KeyVersion
-		err := n.dbCall(ctx, func(ctx context.Context) error {
+		err := n.dbCall(ctx, opExpireTombstones, func(ctx context.Context) error {
 			var err error
 			rows, err = n.store.ExpireTombstones(ctx, cutoff, 500)
 			return err
@@ -281,7 +281,7 @@ func (n *Node) reconcile(ctx context.Context, since time.Time) error {
 	ctx, cancel := context.WithTimeout(ctx, max(n.cfg.LogReconcileInterval, 30*time.Second))
 	defer cancel()
 	var rows []metastore.KeyVersion
-	err := n.dbCall(ctx, func(ctx context.Context) error {
+	err := n.dbCall(ctx, opVersionsSince, func(ctx context.Context) error {
 		var err error
 		rows, err = n.store.VersionsSince(ctx, since.Add(-n.reconcileSlack()))
 		return err
@@ -316,7 +316,7 @@ func (n *Node) backfill(ctx context.Context) error {
 			return nil
 		}
 		var rows []metastore.KeyVersion
-		err = n.dbCall(ctx, func(ctx context.Context) error {
+		err = n.dbCall(ctx, opVersionsAfter, func(ctx context.Context) error {
 			var err error
 			rows, err = n.store.VersionsAfter(ctx, prog.Cursor, backfillPage)
 			return err

@@ -21,6 +21,15 @@ import (
 	"github.com/anivault/anivault/pkg/wmnats"
 )
 
+// producerWritesInFlight is how many producers' writes a node applies at
+// once (they share group commits); the node pulls no more than that.
+const producerWritesInFlight = 16
+
+// producerWriteTimeout bounds the handling of one producer's write (the
+// router's retries included); a write not applied by then is given back to
+// the consumer and delivered again.
+const producerWriteTimeout = 30 * time.Second
+
 // newRouter wires the watermill router: producers' writes from the shared
 // durable consumer, and metadata.changed from every other node.
 func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
@@ -41,7 +50,16 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	writes, err := wmnats.NewDurableSubscriber(writerConn, n.subj.Name(events.StreamMetadata), n.subj.Name(events.ConsumerMetadataWriter), time.Second, n.wmLog)
+	// Producers' writes are applied concurrently (their versions are their
+	// stream timestamps, so the order of application does not matter), and
+	// the node pulls only as many as it applies at once: a write never waits
+	// in the node's memory while JetStream, its ack wait over, delivers it to
+	// another node (chaos seeds 45 and 46).
+	writes, err := wmnats.NewDurable(writerConn, wmnats.DurableConfig{
+		Stream: n.subj.Name(events.StreamMetadata), Consumer: n.subj.Name(events.ConsumerMetadataWriter),
+		MaxInFlight: producerWritesInFlight, NakDelay: time.Second, HandleTimeout: producerWriteTimeout,
+		Logger: n.log.With("component", "producer-writes"),
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +92,7 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 	router.AddConsumerHandler("db_health", n.subj.Of(events.SubjectDBHealth), health, func(msg *message.Message) error {
 		var ev events.DBHealth
 		if json.Unmarshal(msg.Payload, &ev) == nil && ev.Status != "" {
-			n.health.Store(&ev)
+			n.health.Store(&healthReport{report: ev, at: time.Now()})
 		}
 		return nil
 	})

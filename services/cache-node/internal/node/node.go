@@ -20,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 	"golang.org/x/sync/errgroup"
 
@@ -150,7 +151,9 @@ type Node struct {
 	replay       replayState
 	bufStatus    atomic.Pointer[events.BufferStatus]
 	// health is the monitor\'s latest db.health, shown in /v1/status.
-	health atomic.Pointer[events.DBHealth]
+	health atomic.Pointer[healthReport]
+	// committer groups committed writes (nil with DB_GROUP_COMMIT_MAX=1).
+	committer *committer
 
 	// drainMu lets one drain of the buffer run at a time in this node.
 	drainMu sync.Mutex
@@ -258,6 +261,17 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if n.cfg.DBGroupCommitMax > 1 {
+		n.committer = newCommitter(n, n.cfg.DBGroupCommitMax)
+		n.metrics.registry.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_db_group_commits_total",
+				Help: "Statements of the group commit of committed writes (each carries one or more writes)."},
+				func() float64 { return float64(n.committer.batches.Load()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_db_group_commit_writes_total",
+				Help: "Writes carried by group-commit statements (divided by anivault_db_group_commits_total: the mean group size)."},
+				func() float64 { return float64(n.committer.grouped.Load()) }),
+		)
+	}
 	n.wmLog = wmnats.Logger(n.log)
 	n.corePub, err = wmnats.NewCorePublisher(n.nc, n.wmLog)
 	if err != nil {
@@ -295,6 +309,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { n.buffer.run(gctx); return nil })
+	if n.committer != nil {
+		g.Go(func() error { n.committer.run(gctx); return nil })
+	}
 	g.Go(func() error { n.watchMode(gctx); return nil })
 	g.Go(func() error { n.statusLoop(gctx); return nil })
 	g.Go(func() error { n.changes.run(gctx); return nil })
@@ -341,14 +358,27 @@ func (n *Node) Run(ctx context.Context) error {
 	return nil
 }
 
+// provision makes the node's streams, bucket and consumers, retrying for up
+// to 30 s. With NATS_PROVISION=false it makes nothing and waits, as long as
+// it takes, for the ones the provision command makes.
 func (n *Node) provision(ctx context.Context) error {
-	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
 	top, err := topology.New(n.js, n.subj)
 	if err != nil {
 		return err
 	}
 	top.Replicas = n.cfg.Buffer.Replicas
+	top.CheckOnly = n.cfg.NoProvision
+	var (
+		pctx   context.Context
+		cancel context.CancelFunc
+	)
+	if top.CheckOnly {
+		n.log.Info("NATS_PROVISION=false: creating no stream, bucket or consumer, waiting for the ones the provision command makes")
+		pctx, cancel = context.WithCancel(ctx)
+	} else {
+		pctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	}
+	defer cancel()
 	for {
 		kv, err := top.EnsureEvents(pctx)
 		if err == nil {
@@ -358,10 +388,10 @@ func (n *Node) provision(ctx context.Context) error {
 			n.kv = kv
 			return nil
 		}
-		n.log.Warn("JetStream provisioning failed, retrying", "error", err)
+		n.log.Warn(top.Step()+" failed, retrying", "error", err)
 		select {
 		case <-pctx.Done():
-			return fmt.Errorf("provision jetstream: %w", err)
+			return fmt.Errorf("%s: %w", top.Step(), err)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -444,4 +474,11 @@ func (n *Node) currentMode() events.Mode {
 		return events.ModeNormal
 	}
 	return mc.Mode
+}
+
+// healthReport is a db.health report and when it arrived (its age decides
+// whether /v1/status shows it or "stale").
+type healthReport struct {
+	report events.DBHealth
+	at     time.Time
 }

@@ -65,7 +65,7 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 		rec     *events.Record
 		deleted bool
 	)
-	err := n.dbCall(ctx, func(ctx context.Context) error {
+	err := n.dbCall(ctx, opGet, func(ctx context.Context) error {
 		var err error
 		rec, deleted, err = n.store.Get(ctx, id)
 		return err
@@ -196,7 +196,7 @@ func (n *Node) needsRevalidation(e entry) bool {
 
 // dbCall runs fn through the retry policy and the breaker within the node's
 // database budget, so no caller waits on the database longer than DBTimeout.
-func (n *Node) dbCall(ctx context.Context, fn func(ctx context.Context) error) error {
+func (n *Node) dbCall(ctx context.Context, op string, fn func(ctx context.Context) error) error {
 	if !n.migrated.Load() {
 		// The table may not exist yet (the database was down at start): an
 		// unavailable database, not a failed request, so writes are buffered.
@@ -204,8 +204,12 @@ func (n *Node) dbCall(ctx context.Context, fn func(ctx context.Context) error) e
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.DBTimeout)
 	defer cancel()
+	attempt := 0
 	err := n.retrier.Do(ctx, func(ctx context.Context) error {
-		err := n.breaker.Execute(func() error { return fn(ctx) })
+		var start time.Time
+		err := n.breaker.Execute(func() error { start = time.Now(); return fn(ctx) })
+		n.metrics.dbAttempt(op, attempt, !start.IsZero(), time.Since(start), err)
+		attempt++
 		if err != nil && resilience.IsTransient(err) {
 			pgdb.DropIdle(n.db, n.cfg.DBMaxConns)
 		}
@@ -329,9 +333,26 @@ func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer i
 	}
 	le := logEntry{id: w.TMDBID, version: w.Version, deleted: deleted, at: at, body: body}
 
+	if n.currentMode() != events.ModeCacheOnly && n.committer != nil {
+		// Group commit: answered here when the batch decided; otherwise
+		// the write goes on alone below, as it did before grouping.
+		mw := metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}
+		switch outcome, gerr := n.committer.submit(ctx, mw, le); outcome {
+		case committedLogged:
+			return WriteResult{Status: StatusCommitted, Version: w.Version}, 0, nil
+		case committedOnly:
+			return n.logWrite(ctx, le, StatusCommitted)
+		default:
+			if ctx.Err() != nil {
+				n.metrics.writes.WithLabelValues("failed").Inc()
+				return WriteResult{}, 0, fmt.Errorf("write tmdb:%d: %w", w.TMDBID, ctx.Err())
+			}
+			n.log.Debug("write not grouped, writing it alone", "tmdb_id", w.TMDBID, "reason", errString(gerr))
+		}
+	}
 	if n.currentMode() != events.ModeCacheOnly {
 		var stored int64
-		err := n.dbCall(ctx, func(ctx context.Context) error {
+		err := n.dbCall(ctx, opWrite, func(ctx context.Context) error {
 			r, err := n.store.ApplyBatch(ctx, []metastore.Write{{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}})
 			if err != nil || r.Applied == 1 {
 				return err
