@@ -27,16 +27,23 @@ func workQueue(t *testing.T, js jetstream.JetStream, r int, ackWait time.Duratio
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "WQ", Subjects: []string{"wq.>"}, Retention: jetstream.WorkQueuePolicy,
-		Storage: jetstream.FileStorage, Replicas: r,
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, "WQ", jetstream.ConsumerConfig{
-		Durable: "w", AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait, MaxDeliver: -1,
-		MaxAckPending: 1024, DeliverPolicy: jetstream.DeliverAllPolicy,
-	}); err != nil {
+	// A cluster that has just started may not have elected its meta leader
+	// or met all its peers yet ("no suitable peers for placement"): retry
+	// until the deadline.
+	err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+		if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name: "WQ", Subjects: []string{"wq.>"}, Retention: jetstream.WorkQueuePolicy,
+			Storage: jetstream.FileStorage, Replicas: r,
+		}); err != nil {
+			return err
+		}
+		_, err := js.CreateOrUpdateConsumer(ctx, "WQ", jetstream.ConsumerConfig{
+			Durable: "w", AckPolicy: jetstream.AckExplicitPolicy, AckWait: ackWait, MaxDeliver: -1,
+			MaxAckPending: 1024, DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }

@@ -196,7 +196,10 @@ func (n *Node) replayWorker(ctx context.Context, cons jetstream.Consumer, total 
 		for m := range batch.Messages() {
 			msgs = append(msgs, m)
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
+		// A fetch bounded in bytes may end with "batch completed" or "max
+		// bytes exceeded" status: the end of this fetch, not a failure.
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) &&
+			!errors.Is(err, jetstream.ErrBatchCompleted) && !errors.Is(err, jetstream.ErrMaxBytesExceeded) && len(msgs) == 0 {
 			return err
 		}
 		if len(msgs) == 0 {
