@@ -34,8 +34,9 @@ const CopyColumns = "tmdb_id, title, original_title, korean_title, overview, pos
 // stageTable is the staging table: temporary (one per session, never
 // WAL-logged, invisible to other sessions) and emptied at the end of every
 // transaction that used it. The suffix names its shape: a release that
-// changes it uses another name.
-const stageTable = "anivault_stage_v1"
+// changes it uses another name. Qualified with pg_temp, so that no table of
+// that name elsewhere on the search path is ever used instead.
+const stageTable = "pg_temp.anivault_stage_v1"
 
 // beginStage opens the transaction and makes sure the session has its
 // staging table (one simple-query round trip).
@@ -77,7 +78,7 @@ var ErrInvalidWrite = errors.New("metastore: invalid write")
 // ApplyBatchCopy is ApplyBatch through COPY into a staging table and one
 // merge statement, in one transaction: either every applied write is
 // committed or none is. Result is exactly ApplyBatch's.
-func (s *Store) ApplyBatchCopy(ctx context.Context, writes []Write) (Result, error) {
+func (s *Store) ApplyBatchCopy(ctx context.Context, writes []Write) (_ Result, err error) {
 	res := Result{AppliedKeys: map[int64]int64{}}
 	if len(writes) == 0 {
 		return res, nil
@@ -94,7 +95,7 @@ func (s *Store) ApplyBatchCopy(ctx context.Context, writes []Write) (Result, err
 	committed := false
 	defer func() {
 		if !committed {
-			abort(ctx, conn)
+			abort(ctx, conn, err)
 		}
 	}()
 	if _, err := conn.ExecContext(ctx, beginStage); err != nil {
@@ -130,14 +131,21 @@ func (s *Store) ApplyBatchCopy(ctx context.Context, writes []Write) (Result, err
 	return res, nil
 }
 
-// abort ends a failed bulk apply's transaction. A connection whose state is
-// unknown (a network error or a deadline in the middle of the COPY, or a
-// ROLLBACK that did not go through) is closed, never returned to the pool.
-func abort(ctx context.Context, conn bun.Conn) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if _, err := conn.ExecContext(rctx, "ROLLBACK"); err == nil {
-		return
+// abort ends a failed bulk apply's transaction. Only after an error the
+// server reported (and then waited for the next command) is the connection
+// known to be in step with the server, and rolled back; after any other
+// (a network error or a deadline in the middle of the COPY or of a reply),
+// or a ROLLBACK that did not go through, unread replies may be on the wire:
+// the connection is closed, never returned to the pool, where the next
+// query would read them as its own.
+func abort(ctx context.Context, conn bun.Conn, cause error) {
+	var pgErr pgdriver.Error
+	if errors.As(cause, &pgErr) && pgErr.Field('V') != "FATAL" && pgErr.Field('V') != "PANIC" {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		if _, err := conn.ExecContext(rctx, "ROLLBACK"); err == nil {
+			return
+		}
 	}
 	_ = conn.Raw(func(dc any) error {
 		if c, ok := dc.(driver.Conn); ok {

@@ -16,7 +16,14 @@ import (
 
 func newStore(t testing.TB) *metastore.Store {
 	t.Helper()
-	db, err := pgdb.Open(pgdb.Config{DSN: pgtest.NewDatabase(t), ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	return newStoreConns(t, 0)
+}
+
+// newStoreConns is newStore with a pool of at most conns connections (0:
+// pgdb's default).
+func newStoreConns(t testing.TB, conns int) *metastore.Store {
+	t.Helper()
+	db, err := pgdb.Open(pgdb.Config{DSN: pgtest.NewDatabase(t), ReadTimeout: time.Minute, WriteTimeout: time.Minute, MaxOpenConns: conns})
 	if err != nil {
 		t.Fatal(err)
 	}
