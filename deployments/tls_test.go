@@ -138,9 +138,6 @@ func tlsConfWith(t *testing.T, p testPKI) string {
 // checks that the servers refuse plain clients, clients without a
 // certificate and plain routes.
 func TestTLSConfig(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a three-server TLS cluster")
-	}
 	pki := newTestPKI(t)
 	conf := tlsConfWith(t, pki)
 	opts, err := server.ProcessConfigFile(conf)

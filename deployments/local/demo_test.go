@@ -118,9 +118,6 @@ func TestDemoChart(t *testing.T) {
 // and that the picture shows the outage: well-formed, titled, a cache_only
 // band, and markers for the kill, db.unhealthy and the return to normal.
 func TestDemoWritesTimeline(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the services and runs the demo against a private PostgreSQL")
-	}
 	t.Setenv("DATABASE_URL", "") // a private PostgreSQL: the demo kills it
 	dir := filepath.Join(t.TempDir(), "demo")
 	t.Chdir("../..") // the demo builds the services from the module root

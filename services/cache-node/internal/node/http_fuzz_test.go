@@ -5,21 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/anivault/anivault/events"
-	"github.com/anivault/anivault/pkg/envconfig"
-	"github.com/anivault/anivault/pkg/procs"
-	"github.com/anivault/anivault/pkg/testutil/natstest"
-	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
 
 // FuzzHTTPHandlers sends arbitrary methods, path ids and bodies to a running
@@ -52,7 +45,7 @@ func FuzzHTTPHandlers(f *testing.F) {
 	} {
 		f.Add(s.method, s.id, []byte(s.body))
 	}
-	n := startFuzzNode(f)
+	n, _ := startTestNode(f, map[string]string{"NODE_ID": "fuzz"})
 	h := n.routes()
 	f.Fuzz(func(t *testing.T, method, id string, body []byte) {
 		switch method {
@@ -120,47 +113,4 @@ func fuzzID(id string) int64 {
 		return 1
 	}
 	return v
-}
-
-// startFuzzNode runs a node against a throw-away NATS server and database
-// until the fuzz test ends, and waits until it serves in normal mode.
-func startFuzzNode(f *testing.F) *Node {
-	srv := natstest.Start(f)
-	dsn := pgtest.NewDatabase(f)
-	cfg, err := LoadConfig(envconfig.FromMap(map[string]string{
-		"NATS_URL": srv.URL(), "DATABASE_URL": dsn, "NODE_ID": "fuzz", "HTTP_ADDR": "127.0.0.1:0",
-	}))
-	if err != nil {
-		f.Fatal(err)
-	}
-	n, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	f.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			f.Error("the node did not stop within 15 s")
-		}
-	})
-	var runErr error
-	if err := procs.Eventually(30*time.Second, 20*time.Millisecond, func() error {
-		select {
-		case runErr = <-done:
-			return nil
-		default:
-		}
-		if !n.ready.Load() || !n.migrated.Load() || n.currentMode() != events.ModeNormal {
-			return errors.New("node not ready")
-		}
-		return nil
-	}); err != nil || runErr != nil {
-		f.Fatalf("node not serving: %v %v", err, runErr)
-	}
-	return n
 }

@@ -90,7 +90,7 @@ func TestMemoryBudget(t *testing.T) {
 // startTestNode runs a node in this process against a throw-away NATS
 // server and database until the test ends, and waits until it serves in
 // normal mode.
-func startTestNode(t *testing.T, env map[string]string) (n *Node, natsURL string) {
+func startTestNode(t testing.TB, env map[string]string) (n *Node, natsURL string) {
 	t.Helper()
 	srv := natstest.Start(t)
 	all := map[string]string{"NATS_URL": srv.URL(), "DATABASE_URL": pgtest.NewDatabase(t), "NODE_ID": "memory", "HTTP_ADDR": "127.0.0.1:0"}
