@@ -24,7 +24,7 @@ func closingNote(rep *Report) string {
 		srvC, _, _ := r.Ceiling.CPUPerOp()
 		srvD, pgD, benchD := r.DB.CPUPerOp()
 		p("- **Reads.** Cache hits %s req/s (p50 %s, p99 %s) against %s req/s for the bare handler: **%.2f of the ceiling** (goal 0.7, %s). Against %s req/s with every read from PostgreSQL: **%.1f×** (goal 5×, %s).",
-			num(r.Hits.RPS()), ms(r.Hits.P50), ms(r.Hits.P99), num(r.Ceiling.RPS()), r.HitsOverCeiling, metWord(r.HitsOverCeiling >= 0.7), num(r.DB.RPS()), r.HitsOverDB, metWord(r.HitsOverDB >= 5))
+			num(r.Hits.RPS()), ms(r.Hits.P50), ms(r.Hits.P99), num(r.Ceiling.RPS()), r.HitsOverCeiling, metWord(r.HitsOverCeiling >= readGoalRatio), num(r.DB.RPS()), r.HitsOverDB, metWord(r.HitsOverDB >= 5))
 		if srvH > 0 && srvD > 0 {
 			p(" Server-side CPU per request: %.0f µs in the node for a hit (the bare handler: %.0f µs), %.0f µs in the node plus %.0f µs in PostgreSQL for a database read, so the database path costs **%.1f×** the CPU of a hit.",
 				srvH, srvC, srvD, pgD, (srvD+pgD)/srvH)

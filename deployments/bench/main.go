@@ -37,6 +37,7 @@ type config struct {
 	bigReplay   int
 	memN        int
 	changeLogN  int
+	ingestN     int
 	only        map[string]bool
 	skipMicro   bool
 	benchtime   string
@@ -76,7 +77,8 @@ func main() {
 	fs.IntVar(&c.bigReplay, "big-replay-writes", 20_000, "writes replayed from full 256-write buffer messages (0: skip that experiment)")
 	fs.IntVar(&c.memN, "memory-records", 100_000, "records of about 2 KiB offered to the memory-bounded node")
 	fs.IntVar(&c.changeLogN, "changelog-records", 20_000, "fixture-shaped records written to measure the change log's disk bytes and the NATS server's memory (scaled to 100,000)")
-	fs.StringVar(&only, "only", "", "comma-separated phases to run: reads,changelog,writes,replay,memory,detect,timeline,micro (default all)")
+	fs.IntVar(&c.ingestN, "ingest-records", 40_000, "metadata.upsert messages preloaded for the ingest phase (a quarter of that many keys, each written four times in order)")
+	fs.StringVar(&only, "only", "", "comma-separated phases to run: reads,changelog,writes,ingest,replay,memory,detect,timeline,micro (default all)")
 	fs.BoolVar(&c.skipMicro, "skip-micro", false, "skip the go test micro-benchmarks")
 	fs.StringVar(&c.benchtime, "benchtime", "", "go test -benchtime for the micro-benchmarks (default go test's 1s)")
 	_ = fs.Parse(os.Args[1:])

@@ -156,7 +156,7 @@ func (r *runner) profiles(ctx context.Context) {
 		cmd, text := r.goProfile(ctx, nodePkg, kind, bench, benchtime, append(env, "BENCH_EQUIV=1")...)
 		rep.Profiles = append(rep.Profiles, Profile{Goal: goal, Title: title, Command: cmd, Text: text})
 	}
-	if rd := rep.Reads; rd != nil && rd.HitsOverCeiling < 0.7 {
+	if rd := rep.Reads; rd != nil && rd.HitsOverCeiling < readGoalRatio {
 		add("reads", "read path on a cache hit, in process (the node's mux, metrics middleware, mode lock, request context, cache lookup) beside the bare handler",
 			"cpu", "^BenchmarkReadPath$/^node$", "3s")
 	}

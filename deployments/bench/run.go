@@ -83,6 +83,7 @@ func run(ctx context.Context, c config) (*Report, error) {
 		{"reads", r.phaseReads},
 		{"changelog", r.phaseChangeLog},
 		{"writes", r.phaseWrites},
+		{"ingest", r.phaseIngest},
 		{"replay", r.phaseReplay},
 		{"memory", r.phaseMemory},
 		{"detect", r.phaseDetect},

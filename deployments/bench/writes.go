@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/pgdb"
@@ -24,11 +23,16 @@ import (
 type WritesResult struct {
 	Keys          int
 	BodyBytesMean int
-	Committed     runStats // normal mode, 200
-	Buffered      runStats // cache-only mode, 202
-	RawJetStream  runStats // js.Publish awaiting the ack, one message per write
-	RawPostgres   runStats // metastore.Store.Upsert, one row per statement
-	Rounds        []runStats
+	Committed     runStats // normal mode, 200, the default DB_GROUP_COMMIT_MAX=1
+	// CommittedGroup: the same on a node with DB_GROUP_COMMIT_MAX=GroupCommitMax.
+	CommittedGroup runStats
+	GroupCommitMax int
+	GroupOverRawPG float64
+	WrkCommand     string
+	Buffered       runStats // cache-only mode, 202
+	RawJetStream   runStats // js.Publish awaiting the ack, one message per write
+	RawPostgres    runStats // metastore.Store.Upsert, one row per statement
+	Rounds         []runStats
 	// Group commit observed during the buffered run.
 	BufferMsgs         uint64
 	WritesPerMsg       float64
@@ -40,6 +44,9 @@ type WritesResult struct {
 }
 
 const writeKeyBase = 2_000_000
+
+// benchGroupCommitMax is DB_GROUP_COMMIT_MAX of the writes phase's second node.
+const benchGroupCommitMax = 256
 
 func (r *runner) phaseWrites(ctx context.Context) error {
 	res := &WritesResult{Keys: 10_000}
@@ -66,27 +73,30 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 		payloads[k] = p
 	}
 	res.BodyBytesMean = total / res.Keys
-	client := newLoadClient(r.cfg.conns)
-	putOp := func(base string, want int) opFunc {
-		return func(ctx context.Context, rng *rand.Rand) (int, bool) {
-			k := rng.IntN(res.Keys)
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPut, base+"/v1/anime/"+strconv.Itoa(writeKeyBase+k), bytes.NewReader(bodies[k]))
-			resp, err := client.Do(req)
-			if err != nil {
-				return 0, false
-			}
-			_, _ = drain(resp)
-			return resp.StatusCode, resp.StatusCode == want
-		}
+	ids := make([]int64, res.Keys)
+	for k := range ids {
+		ids[k] = int64(writeKeyBase + k)
 	}
+	puts, err := newWrkPutLoad(r.cfg.dir, ids, bodies, r.cfg.conns)
+	if err != nil {
+		return err
+	}
+	res.WrkCommand = puts.CommandLine("http://<node>", r.cfg.writeDur)
+	// A second node with group commit on, beside node-1 with the default.
+	res.GroupCommitMax = benchGroupCommitMax
+	nodeGC, err := r.st.StartNode(ctx, "node-gc", "", stack.MergeEnv(r.common, map[string]string{"DB_GROUP_COMMIT_MAX": strconv.Itoa(benchGroupCommitMax)}))
+	if err != nil {
+		return fmt.Errorf("start the group-commit node: %w", err)
+	}
+	defer r.stopNode(nodeGC)
 
 	recs := make([]events.Record, res.Keys)
 	for k := range recs {
 		recs[k] = r.record(k, int64(writeKeyBase+k))
 	}
-	// Raw JetStream: one synchronous publish per write, same server, same payload.
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err := r.js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{Name: "BENCH_RAW", Subjects: []string{"bench.raw"},
+	// Raw JetStream: one synchronous publish per write, same server, same payload.
+	_, err = r.js.CreateOrUpdateStream(sctx, jetstream.StreamConfig{Name: "BENCH_RAW", Subjects: []string{"bench.raw"},
 		Storage: jetstream.FileStorage, Retention: jetstream.LimitsPolicy, MaxMsgSize: 1 << 20})
 	cancel()
 	if err != nil {
@@ -132,7 +142,15 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 	}
 	for round := 1; round <= r.cfg.writeRounds; round++ {
 		r.say("writes round %d: PUT in normal mode (committed), then raw PostgreSQL upserts; %d clients, %v each", round, r.cfg.conns, d)
-		keep(&res.Committed, runFixed(ctx, fmt.Sprintf("cache-node PUT, normal mode, 200 committed (round %d)", round), r.cfg.conns, time.Second, d, newCPUWatch(r.nodeA.Pid()), putOp(r.nodeA.URL(), 200)), "writes/s")
+		s, err := puts.runPuts(ctx, r, fmt.Sprintf("cache-node PUT, normal mode, 200 committed, DB_GROUP_COMMIT_MAX=1 (round %d)", round), r.nodeA, "committed", time.Second, d)
+		if err != nil {
+			return err
+		}
+		keep(&res.Committed, s, "writes/s")
+		if s, err = puts.runPuts(ctx, r, fmt.Sprintf("cache-node PUT, normal mode, 200 committed, DB_GROUP_COMMIT_MAX=%d (round %d)", benchGroupCommitMax, round), nodeGC, "committed", time.Second, d); err != nil {
+			return err
+		}
+		keep(&res.CommittedGroup, s, "writes/s")
 		// Writes buffered by the fast path (a transient error) would be drained in the background.
 		if err := r.waitNormalEmpty(ctx, 60*time.Second); err != nil {
 			return err
@@ -155,7 +173,11 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 	st0, _ := r.nodeStatus(r.nodeA)
 	for round := 1; round <= r.cfg.writeRounds; round++ {
 		r.say("writes round %d: PUT in cache-only mode (buffered), then raw JetStream publish; %d clients, %v each", round, r.cfg.conns, d)
-		keep(&res.Buffered, runFixed(ctx, fmt.Sprintf("cache-node PUT, cache-only mode, 202 buffered (round %d)", round), r.cfg.conns, time.Second, d, newCPUWatch(r.nodeA.Pid()), putOp(r.nodeA.URL(), 202)), "writes/s")
+		s, err := puts.runPuts(ctx, r, fmt.Sprintf("cache-node PUT, cache-only mode, 202 buffered (round %d)", round), r.nodeA, "buffered", time.Second, d)
+		if err != nil {
+			return err
+		}
+		keep(&res.Buffered, s, "writes/s")
 		keep(&res.RawJetStream, runFixed(ctx, fmt.Sprintf("raw JetStream publish awaiting each ack (round %d)", round), r.cfg.conns, time.Second, d, newCPUWatch(0), jsOp), "msgs/s")
 	}
 	time.Sleep(600 * time.Millisecond) // one status refresh
@@ -171,7 +193,7 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 	{
 		r.say("writes: profiling the node with perf during another buffered run")
 		res.NodePerfProfile = r.perfProfile(ctx, r.nodeA.Pid(), 6*time.Second, func(d time.Duration) {
-			runFixed(ctx, "profile", r.cfg.conns, 500*time.Millisecond, d, nil, putOp(r.nodeA.URL(), 202))
+			_, _, _, _ = puts.exec(ctx, r.nodeA.URL(), d)
 		})
 		msgs1, _ = r.bufferMsgs(ctx)
 		st1, _ = r.nodeStatus(r.nodeA)
@@ -190,6 +212,7 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 	}
 	if res.RawPostgres.RPS() > 0 {
 		res.CommittedOverRawPG = res.Committed.RPS() / res.RawPostgres.RPS()
+		res.GroupOverRawPG = res.CommittedGroup.RPS() / res.RawPostgres.RPS()
 	}
 	return nil
 }

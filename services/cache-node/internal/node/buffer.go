@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -179,19 +178,3 @@ func (b *buffer) publish(batch []bufReq) error {
 	return nil
 }
 
-// decodeBatch decodes one buffer message.
-func decodeBatch(data []byte) (events.BufferBatch, error) {
-	var bb events.BufferBatch
-	if err := json.Unmarshal(data, &bb); err != nil {
-		return bb, fmt.Errorf("decode buffer batch: %w", err)
-	}
-	for _, w := range bb.Writes {
-		if w.TMDBID <= 0 || w.Version <= 0 {
-			return bb, fmt.Errorf("decode buffer batch: bad write %d v%d", w.TMDBID, w.Version)
-		}
-		if !w.Deleted && w.Record == nil {
-			return bb, fmt.Errorf("decode buffer batch: upsert of %d without record", w.TMDBID)
-		}
-	}
-	return bb, nil
-}

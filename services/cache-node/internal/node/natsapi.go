@@ -22,8 +22,18 @@ import (
 )
 
 // producerWritesInFlight is how many producers' writes a node applies at
-// once (they share group commits); the node pulls no more than that.
-const producerWritesInFlight = 16
+// once (they share group commits); the node pulls no more than that. With
+// group commit on (DB_GROUP_COMMIT_MAX above it) a node applies up to a
+// statement's worth at once, at most maxProducerWritesInFlight: three nodes
+// then stay below the writer consumer's MaxAckPending of 1,024.
+const (
+	producerWritesInFlight    = 16
+	maxProducerWritesInFlight = 256
+)
+
+func (c Config) producerInFlight() int {
+	return min(max(producerWritesInFlight, c.DBGroupCommitMax), maxProducerWritesInFlight)
+}
 
 // producerWriteTimeout bounds the handling of one producer's write (the
 // router's retries included); a write not applied by then is given back to
@@ -57,7 +67,7 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 	// another node (chaos seeds 45 and 46).
 	writes, err := wmnats.NewDurable(writerConn, wmnats.DurableConfig{
 		Stream: n.subj.Name(events.StreamMetadata), Consumer: n.subj.Name(events.ConsumerMetadataWriter),
-		MaxInFlight: producerWritesInFlight, NakDelay: time.Second, HandleTimeout: producerWriteTimeout,
+		MaxInFlight: n.cfg.producerInFlight(), NakDelay: time.Second, HandleTimeout: producerWriteTimeout,
 		Logger: n.log.With("component", "producer-writes"),
 	})
 	if err != nil {

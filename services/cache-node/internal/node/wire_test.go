@@ -133,3 +133,94 @@ func TestWithRecordRejectsNonObjects(t *testing.T) {
 		t.Errorf("withRecord = %s, %v", got, err)
 	}
 }
+
+// FuzzDecodeBatchMatchesEncodingJSON checks the fast decode of buffer
+// messages against encoding/json: whatever goccy/go-json accepts,
+// encoding/json accepts too and decodes to the same writes (so decodeBatch,
+// which falls back to encoding/json on a refusal, decides as encoding/json
+// alone would).
+func FuzzDecodeBatchMatchesEncodingJSON(f *testing.F) {
+	at := time.Date(2026, 5, 1, 12, 0, 0, 123456789, time.UTC)
+	seedT := &testing.T{}
+	var writes [][]byte
+	for i, r := range wireRecords(seedT) {
+		enc, err := encodeBufferedWrite(events.BufferedWrite{TMDBID: r.TMDBID, Version: r.Version + int64(i), AcceptedAt: at, Node: "node-1"}, mustMarshal(seedT, r))
+		if err != nil {
+			f.Fatal(err)
+		}
+		writes = append(writes, enc)
+		f.Add(encodeBatch([][]byte{enc}))
+	}
+	f.Add(encodeBatch(writes))
+	del, err := encodeBufferedWrite(events.BufferedWrite{TMDBID: 7, Version: 9, Deleted: true, AcceptedAt: at, Node: "n"}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(encodeBatch(append(writes, del)))
+	for _, s := range []string{
+		`{"writes":[]}`, `{"writes":null}`, `{}`, `[]`, `null`, ``, `{"writes":[{}]}`,
+		`{"WRITES":[{"TMDB_ID":1,"Version":2,"deleted":true,"accepted_at":"2026-05-01T12:00:00Z"}]}`,
+		`{"writes":[{"tmdb_id":1,"tmdb_id":2,"version":3,"deleted":true,"accepted_at":"2026-05-01T12:00:00Z"}]}`,
+		`{"writes":[{"tmdb_id":1.0,"version":3,"accepted_at":"2026-05-01T12:00:00Z","record":{"tmdb_id":1,"title":"\ud800"}}]}`,
+		`{"writes":[{"tmdb_id":1,"version":3e0,"accepted_at":"2026-05-01T12:00:00+24:00","record":{"tmdb_id":1,"title":"x","raw_data":{"a":}}}]}`,
+		`{"writes":[{"tmdb_id":1,"version":3,"accepted_at":"2026-05-01T12:00:00Z","record":{"tmdb_id":1,"title":"x","genres":["a",1],"vote_average":"1"}}]}`,
+		`{"writes":[{"tmdb_id":9223372036854775808,"version":-1,"accepted_at":"x","record":null}]} trailing`,
+		"{\"writes\":[{\"tmdb_id\":1,\"version\":3,\"node\":\"\xff\",\"accepted_at\":\"2026-05-01T12:00:00Z\",\"deleted\":true}]}",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, err := decodeBatchFast(data)
+		if err != nil {
+			return
+		}
+		var std events.BufferBatch
+		if err := json.Unmarshal(data, &std); err != nil {
+			t.Fatalf("goccy/go-json accepted what encoding/json refuses (%v):\n%q", err, data)
+		}
+		if !reflect.DeepEqual(fast, std) {
+			t.Fatalf("decodes differ for %q:\ngoccy/go-json: %+v\nencoding/json: %+v", data, fast, std)
+		}
+	})
+}
+
+// BenchmarkBufferDecode decodes buffer messages of 32 fixture-shaped writes
+// with decodeBatch and, beside it, with encoding/json alone (what replay
+// used before). Reported per write.
+func BenchmarkBufferDecode(b *testing.B) {
+	bodies := benchRecords(b, 320)
+	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var payloads [][]byte
+	for m := range 10 {
+		var writes [][]byte
+		for w := range 32 {
+			i := m*32 + w
+			enc, err := encodeBufferedWrite(events.BufferedWrite{TMDBID: int64(i + 1), Version: int64(1<<47 + i), AcceptedAt: at, Node: "bench"},
+				stamped(b, bodies[i], int64(1<<47+i)))
+			if err != nil {
+				b.Fatal(err)
+			}
+			writes = append(writes, enc)
+		}
+		payloads = append(payloads, encodeBatch(writes))
+	}
+	for _, c := range []struct {
+		name   string
+		decode func([]byte) (events.BufferBatch, error)
+	}{
+		{"decodeBatch", decodeBatch},
+		{"encoding-json", func(p []byte) (bb events.BufferBatch, err error) { return bb, json.Unmarshal(p, &bb) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				for _, p := range payloads {
+					if bb, err := c.decode(p); err != nil || len(bb.Writes) != 32 {
+						b.Fatalf("%d writes: %v", len(bb.Writes), err)
+					}
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(payloads)*32), "ns/write")
+		})
+	}
+}
