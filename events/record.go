@@ -100,7 +100,9 @@ func DecodeRecord(data []byte) (*Record, error) {
 	}
 	r.Version = 0
 	r.UpdatedAt = nil
-	if err := r.Validate(); err != nil {
+	// raw_data is syntactically valid: encoding/json checks the whole
+	// payload before it decodes it.
+	if err := r.validate(true); err != nil {
 		return nil, err
 	}
 	return &r, nil
@@ -206,7 +208,11 @@ func typeName(goType string) string {
 }
 
 // Validate checks every rule of the contract and names the first failing field.
-func (r *Record) Validate() error {
+func (r *Record) Validate() error { return r.validate(false) }
+
+// validate is Validate; rawValid says raw_data is known to be valid JSON
+// (decoded by encoding/json), so that its syntax is not checked again.
+func (r *Record) validate(rawValid bool) error {
 	if r.TMDBID <= 0 {
 		return invalid("tmdb_id", "must be an integer greater than 0")
 	}
@@ -249,7 +255,8 @@ func (r *Record) Validate() error {
 		v    []string
 	}{{"genres", r.Genres}, {"networks", r.Networks}} {
 		for i, s := range list.v {
-			if err := checkString(fmt.Sprintf("%s[%d]", list.name, i), s); err != nil {
+			if err := checkString(list.name, s); err != nil {
+				err.Field = fmt.Sprintf("%s[%d]", list.name, i)
 				return err
 			}
 		}
@@ -272,7 +279,7 @@ func (r *Record) Validate() error {
 	}
 	if len(r.RawData) > 0 && !bytes.Equal(bytes.TrimSpace(r.RawData), []byte("null")) {
 		raw := bytes.TrimSpace(r.RawData)
-		if len(raw) == 0 || raw[0] != '{' || !json.Valid(raw) {
+		if len(raw) == 0 || raw[0] != '{' || !rawValid && !json.Valid(raw) {
 			return invalid("raw_data", "must be a JSON object")
 		}
 		// Refuse here what PostgreSQL's jsonb would refuse later: a write
@@ -284,7 +291,7 @@ func (r *Record) Validate() error {
 	return nil
 }
 
-func checkString(field, s string) error {
+func checkString(field, s string) *ValidationError {
 	if !utf8.ValidString(s) {
 		return invalid(field, "must be valid UTF-8")
 	}

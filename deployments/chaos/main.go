@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -57,6 +58,17 @@ func main() {
 	fs.IntVar(&cfg.PGMaxConnections, "pg-max-connections", 0, "raise PostgreSQL's max_connections (0: pgembed's 200); a workaround for a service connection leak")
 	fs.BoolVar(&cfg.Strict, "strict", false, "advisory checkers fail the run too")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "LOG_LEVEL of the services")
+	fs.Func("env", "KEY=VALUE added to every service's environment (repeatable), e.g. --env DB_GROUP_COMMIT_MAX=256", func(kv string) error {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, got %q", kv)
+		}
+		if cfg.Env == nil {
+			cfg.Env = map[string]string{}
+		}
+		cfg.Env[k] = v
+		return nil
+	})
 	printOnly := fs.Bool("print-schedule", false, "print the schedules and exit without running them")
 	_ = fs.Parse(os.Args[1:])
 	if seed < 0 {
