@@ -177,4 +177,3 @@ func (b *buffer) publish(batch []bufReq) error {
 	}
 	return nil
 }
-

@@ -3,6 +3,7 @@ package node
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,6 +65,37 @@ type metrics struct {
 
 	// The buffer stream's size and limits, as the last status refresh read them.
 	bufBytes, bufMaxMsgs, bufMaxBytes atomic.Int64
+
+	// reqCounters and reqLatency hold the children of requests and latency
+	// by their labels (requestKey, latencyKey): a label lookup hashes and
+	// locks, and was a tenth of a cache hit's CPU. Their keys are bounded:
+	// fixed routes, methodLabel's methods, the codes the handlers answer.
+	reqCounters, reqLatency sync.Map
+}
+
+type requestKey struct {
+	route, method string
+	code          int
+}
+
+type latencyKey struct{ route, method string }
+
+func (m *metrics) requestCounter(route, method string, code int) prometheus.Counter {
+	k := requestKey{route, method, code}
+	if c, ok := m.reqCounters.Load(k); ok {
+		return c.(prometheus.Counter)
+	}
+	c, _ := m.reqCounters.LoadOrStore(k, m.requests.WithLabelValues(route, method, strconv.Itoa(code)))
+	return c.(prometheus.Counter)
+}
+
+func (m *metrics) requestLatency(route, method string) prometheus.Observer {
+	k := latencyKey{route, method}
+	if o, ok := m.reqLatency.Load(k); ok {
+		return o.(prometheus.Observer)
+	}
+	o, _ := m.reqLatency.LoadOrStore(k, m.latency.WithLabelValues(route, method))
+	return o.(prometheus.Observer)
 }
 
 func newMetrics(n *Node) *metrics {
@@ -282,8 +314,8 @@ func (m *metrics) instrument(h http.Handler) http.Handler {
 			return
 		}
 		method := methodLabel(r.Method)
-		m.requests.WithLabelValues(rec.route, method, strconv.Itoa(rec.code)).Inc()
-		m.latency.WithLabelValues(rec.route, method).Observe(time.Since(start).Seconds())
+		m.requestCounter(rec.route, method, rec.code).Inc()
+		m.requestLatency(rec.route, method).Observe(time.Since(start).Seconds())
 	})
 }
 

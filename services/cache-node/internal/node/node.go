@@ -120,6 +120,7 @@ type Node struct {
 	breaker *resilience.Breaker
 	retrier *resilience.Retrier
 	metrics *metrics
+	hdr     headerValues // the read responses' header values
 	// changes is the change log: the proof that the cache is current, the
 	// replica read during an outage.
 	changes *changeLog
@@ -179,6 +180,7 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	n := &Node{
+		hdr:   newHeaderValues(),
 		cfg:   cfg,
 		log:   log,
 		subj:  events.NewSubjects(cfg.SubjectPrefix),

@@ -57,6 +57,28 @@ func (n *Node) read(ctx context.Context, id int64) ([]byte, Source, error) {
 			revalidating = &e
 		}
 	}
+	return n.readMiss(ctx, id, revalidating)
+}
+
+// readCached answers a read from the cache alone when it can: hit is false
+// when the record must be read elsewhere (not cached, or to be revalidated).
+func (n *Node) readCached(id int64) (body []byte, src Source, err error, hit bool) {
+	if !n.cacheUsable() {
+		return nil, "", nil, false
+	}
+	e, ok := n.cache.Get(id)
+	if !ok || n.needsRevalidation(e) {
+		return nil, "", nil, false
+	}
+	if e.deleted {
+		return nil, SourceCache, ErrNotFound, true
+	}
+	return e.body, SourceCache, nil, true
+}
+
+// readMiss reads a record the cache could not answer; revalidating is the
+// cached entry to be checked, if any.
+func (n *Node) readMiss(ctx context.Context, id int64, revalidating *entry) ([]byte, Source, error) {
 	mode := n.currentMode()
 	if mode == events.ModeCacheOnly {
 		return n.readReplica(ctx, id, errors.New("database unavailable (cache-only mode)"))
