@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +37,9 @@ func TestFullBufferRefusesVisibly(t *testing.T) {
 		case 503:
 			if r.Header.Get("Retry-After") == "" {
 				t.Fatalf("503 without Retry-After: %s", r.Body)
+			}
+			if !strings.Contains(string(r.Body), "write buffer full") {
+				t.Fatalf("503 that does not say the buffer is full: %s", r.Body)
 			}
 			refused++
 		default:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -15,8 +16,40 @@ import (
 	"github.com/anivault/anivault/pkg/topology"
 )
 
-// ErrBufferFull is returned when the buffer stream refuses a write because a limit was reached.
+// ErrBufferFull is returned when the buffer stream refuses a write because a
+// limit was reached (BUFFER_MAX_MSGS, BUFFER_MAX_BYTES, or the server's
+// JetStream storage); the write is answered 503, never 202.
 var ErrBufferFull = errors.New("write buffer full")
+
+// The JetStream error codes (nats-server's errors.json) of a publish that
+// found no room.
+const (
+	// jsErrStreamStoreFailed is JSStreamStoreFailedF: the store refused
+	// the message. A DiscardNew stream at a limit answers so ("maximum
+	// messages exceeded", "maximum bytes exceeded"), but so does any other
+	// store failure: only those limits count as full.
+	jsErrStreamStoreFailed jetstream.ErrorCode = 10077
+	// jsErrStorageResourcesExceeded is JSStorageResourcesExceededErr: the
+	// server's JetStream storage is used up.
+	jsErrStorageResourcesExceeded jetstream.ErrorCode = 10047
+	// jsErrInsufficientResources is JSInsufficientResourcesErr.
+	jsErrInsufficientResources jetstream.ErrorCode = 10028
+)
+
+// isBufferFull tells whether a publish to the buffer was refused for want of room.
+func isBufferFull(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case jsErrStorageResourcesExceeded, jsErrInsufficientResources:
+		return true
+	case jsErrStreamStoreFailed:
+		return strings.Contains(apiErr.Description, "maximum messages") || strings.Contains(apiErr.Description, "maximum bytes")
+	}
+	return false
+}
 
 // HeaderWrites carries the number of writes in a buffer message.
 const HeaderWrites = "AniVault-Writes"
@@ -169,9 +202,8 @@ func (b *buffer) publish(batch []bufReq) error {
 	// The message id lets JetStream drop a duplicate if the client retries the publish.
 	_, err := b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(watermill.NewUUID()), jetstream.WithRetryAttempts(3), jetstream.WithRetryWait(100*time.Millisecond))
 	if err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == 10077 || apiErr.ErrorCode == 10047 || apiErr.ErrorCode == 10028) {
-			return fmt.Errorf("%w: %v", ErrBufferFull, err)
+		if isBufferFull(err) {
+			return fmt.Errorf("%w: %w", ErrBufferFull, err)
 		}
 		return fmt.Errorf("buffer publish: %w", err)
 	}

@@ -405,6 +405,10 @@ func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer i
 	bw := events.BufferedWrite{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, AcceptedAt: at, Node: n.cfg.NodeID}
 	if err := n.buffer.append(ctx, bw, body); err != nil {
 		n.metrics.writes.WithLabelValues("failed").Inc()
+		if errors.Is(err, ErrBufferFull) {
+			n.log.Warn("write refused: the write buffer is full", "tmdb_id", w.TMDBID, "error", err)
+			return WriteResult{}, 0, fmt.Errorf("%w: write buffer full (BUFFER_MAX_MSGS, BUFFER_MAX_BYTES or the server's JetStream storage): %v", ErrUnavailable, err)
+		}
 		n.log.Error("write could not be buffered", "tmdb_id", w.TMDBID, "error", err)
 		return WriteResult{}, 0, fmt.Errorf("%w: write could be neither committed nor durably buffered: %v", ErrUnavailable, err)
 	}

@@ -3,9 +3,13 @@ package node
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
 )
@@ -222,5 +226,25 @@ func BenchmarkBufferDecode(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(payloads)*32), "ns/write")
 		})
+	}
+}
+
+func TestIsBufferFull(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		full bool
+	}{
+		{&jetstream.APIError{ErrorCode: jsErrStreamStoreFailed, Description: "maximum messages exceeded"}, true},
+		{fmt.Errorf("publish: %w", &jetstream.APIError{ErrorCode: jsErrStreamStoreFailed, Description: "maximum bytes exceeded"}), true},
+		{&jetstream.APIError{ErrorCode: jsErrStorageResourcesExceeded, Description: "insufficient storage resources available"}, true},
+		{&jetstream.APIError{ErrorCode: jsErrInsufficientResources, Description: "insufficient resources"}, true},
+		{&jetstream.APIError{ErrorCode: jsErrStreamStoreFailed, Description: "write error: no space left on device"}, false},
+		{&jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence, Description: "wrong last sequence"}, false},
+		{errors.New("maximum messages exceeded"), false},
+		{nil, false},
+	} {
+		if got := isBufferFull(tt.err); got != tt.full {
+			t.Errorf("isBufferFull(%v) = %v, want %v", tt.err, got, tt.full)
+		}
 	}
 }
