@@ -196,7 +196,7 @@ func (n *Node) handleHTTPPut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	body, err := io.ReadAll(io.LimitReader(r.Body, events.MaxRecordBytes+1))
+	body, err := readBody(r, events.MaxRecordBytes+1)
 	if err != nil {
 		n.fail(w, &events.ValidationError{Field: "body", Message: "could not read the request body: " + err.Error()})
 		return
@@ -213,6 +213,31 @@ func (n *Node) handleHTTPPut(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := n.requestCtx(r)
 	defer cancel()
 	n.respondWrite(w, ctx, Write{TMDBID: id, Record: rec})
+}
+
+// readBody reads at most limit bytes of r's body, into a buffer sized by its
+// Content-Length when it has one (io.ReadAll starts from 512 bytes and grows,
+// copying, to fit a 1 KB record).
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	size := int64(512)
+	if r.ContentLength > 0 {
+		size = min(r.ContentLength+1, limit) // +1: the read that sees EOF needs room
+	}
+	lr := io.LimitReader(r.Body, limit)
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := lr.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 func (n *Node) handleHTTPDelete(w http.ResponseWriter, r *http.Request) {
