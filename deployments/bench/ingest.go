@@ -81,9 +81,29 @@ func (r *runner) ingestOnce(ctx context.Context, res *IngestResult, base int64, 
 	}()
 
 	// Preload: every key once per round, rounds in order, async publishes
-	// on one connection (stored in publish order).
+	// on one connection (stored in publish order), in windows of 1,000 so
+	// that the client never stalls on too many unacknowledged publishes.
 	t0 := time.Now()
-	futures := make([]jetstream.PubAckFuture, 0, res.Records)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	const window = 1000
+	futures := make([]jetstream.PubAckFuture, 0, window)
+	flush := func() error {
+		select {
+		case <-r.js.PublishAsyncComplete():
+		case <-wctx.Done():
+			return fmt.Errorf("preload: %w", wctx.Err())
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return fmt.Errorf("preload: %w", err)
+			}
+		}
+		futures = futures[:0]
+		return nil
+	}
 	for round := range res.Rounds {
 		for k := range res.Keys {
 			rec := r.record(k, base+int64(k))
@@ -97,22 +117,15 @@ func (r *runner) ingestOnce(ctx context.Context, res *IngestResult, base int64, 
 			if err != nil {
 				return run, fmt.Errorf("preload: %w", err)
 			}
-			futures = append(futures, f)
+			if futures = append(futures, f); len(futures) == window {
+				if err := flush(); err != nil {
+					return run, err
+				}
+			}
 		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	select {
-	case <-r.js.PublishAsyncComplete():
-	case <-wctx.Done():
-		return run, fmt.Errorf("preload: %w", wctx.Err())
-	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return run, fmt.Errorf("preload: %w", err)
-		}
+	if err := flush(); err != nil {
+		return run, err
 	}
 	res.PreloadRate = float64(res.Records) / time.Since(t0).Seconds()
 
