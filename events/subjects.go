@@ -58,6 +58,9 @@ const (
 	// decoded, copied before they are removed from the buffer, with the
 	// reason and the buffer sequence in headers.
 	SubjectPoisonBuffer = "poison.buffer"
+	// SubjectPoisonEvents is an extension: events the recovery-manager could
+	// not process, with the reason in headers.
+	SubjectPoisonEvents = "poison.events"
 	// SubjectChanges is an extension: the change log, one subject per record
 	// (changes.<tmdb_id>, see ChangeSubject) holding its last durable write.
 	SubjectChanges = "changes"
@@ -65,6 +68,15 @@ const (
 	// backfill from the table (events.BackfillProgress), kept in the log's
 	// stream so that it resumes where it stopped.
 	SubjectChangesBackfill = "changes._backfill"
+)
+
+// Wildcards of the subject families above, without prefix: what the
+// streams hold and what event followers subscribe to.
+const (
+	SubjectsDB     = "db.>"
+	SubjectsMode   = "mode.>"
+	SubjectsReplay = "replay.>"
+	SubjectsPoison = "poison.>"
 )
 
 // Stream, consumer and bucket names. A consumer's durable name is API: renaming
@@ -115,6 +127,8 @@ const (
 	// knows every record's version without its body.
 	HeaderVersion = "AniVault-Version"
 	HeaderDeleted = "AniVault-Deleted"
+	// HeaderWrites carries the number of writes in a buffer message.
+	HeaderWrites = "AniVault-Writes"
 )
 
 // ChangeSubject returns the change log subject of a record, without prefix.

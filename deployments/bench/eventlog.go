@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/anivault/anivault/events"
 )
 
 // event is one NATS event as received by the benchmark.
@@ -31,7 +33,7 @@ type eventLog struct {
 
 func followEvents(nc *nats.Conn) (*eventLog, error) {
 	l := &eventLog{wake: make(chan struct{})}
-	for _, subj := range []string{"db.unhealthy", "db.recovered", "mode.>", "replay.completed"} {
+	for _, subj := range []string{events.SubjectDBUnhealthy, events.SubjectDBRecovered, events.SubjectsMode, events.SubjectReplayCompleted} {
 		if _, err := nc.Subscribe(subj, func(m *nats.Msg) {
 			e := event{At: time.Now(), Subject: m.Subject}
 			_ = json.Unmarshal(m.Data, &e.Body)

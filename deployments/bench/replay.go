@@ -395,7 +395,7 @@ func (r *runner) fillBuffer(ctx context.Context, base int64, n, perMsg int, logg
 			return msgs, err
 		}
 		msg := &nats.Msg{Subject: events.SubjectBufferWrites, Data: data, Header: nats.Header{}}
-		msg.Header.Set("AniVault-Writes", strconv.Itoa(len(bb.Writes)))
+		msg.Header.Set(events.HeaderWrites, strconv.Itoa(len(bb.Writes)))
 		if err := publish(msg); err != nil {
 			return msgs, err
 		}

@@ -345,7 +345,7 @@ func (r *runner) publishBuffer(ctx context.Context, base int64, n, perMsg int) (
 			return msgs, err
 		}
 		msg := &nats.Msg{Subject: events.SubjectBufferWrites, Data: data, Header: nats.Header{}}
-		msg.Header.Set("AniVault-Writes", strconv.Itoa(len(bb.Writes)))
+		msg.Header.Set(events.HeaderWrites, strconv.Itoa(len(bb.Writes)))
 		f, err := r.js.PublishMsgAsync(msg)
 		if err != nil {
 			return msgs, err

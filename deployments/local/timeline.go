@@ -88,7 +88,7 @@ func (t *timeline) outage(down, up time.Time, label string) {
 
 // follow prints db.unhealthy, db.recovered, mode.* and replay.completed as they happen.
 func (t *timeline) follow(nc *nats.Conn) error {
-	for _, subj := range []string{"db.unhealthy", "db.recovered", "mode.>", "replay.completed"} {
+	for _, subj := range []string{events.SubjectDBUnhealthy, events.SubjectDBRecovered, events.SubjectsMode, events.SubjectReplayCompleted} {
 		_, err := nc.Subscribe(subj, func(m *nats.Msg) {
 			at := time.Now()
 			var v map[string]any

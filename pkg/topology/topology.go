@@ -91,7 +91,7 @@ func (t *Topology) EnsureEvents(ctx context.Context) (jetstream.KeyValue, error)
 	err := t.ensureStream(ctx, jetstream.StreamConfig{
 		Name:              s.Name(events.StreamEvents),
 		Description:       "AniVault events: database health, mode changes, replay reports",
-		Subjects:          []string{s.Of("db.>"), s.Of("mode.>"), s.Of("replay.>")},
+		Subjects:          []string{s.Of(events.SubjectsDB), s.Of(events.SubjectsMode), s.Of(events.SubjectsReplay)},
 		Storage:           jetstream.FileStorage,
 		Retention:         jetstream.LimitsPolicy,
 		Discard:           jetstream.DiscardOld,
@@ -334,7 +334,7 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 		{
 			Name:        s.Name(events.StreamPoison),
 			Description: "Messages that failed permanently (invalid payloads), for inspection",
-			Subjects:    []string{s.Of("poison.>")},
+			Subjects:    []string{s.Of(events.SubjectsPoison)},
 			Retention:   jetstream.LimitsPolicy,
 			Discard:     jetstream.DiscardOld,
 			MaxAge:      7 * 24 * time.Hour,

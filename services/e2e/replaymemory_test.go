@@ -136,7 +136,7 @@ func TestReplayOfFullBufferStaysInMemoryBudget(t *testing.T) {
 	for full := false; !full; {
 		data, k := maxMsgWrites(t, next, version, msgs%2 == 1)
 		msg := &nats.Msg{Subject: s.subject(events.SubjectBufferWrites), Data: data, Header: nats.Header{}}
-		msg.Header.Set("AniVault-Writes", strconv.Itoa(k))
+		msg.Header.Set(events.HeaderWrites, strconv.Itoa(k))
 		_, err := s.JS.PublishMsg(ctx, msg)
 		var apiErr *jetstream.APIError
 		switch {

@@ -29,7 +29,7 @@ func ReadHistory(ctx context.Context, js jetstream.JetStream, subj events.Subjec
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cons, err := js.OrderedConsumer(ctx, subj.Name(events.StreamEvents), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subj.Of("mode.>"), subj.Of(events.SubjectDBUnhealthy), subj.Of(events.SubjectDBRecovered), subj.Of(events.SubjectReplayCompleted)},
+		FilterSubjects: []string{subj.Of(events.SubjectsMode), subj.Of(events.SubjectDBUnhealthy), subj.Of(events.SubjectDBRecovered), subj.Of(events.SubjectReplayCompleted)},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {

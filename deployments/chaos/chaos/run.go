@@ -500,7 +500,7 @@ func tail(s string, n int) string {
 // NATS restart or a server's loss some are missed here; the checkers read them
 // back from the stream).
 func (r *runner) follow() error {
-	for _, s := range []string{"db.unhealthy", "db.recovered", "mode.>", "replay.completed"} {
+	for _, s := range []string{events.SubjectDBUnhealthy, events.SubjectDBRecovered, events.SubjectsMode, events.SubjectReplayCompleted} {
 		_, err := r.nc.Subscribe(r.subj.Of(s), func(m *nats.Msg) {
 			var v map[string]any
 			_ = json.Unmarshal(m.Data, &v)

@@ -51,9 +51,6 @@ func isBufferFull(err error) bool {
 	return false
 }
 
-// HeaderWrites carries the number of writes in a buffer message.
-const HeaderWrites = "AniVault-Writes"
-
 // buffer appends writes to the durable JetStream buffer with group commit:
 // writes arriving together are gathered for up to window (or max writes) into
 // one message, and every waiting writer is answered only after JetStream
@@ -196,7 +193,7 @@ func (b *buffer) publish(batch []bufReq) error {
 		writes[i] = r.enc
 	}
 	msg := &nats.Msg{Subject: b.subject, Data: encodeBatch(writes), Header: nats.Header{}}
-	msg.Header.Set(HeaderWrites, strconv.Itoa(len(batch)))
+	msg.Header.Set(events.HeaderWrites, strconv.Itoa(len(batch)))
 	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 	defer cancel()
 	// The message id lets JetStream drop a duplicate if the client retries the publish.

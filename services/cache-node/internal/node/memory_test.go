@@ -195,7 +195,7 @@ func TestReplayHeapStaysSmall(t *testing.T) {
 	for i := range msgs {
 		data := maxSizeBufferMessage(t, int64(1+i*per), 1<<40)
 		m := &nats.Msg{Subject: n.subj.Of(events.SubjectBufferWrites), Data: data, Header: nats.Header{}}
-		m.Header.Set(HeaderWrites, strconv.Itoa(per))
+		m.Header.Set(events.HeaderWrites, strconv.Itoa(per))
 		if _, err := js.PublishMsg(ctx, m); err != nil {
 			t.Fatal(err)
 		}

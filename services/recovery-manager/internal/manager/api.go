@@ -21,7 +21,7 @@ import (
 // manager's durable consumers, and db.health/node.status on core NATS.
 func (m *Manager) newRouter(ctx context.Context) (*message.Router, error) {
 	router, err := wmnats.NewRouter(wmnats.RouterConfig{
-		PoisonPublisher: m.jsPub, PoisonTopic: m.subj.Of("poison.events"),
+		PoisonPublisher: m.jsPub, PoisonTopic: m.subj.Of(events.SubjectPoisonEvents),
 		Retry: 3, RetryInitial: 200 * time.Millisecond, RetryMaxTimeout: 5 * time.Second,
 	}, m.wmLog)
 	if err != nil {
