@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/anivault/anivault/pkg/natsembed"
@@ -229,9 +228,6 @@ func FreeAddr() (string, error) {
 	defer l.Close()
 	return l.Addr().String(), nil
 }
-
-// AddrWithPort returns 127.0.0.1:port.
-func AddrWithPort(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
 
 // MergeEnv returns a copy of a with the entries of b added or replacing.
 func MergeEnv(a, b map[string]string) map[string]string {
