@@ -176,7 +176,7 @@ func renderReport(rep *Report) string {
 		}
 		p("`%s=%s`", k, rep.Settings[k])
 	}
-	p("; the cache-node defaults otherwise (`DB_MAX_CONNS=16`, `BUFFER_GROUP_COMMIT_WINDOW=1ms`, `BUFFER_GROUP_COMMIT_MAX=256`, `REPLAY_BATCH_SIZE=500`, `REPLAY_BATCH_INTERVAL=10ms`).\n\n")
+	p("; the cache-node defaults otherwise (`DB_MAX_CONNS=16`, `DB_GROUP_COMMIT_MAX=256`, `BUFFER_GROUP_COMMIT_WINDOW=1ms`, `BUFFER_GROUP_COMMIT_MAX=256`, `REPLAY_BATCH_SIZE=500`, `REPLAY_BATCH_INTERVAL=10ms`).\n\n")
 
 	p("## Summary\n\n| goal | measured | goal | verdict |\n| --- | ---: | ---: | --- |\n")
 	if r := rep.Reads; r != nil {

@@ -142,7 +142,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		GroupCommitWindow: r.Duration("BUFFER_GROUP_COMMIT_WINDOW", time.Millisecond),
 		GroupCommitMax:    int(r.Int("BUFFER_GROUP_COMMIT_MAX", 256, 1, 10_000)),
 		BufferTimeout:     r.Duration("BUFFER_TIMEOUT", 5*time.Second),
-		DBGroupCommitMax:  int(r.Int("DB_GROUP_COMMIT_MAX", 1, 1, 1000)),
+		DBGroupCommitMax:  int(r.Int("DB_GROUP_COMMIT_MAX", 256, 1, 1000)),
 
 		ReplayBatchSize:     int(r.Int("REPLAY_BATCH_SIZE", 500, 1, 100_000)),
 		ReplayBatchInterval: r.Duration("REPLAY_BATCH_INTERVAL", 10*time.Millisecond),

@@ -422,7 +422,7 @@ func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer i
 // answered 503 (it is durable, and the node keeps trying to log it: see
 // relogLoop); one the log already holds a newer version of reports it.
 func (n *Node) logWrite(ctx context.Context, le logEntry, status string) (WriteResult, int64, error) {
-	logged, err := n.changes.publish(ctx, le)
+	logged, err := n.logBatch.publish(ctx, le)
 	if err != nil {
 		n.queueUnlogged(le)
 		n.metrics.writes.WithLabelValues("failed").Inc()
