@@ -87,21 +87,27 @@ func wrkThreads(conns int) int {
 	return max(1, min(4, runtime.NumCPU()/4, conns))
 }
 
-// newWrkLoad writes the script and the id file to dir.
+// newWrkLoad writes the read script and the id file to dir.
 func newWrkLoad(dir string, ids []int64, conns int) (*wrkLoad, error) {
-	bin, err := exec.LookPath("wrk")
-	if err != nil {
-		return nil, errors.New("wrk not found in PATH: the read runs are driven by wrk (Debian package wrk: apt-get install wrk)")
-	}
-	w := &wrkLoad{bin: bin, script: filepath.Join(dir, "wrk-reads.lua"), ids: filepath.Join(dir, "wrk-ids.txt"), threads: wrkThreads(conns), conns: conns, dir: dir}
-	if err := os.WriteFile(w.script, []byte(wrkLua), 0o644); err != nil {
-		return nil, err
-	}
 	var b strings.Builder
 	for _, id := range ids {
 		b.WriteString(strconv.FormatInt(id, 10) + "\n")
 	}
-	return w, os.WriteFile(w.ids, []byte(b.String()), 0o644)
+	return writeWrkLoad(dir, "wrk-reads.lua", wrkLua, "wrk-ids.txt", b.String(), conns)
+}
+
+// writeWrkLoad writes a wrk script and its data file (the script's
+// argument) to dir.
+func writeWrkLoad(dir, scriptName, script, dataName, data string, conns int) (*wrkLoad, error) {
+	bin, err := exec.LookPath("wrk")
+	if err != nil {
+		return nil, errors.New("wrk not found in PATH: the read and write runs are driven by wrk (Debian package wrk: apt-get install wrk)")
+	}
+	w := &wrkLoad{bin: bin, script: filepath.Join(dir, scriptName), ids: filepath.Join(dir, dataName), threads: wrkThreads(conns), conns: conns, dir: dir}
+	if err := os.WriteFile(w.script, []byte(script), 0o644); err != nil {
+		return nil, err
+	}
+	return w, os.WriteFile(w.ids, []byte(data), 0o644)
 }
 
 // args are wrk's arguments for a run of d against base.

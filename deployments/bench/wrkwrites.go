@@ -2,12 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -52,14 +48,6 @@ end
 
 // newWrkPutLoad writes the PUT script and its data file (ids[i] with bodies[i]) to dir.
 func newWrkPutLoad(dir string, ids []int64, bodies [][]byte, conns int) (*wrkLoad, error) {
-	bin, err := exec.LookPath("wrk")
-	if err != nil {
-		return nil, errors.New("wrk not found in PATH: the write runs are driven by wrk (Debian package wrk: apt-get install wrk)")
-	}
-	w := &wrkLoad{bin: bin, script: filepath.Join(dir, "wrk-puts.lua"), ids: filepath.Join(dir, "wrk-puts.txt"), threads: wrkThreads(conns), conns: conns, dir: dir}
-	if err := os.WriteFile(w.script, []byte(wrkPutLua), 0o644); err != nil {
-		return nil, err
-	}
 	var b strings.Builder
 	for i, id := range ids {
 		if strings.ContainsAny(string(bodies[i]), "\t\n") {
@@ -69,7 +57,7 @@ func newWrkPutLoad(dir string, ids []int64, bodies [][]byte, conns int) (*wrkLoa
 		b.Write(bodies[i])
 		b.WriteByte('\n')
 	}
-	return w, os.WriteFile(w.ids, []byte(b.String()), 0o644)
+	return writeWrkLoad(dir, "wrk-puts.lua", wrkPutLua, "wrk-puts.txt", b.String(), conns)
 }
 
 // writeOutcomes reads a node's anivault_writes_total by outcome.

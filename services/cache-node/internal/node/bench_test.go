@@ -179,19 +179,16 @@ func BenchmarkWritePathCPU(b *testing.B) {
 	}
 }
 
-// BenchmarkReplayDecode decodes one fetch of buffer messages (100 messages of
-// 32 writes) into the writes replay applies, with the node's decodeBuffered.
-// Building the statement is pkg/metastore's BenchmarkApplyBatchStatement.
-// Reported per write.
-func BenchmarkReplayDecode(b *testing.B) {
-	equivOnly(b)
-	bodies := benchRecords(b, 3200)
+// bufferPayloads returns msgs buffer messages of per fixture-shaped writes each.
+func bufferPayloads(b *testing.B, msgs, per int) [][]byte {
+	b.Helper()
+	bodies := benchRecords(b, msgs*per)
 	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 	var payloads [][]byte
-	for m := range 100 {
+	for m := range msgs {
 		var writes [][]byte
-		for w := range 32 {
-			i := m*32 + w
+		for w := range per {
+			i := m*per + w
 			enc, err := encodeBufferedWrite(events.BufferedWrite{TMDBID: int64(i + 1), Version: int64(1<<47 + i), AcceptedAt: at, Node: "bench"},
 				stamped(b, bodies[i], int64(1<<47+i)))
 			if err != nil {
@@ -201,6 +198,16 @@ func BenchmarkReplayDecode(b *testing.B) {
 		}
 		payloads = append(payloads, encodeBatch(writes))
 	}
+	return payloads
+}
+
+// BenchmarkReplayDecode decodes one fetch of buffer messages (100 messages of
+// 32 writes) into the writes replay applies, with the node's decodeBuffered.
+// Building the statement is pkg/metastore's BenchmarkApplyBatchStatement.
+// Reported per write.
+func BenchmarkReplayDecode(b *testing.B) {
+	equivOnly(b)
+	payloads := bufferPayloads(b, 100, 32)
 	b.ReportAllocs()
 	for b.Loop() {
 		writes, errs := decodeBuffered(payloads)

@@ -192,22 +192,7 @@ func FuzzDecodeBatchMatchesEncodingJSON(f *testing.F) {
 // with decodeBatch and, beside it, with encoding/json alone (what replay
 // used before). Reported per write.
 func BenchmarkBufferDecode(b *testing.B) {
-	bodies := benchRecords(b, 320)
-	at := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
-	var payloads [][]byte
-	for m := range 10 {
-		var writes [][]byte
-		for w := range 32 {
-			i := m*32 + w
-			enc, err := encodeBufferedWrite(events.BufferedWrite{TMDBID: int64(i + 1), Version: int64(1<<47 + i), AcceptedAt: at, Node: "bench"},
-				stamped(b, bodies[i], int64(1<<47+i)))
-			if err != nil {
-				b.Fatal(err)
-			}
-			writes = append(writes, enc)
-		}
-		payloads = append(payloads, encodeBatch(writes))
-	}
+	payloads := bufferPayloads(b, 10, 32)
 	for _, c := range []struct {
 		name   string
 		decode func([]byte) (events.BufferBatch, error)
