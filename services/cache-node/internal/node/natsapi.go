@@ -24,11 +24,13 @@ import (
 // producerWritesInFlight is how many producers' writes a node applies at
 // once (they share group commits); the node pulls no more than that. With
 // group commit on (DB_GROUP_COMMIT_MAX above it) a node applies up to a
-// statement's worth at once, at most maxProducerWritesInFlight: three nodes
-// then stay below the writer consumer's MaxAckPending of 1,024.
+// statement's worth at once, at most maxProducerWritesInFlight: a write
+// pulled is being applied, not waiting in the node's memory while its ack
+// wait runs out (TestProducerBacklogDrainsThroughWriterLeaderLoss holds three
+// nodes to 200 unacknowledged writes through a leader loss).
 const (
 	producerWritesInFlight    = 16
-	maxProducerWritesInFlight = 256
+	maxProducerWritesInFlight = 48
 )
 
 func (c Config) producerInFlight() int {
