@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/anivault/anivault/pkg/procs"
 	"github.com/anivault/anivault/pkg/testutil/natstest"
 	"github.com/anivault/anivault/pkg/topology"
 )
@@ -86,7 +87,21 @@ func TestSweepOrphans(t *testing.T) {
 		}
 		return nil
 	}
-	// m4 is pending: the sweep leaves the stream alone while the consumer has work.
+	// m4 is pending: the sweep leaves the stream alone while the consumer has
+	// work. The consumer's count of pending messages may lag the publish's
+	// acknowledgement: wait until it shows m4 (CI once swept before it did).
+	if err := procs.Eventually(10*time.Second, 10*time.Millisecond, func() error {
+		info, err := js.Consumer(ctx, "WQ", "c")
+		if err != nil {
+			return err
+		}
+		if ci := info.CachedInfo(); ci.NumPending == 0 {
+			return errors.New("the consumer does not count m4 as pending yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := topology.SweepOrphans(ctx, js, "WQ", "c", 100, apply); err != nil || n != 0 || len(applied) != 0 {
 		t.Fatalf("sweep with work pending: removed %d, applied %v, err %v", n, applied, err)
 	}

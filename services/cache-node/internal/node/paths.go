@@ -355,6 +355,9 @@ func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer i
 	}
 	le := logEntry{id: w.TMDBID, version: w.Version, deleted: deleted, at: at, body: body}
 
+	// dbDown: the group's statement found the database unavailable; the
+	// write goes to the buffer without a second wait on it.
+	dbDown := false
 	if n.currentMode() != events.ModeCacheOnly && n.committer != nil {
 		// Group commit: answered here when the batch decided; otherwise
 		// the write goes on alone below, as it did before grouping.
@@ -369,10 +372,15 @@ func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer i
 				n.metrics.writes.WithLabelValues("failed").Inc()
 				return WriteResult{}, 0, fmt.Errorf("write tmdb:%d: %w", w.TMDBID, ctx.Err())
 			}
+			if resilience.IsUnavailable(gerr) {
+				dbDown = true
+				n.log.Warn("database write failed, buffering instead", "tmdb_id", w.TMDBID, "version", w.Version, "error", gerr)
+				break
+			}
 			n.log.Debug("write not grouped, writing it alone", "tmdb_id", w.TMDBID, "reason", errString(gerr))
 		}
 	}
-	if n.currentMode() != events.ModeCacheOnly {
+	if n.currentMode() != events.ModeCacheOnly && !dbDown {
 		var stored int64
 		err := n.dbCall(ctx, opWrite, func(ctx context.Context) error {
 			r, err := n.store.ApplyBatch(ctx, []metastore.Write{{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}})
