@@ -340,9 +340,6 @@ func (r *runner) bulkCeilings(ctx context.Context, res *ReplayResult, writes []m
 // node that died between the buffer's acknowledgement and the log).
 // Publishes are asynchronous with at most 64 awaiting their acknowledgement.
 func (r *runner) fillBuffer(ctx context.Context, base int64, n, perMsg int, logged bool) (int, error) {
-	if !logged {
-		return r.publishBuffer(ctx, base, n, perMsg)
-	}
 	now := time.Now().UTC()
 	msgs := 0
 	var window []jetstream.PubAckFuture
@@ -378,6 +375,9 @@ func (r *runner) fillBuffer(ctx context.Context, base int64, n, perMsg int, logg
 			v := r.clock.Now()
 			rec.Version, rec.UpdatedAt = v, &now
 			bb.Writes = append(bb.Writes, events.BufferedWrite{TMDBID: rec.TMDBID, Version: v, AcceptedAt: now, Node: "bench", Record: &rec})
+			if !logged {
+				continue
+			}
 			entry, err := events.Marshal(events.MetadataChanged{Envelope: events.Envelope{OccurredAt: now, Source: "bench"},
 				TMDBID: rec.TMDBID, Version: v, Buffered: true, Record: &rec})
 			if err != nil {

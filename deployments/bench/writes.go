@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/deployments/local/stack"
@@ -308,57 +307,6 @@ func (r *runner) timeReplayWithin(ctx context.Context, writes, msgs int, limit t
 		rr.WritesPerSecond = float64(writes) / rr.RecoveringToNormal.Seconds()
 	}
 	return rr, nil
-}
-
-// publishBuffer fills the write buffer directly with writes (distinct keys
-// from base), perMsg writes to a message, as the nodes' group commit would.
-// Publishes are asynchronous with at most 64 awaiting their acknowledgement.
-func (r *runner) publishBuffer(ctx context.Context, base int64, n, perMsg int) (int, error) {
-	now := time.Now().UTC()
-	msgs := 0
-	var window []jetstream.PubAckFuture
-	wait := func() error {
-		for _, f := range window {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return fmt.Errorf("buffer fill: %w", err)
-			case <-time.After(time.Minute):
-				return fmt.Errorf("buffer fill: no acknowledgement within a minute")
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		window = window[:0]
-		return nil
-	}
-	for i := 0; i < n; i += perMsg {
-		bb := events.BufferBatch{}
-		for j := i; j < min(i+perMsg, n); j++ {
-			rec := r.record(j, base+int64(j))
-			v := r.clock.Now()
-			rec.Version, rec.UpdatedAt = v, &now
-			bb.Writes = append(bb.Writes, events.BufferedWrite{TMDBID: rec.TMDBID, Version: v, AcceptedAt: now, Node: "bench", Record: &rec})
-		}
-		data, err := events.Marshal(bb)
-		if err != nil {
-			return msgs, err
-		}
-		msg := &nats.Msg{Subject: events.SubjectBufferWrites, Data: data, Header: nats.Header{}}
-		msg.Header.Set(events.HeaderWrites, strconv.Itoa(len(bb.Writes)))
-		f, err := r.js.PublishMsgAsync(msg)
-		if err != nil {
-			return msgs, err
-		}
-		window = append(window, f)
-		msgs++
-		if len(window) == 64 {
-			if err := wait(); err != nil {
-				return msgs, err
-			}
-		}
-	}
-	return msgs, wait()
 }
 
 // countRange counts rows with base <= tmdb_id < base+n in store, retrying

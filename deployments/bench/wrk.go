@@ -260,6 +260,29 @@ type wrkRun struct {
 	warm, dur time.Duration
 }
 
+// measure runs wrk for dur against base and fills s's CPU (pid's as the
+// server's), duration, errors and latencies from its summary.
+func (w *wrkLoad) measure(ctx context.Context, s *runStats, base string, pid int, dur time.Duration) (wrkSummary, error) {
+	watch := newCPUWatch(pid)
+	watch.begin()
+	t0 := time.Now()
+	sum, wrkCPU, _, err := w.exec(ctx, base, dur)
+	watch.end(time.Since(t0).Seconds())
+	if err != nil {
+		return sum, err
+	}
+	u := watch.Result
+	u.Bench += wrkCPU
+	u.Other = max(0, u.Machine-u.Bench-u.Server-u.Postgres)
+	s.CPU = &u
+	s.Duration = time.Duration(sum.DurationUS) * time.Microsecond
+	s.Errors = sum.Status + sum.Connect + sum.Read + sum.Write + sum.Timeout
+	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+	s.P50, s.P90, s.P99, s.Max = us(sum.P50US), us(sum.P90US), us(sum.P99US), us(sum.MaxUS)
+	s.Load = "wrk"
+	return sum, nil
+}
+
 // run measures one wrk run. The load generator's CPU (wrk's user + system
 // time) is counted in the bench column with this process's (the embedded
 // NATS server), so that "other processes" stays other jobs on the machine.
@@ -276,24 +299,11 @@ func (w *wrkLoad) run(ctx context.Context, r *runner, run wrkRun) (runStats, err
 		// cancelled) first, so that they are not counted in the run.
 		before = r.quietCounts(run.node)
 	}
-	watch := newCPUWatch(run.pid)
-	watch.begin()
-	t0 := time.Now()
-	sum, wrkCPU, _, err := w.exec(ctx, run.base, run.dur)
-	watch.end(time.Since(t0).Seconds())
+	sum, err := w.measure(ctx, &s, run.base, run.pid, run.dur)
 	if err != nil {
 		return s, err
 	}
-	u := watch.Result
-	u.Bench += wrkCPU
-	u.Other = max(0, u.Machine-u.Bench-u.Server-u.Postgres)
-	s.CPU = &u
-	s.Duration = time.Duration(sum.DurationUS) * time.Microsecond
-	s.Errors = sum.Status + sum.Connect + sum.Read + sum.Write + sum.Timeout
 	s.Ops = max(0, sum.Requests-sum.Status)
-	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
-	s.P50, s.P90, s.P99, s.Max = us(sum.P50US), us(sum.P90US), us(sum.P99US), us(sum.MaxUS)
-	s.Load = "wrk"
 	if run.node == nil {
 		s.Note = fmt.Sprintf("wrk: %s responses, %s not 2xx/3xx", commas(sum.Requests), commas(sum.Status))
 		return s, nil

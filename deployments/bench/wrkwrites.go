@@ -103,11 +103,7 @@ func (w *wrkLoad) runPuts(ctx context.Context, r *runner, name string, node *sta
 	if err != nil {
 		return s, err
 	}
-	watch := newCPUWatch(node.Pid())
-	watch.begin()
-	t0 := time.Now()
-	sum, wrkCPU, _, err := w.exec(ctx, node.URL(), dur)
-	watch.end(time.Since(t0).Seconds())
+	sum, err := w.measure(ctx, &s, node.URL(), node.Pid(), dur)
 	if err != nil {
 		return s, err
 	}
@@ -115,14 +111,6 @@ func (w *wrkLoad) runPuts(ctx context.Context, r *runner, name string, node *sta
 	if err != nil {
 		return s, err
 	}
-	u := watch.Result
-	u.Bench += wrkCPU
-	u.Other = max(0, u.Machine-u.Bench-u.Server-u.Postgres)
-	s.CPU = &u
-	s.Duration = time.Duration(sum.DurationUS) * time.Microsecond
-	s.Errors = sum.Status + sum.Connect + sum.Read + sum.Write + sum.Timeout
-	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
-	s.P50, s.P90, s.P99, s.Max = us(sum.P50US), us(sum.P90US), us(sum.P99US), us(sum.MaxUS)
 	var parts []string
 	others := int64(0)
 	for _, k := range []string{"committed", "buffered", "failed", "superseded", "reversioned", "refused_busy"} {

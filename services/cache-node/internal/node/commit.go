@@ -124,46 +124,16 @@ func (c *committer) submit(ctx context.Context, w metastore.Write, le logEntry) 
 	}
 }
 
-// dbStage gathers what is waiting into one statement. A record may appear
-// once per statement (ON CONFLICT cannot touch a row twice, and the log
-// batch holds one entry per subject): a second write of it waits for the
-// next statement, ahead of newer arrivals.
+// dbStage gathers what is waiting into one statement (gatherBatch) and
+// commits it, until ctx is done.
 func (c *committer) dbStage(ctx context.Context) {
 	var carry []*commitReq
 	for {
-		batch := make([]*commitReq, 0, c.max)
-		seen := make(map[int64]bool, c.max)
-		add := func(r *commitReq) {
-			if seen[r.w.TMDBID] {
-				carry = append(carry, r)
-				return
-			}
-			seen[r.w.TMDBID] = true
-			batch = append(batch, r)
+		batch, next, ok := gatherBatch(ctx, c.in, carry, c.max, func(r *commitReq) int64 { return r.w.TMDBID }, nil)
+		if !ok {
+			return
 		}
-		prev := carry
-		carry = nil
-		for _, r := range prev {
-			add(r)
-		}
-		if len(batch) == 0 {
-			select {
-			case r := <-c.in:
-				add(r)
-			case <-ctx.Done():
-				c.abandon(prev, ctx.Err())
-				return
-			}
-		}
-	gather:
-		for len(batch) < c.max && len(carry) < c.max {
-			select {
-			case r := <-c.in:
-				add(r)
-			default:
-				break gather
-			}
-		}
+		carry = next
 		c.commit(ctx, batch)
 	}
 }

@@ -72,48 +72,22 @@ func (b *logBatcher) publish(ctx context.Context, e logEntry) (int64, error) {
 // waiting then go back to their callers.
 func (b *logBatcher) run(ctx context.Context) {
 	defer close(b.stopped)
+	// What the batch would refuse goes back at once rather than sink it.
+	admit := func(r *logReq) bool {
+		if v, _, known := b.l.lastEntry(r.e.id); !known || v >= r.e.version {
+			r.done <- errNotBatched
+			return false
+		}
+		return true
+	}
 	var carry []*logReq
 	for {
-		batch := make([]*logReq, 0, maxLogBatch)
-		seen := make(map[int64]bool, maxLogBatch)
-		add := func(r *logReq) {
-			// One entry per record in a batch (one expected sequence per subject).
-			if seen[r.e.id] {
-				carry = append(carry, r)
-				return
-			}
-			// What the batch would refuse goes back at once rather than sink it.
-			if v, _, known := b.l.lastEntry(r.e.id); !known || v >= r.e.version {
-				r.done <- errNotBatched
-				return
-			}
-			seen[r.e.id] = true
-			batch = append(batch, r)
+		batch, next, ok := gatherBatch(ctx, b.in, carry, maxLogBatch, func(r *logReq) int64 { return r.e.id }, admit)
+		if !ok {
+			b.drain()
+			return
 		}
-		prev := carry
-		carry = nil
-		for _, r := range prev {
-			add(r)
-		}
-		for len(batch) == 0 {
-			select {
-			case r := <-b.in:
-				add(r)
-			case <-ctx.Done():
-				b.giveBack(prev)
-				b.drain()
-				return
-			}
-		}
-	gather:
-		for len(batch) < maxLogBatch && len(carry) < maxLogBatch {
-			select {
-			case r := <-b.in:
-				add(r)
-			default:
-				break gather
-			}
-		}
+		carry = next
 		b.publishBatch(ctx, batch)
 	}
 }
@@ -138,12 +112,6 @@ func (b *logBatcher) publishBatch(ctx context.Context, batch []*logReq) {
 			continue
 		}
 		r.done <- nil
-	}
-}
-
-func (b *logBatcher) giveBack(rs []*logReq) {
-	for _, r := range rs {
-		r.done <- errNotBatched
 	}
 }
 
