@@ -135,6 +135,21 @@ func (p *Proxy) BlackHole() error {
 	return nil
 }
 
+// DropReplies lets data from the client reach the upstream server but
+// silently drops everything the server sends back (a timeout toxic with
+// timeout 0, downstream only): a request is carried out and its reply is
+// lost, the ambiguous outcome a client sees when a server fails between
+// applying a write and answering it. Heal removes the fault and closes the
+// connections it held.
+func (p *Proxy) DropReplies() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.setToxic(blackHoleDown, "timeout", "downstream", 1, `{"timeout":0}`); err != nil {
+		return fmt.Errorf("faultproxy drop replies: %w", err)
+	}
+	return nil
+}
+
 // Latency delays all data from upstream to the client by d, so every
 // request/response round trip takes at least d. d <= 0 removes the latency.
 func (p *Proxy) Latency(d time.Duration) error {

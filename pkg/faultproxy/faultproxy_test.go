@@ -251,3 +251,65 @@ func TestStartBadUpstream(t *testing.T) {
 		t.Fatal("Start accepted an invalid upstream")
 	}
 }
+
+func TestDropReplies(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer l.Close()
+	got := make(chan string, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					got <- line
+					if _, err := c.Write([]byte(line)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	p, err := faultproxy.Start(l.Addr().String())
+	if err != nil {
+		t.Fatalf("start proxy: %v", err)
+	}
+	defer p.Close()
+	if err := p.DropReplies(); err != nil {
+		t.Fatalf("drop replies: %v", err)
+	}
+	c, err := net.DialTimeout("tcp", p.Addr(), 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	_, err = roundTripOn(c, 300*time.Millisecond)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read with replies dropped: %v, want deadline exceeded", err)
+	}
+	select {
+	case line := <-got:
+		if line != "ping\n" {
+			t.Fatalf("server received %q, want the request", line)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the request did not reach the server while replies were dropped")
+	}
+	if err := p.Heal(); err != nil {
+		t.Fatalf("heal: %v", err)
+	}
+	if _, err := roundTrip(p.Addr(), 2*time.Second); err != nil {
+		t.Fatalf("after heal: %v", err)
+	}
+}

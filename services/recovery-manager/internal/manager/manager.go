@@ -5,6 +5,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -134,6 +135,9 @@ type Manager struct {
 	minorityLogged       bool
 	nodes                map[string]nodeSeen
 	lastStatus           events.ModeChanged
+	// unconfirmed is the last mode write that got no answer, until a read
+	// shows whether it was applied.
+	unconfirmed *unconfirmedWrite
 }
 
 type nodeSeen struct {
@@ -322,6 +326,7 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 	if err != nil {
 		return events.ModeChanged{}, 0, fmt.Errorf("read mode: %w", err)
 	}
+	m.settle(ctx, e)
 	var mc events.ModeChanged
 	if err := json.Unmarshal(e.Value(), &mc); err != nil || !mc.Mode.Valid() {
 		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %v", e.Revision(), err)
@@ -454,17 +459,94 @@ func (m *Manager) transition(ctx context.Context, f func(cur events.ModeChanged)
 				m.log.Info("mode moved by another manager, re-reading", "epoch", cur.Epoch)
 				continue
 			}
+			// No answer is not a refusal: a server that stored the write
+			// and failed before replying (a leader election) leaves it
+			// applied. Remember it and read it back, now and at every
+			// later read, so that an applied mode is always announced.
+			m.unconfirmed = &unconfirmedWrite{prev: cur, next: next, value: b, rev: rev}
+			m.log.Warn("writing the mode got no answer: reading it back", "mode", next.Mode, "epoch", next.Epoch, "error", err)
+			if m.readBack(ctx) {
+				return next, nil
+			}
 			return cur, fmt.Errorf("write mode: %w", err)
 		}
-		m.lastStatus = next
-		m.modes.Set(string(next.Mode), next.Epoch)
-		if next.Epoch != cur.Epoch {
-			m.transitions.WithLabelValues(string(next.Mode)).Inc()
-			m.announce(cur, next) // a counters-only update is not a mode change
-		}
+		m.written(cur, next)
 		return next, nil
 	}
 	return events.ModeChanged{}, errors.New("write mode: too many concurrent updates")
+}
+
+// written records next, which replaced cur in KV, and announces it when
+// its epoch is new (a counters-only update is not a mode change).
+func (m *Manager) written(cur, next events.ModeChanged) {
+	m.lastStatus = next
+	m.modes.Set(string(next.Mode), next.Epoch)
+	if next.Epoch != cur.Epoch {
+		m.transitions.WithLabelValues(string(next.Mode)).Inc()
+		m.announce(cur, next)
+	}
+}
+
+// unconfirmedWrite is a mode write whose reply never came: it may or may
+// not be in KV.
+type unconfirmedWrite struct {
+	prev, next events.ModeChanged
+	value      []byte // the exact value written: its envelope makes it unique
+	rev        uint64 // the revision it was to replace
+}
+
+// readBack reads the mode right after a write without an answer and
+// reports whether that write is now known to be applied.
+func (m *Manager) readBack(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	e, err := m.kv.Get(ctx, events.KeyMode)
+	if err != nil {
+		return false
+	}
+	return m.settle(ctx, e)
+}
+
+// settle decides an unconfirmed write against the key's entry e: applied
+// when e, or an older entry of the key's history, holds the value written;
+// lost when the key moved past the revision the write expected without it
+// (its compare-and-swap can no longer succeed); still unknown otherwise. An
+// applied write is recorded and announced (late, but never missing from the
+// events stream), and reported true.
+func (m *Manager) settle(ctx context.Context, e jetstream.KeyValueEntry) bool {
+	u := m.unconfirmed
+	if u == nil {
+		return false
+	}
+	applied := bytes.Equal(e.Value(), u.value)
+	if !applied && e.Revision() == u.rev {
+		return false // not applied yet; it may still be
+	}
+	if !applied {
+		hist, err := m.kv.History(ctx, events.KeyMode)
+		if err != nil {
+			return false
+		}
+		for _, h := range hist {
+			if bytes.Equal(h.Value(), u.value) {
+				applied = true
+			}
+		}
+	}
+	m.unconfirmed = nil
+	if !applied {
+		m.log.Info("the mode write that got no answer was not applied", "epoch", u.next.Epoch)
+		return false
+	}
+	m.log.Warn("the mode write that got no answer was applied: announcing it", "mode", u.next.Mode, "epoch", u.next.Epoch)
+	if bytes.Equal(e.Value(), u.value) {
+		m.written(u.prev, u.next)
+	} else {
+		// Superseded since: announce it without making it the last status.
+		m.transitions.WithLabelValues(string(u.next.Mode)).Inc()
+		m.announce(u.prev, u.next)
+	}
+	return true
 }
 
 func isCASConflict(err error) bool {
@@ -519,9 +601,10 @@ func (m *Manager) publishMode(next events.ModeChanged) {
 	}()
 }
 
-// reannounce publishes the mode in KV again when the events stream has no
-// mode event for its epoch: the manager that moved the mode may have died
-// before JetStream took its announcement.
+// reannounce publishes again every mode in the key's KV history newer than
+// the newest mode event in the events stream: the manager that wrote them
+// may have died before JetStream took their announcements, or lost a
+// write's reply. cur is the mode in force.
 func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -529,12 +612,25 @@ func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
 	if ann, ok := m.lastAnnounced(ctx); ok {
 		last = ann.Epoch
 	}
-	if last < cur.Epoch {
-		m.log.Warn("the mode in KV was never announced (its manager stopped first): announcing it now", "mode", cur.Mode, "epoch", cur.Epoch, "last_announced_epoch", last)
-		m.publishMode(cur)
+	missing := []events.ModeChanged{cur}
+	if hist, err := m.kv.History(ctx, events.KeyMode); err == nil {
+		missing = missing[:0]
+		for _, h := range hist {
+			var mc events.ModeChanged
+			if json.Unmarshal(h.Value(), &mc) == nil && mc.Mode.Valid() && mc.Epoch > last &&
+				(len(missing) == 0 || mc.Epoch > missing[len(missing)-1].Epoch) {
+				missing = append(missing, mc)
+			}
+		}
+	}
+	if len(missing) == 0 || missing[len(missing)-1].Epoch <= last {
+		m.log.Info("the mode in KV is announced", "epoch", cur.Epoch)
 		return
 	}
-	m.log.Info("the mode in KV is announced", "epoch", cur.Epoch)
+	for _, mc := range missing {
+		m.log.Warn("the mode in KV was never announced (its manager stopped first): announcing it now", "mode", mc.Mode, "epoch", mc.Epoch, "last_announced_epoch", last)
+		m.publishMode(mc)
+	}
 }
 
 // evaluate acts on the monitors' majority (a db.unhealthy or db.recovered
