@@ -105,7 +105,7 @@ func (r *runner) replayBig(ctx context.Context, n, per int) (*bigReplay, error) 
 	if err != nil {
 		return b, err
 	}
-	rr, err := r.timeReplayWithin(ctx, n, msgs, b.Limit)
+	rr, err := r.timeReplayWithin(ctx, n, msgs, b.Limit, false)
 	if err != nil {
 		return b, err
 	}
@@ -143,7 +143,7 @@ func (r *runner) phaseReplay(ctx context.Context) error {
 	r.rep.Replay = res
 	r.waitBackfill(ctx, 3*time.Minute)
 
-	run, err := r.replayOnce(ctx, replayBase, n, per, 500, 3*time.Minute, true)
+	run, err := r.replayOnce(ctx, replayBase, n, per, 500, 3*time.Minute, true, true)
 	if err != nil {
 		return err
 	}
@@ -202,7 +202,7 @@ func (r *runner) phaseReplay(ctx context.Context) error {
 	// Writes the change log lacks: each is logged again during the replay.
 	if un := n / 5; un > 0 {
 		r.say("replay: %d writes the change log lacks", un)
-		rr, err := r.replayOnce(ctx, unloggedBase, un, per, 500, 3*time.Minute, false)
+		rr, err := r.replayOnce(ctx, unloggedBase, un, per, 500, 3*time.Minute, false, false)
 		res.Unlogged = rr
 		if err != nil {
 			return fmt.Errorf("unlogged replay: %w", err)
@@ -235,7 +235,7 @@ func (r *runner) phaseReplay(ctx context.Context) error {
 		if err := r.restartNodeA(ctx, map[string]string{"REPLAY_BATCH_SIZE": fmt.Sprint(bs)}); err != nil {
 			return err
 		}
-		tr, err := r.replayOnce(ctx, base, n, per, bs, 90*time.Second, true)
+		tr, err := r.replayOnce(ctx, base, n, per, bs, 90*time.Second, true, false)
 		base += int64(n)
 		if err != nil {
 			return fmt.Errorf("trial REPLAY_BATCH_SIZE=%d: %w", bs, err)
@@ -406,7 +406,7 @@ func (r *runner) fillBuffer(ctx context.Context, base int64, n, perMsg int, logg
 
 // replayOnce enters cache-only mode, fills the buffer with n writes (and the
 // change log, with logged) and times their replay after cache_only.exit.
-func (r *runner) replayOnce(ctx context.Context, base int64, n, per, batchSize int, limit time.Duration, logged bool) (*replayRun, error) {
+func (r *runner) replayOnce(ctx context.Context, base int64, n, per, batchSize int, limit time.Duration, logged, profile bool) (*replayRun, error) {
 	if err := r.waitNormalEmpty(ctx, time.Minute); err != nil {
 		return nil, err
 	}
@@ -426,7 +426,7 @@ func (r *runner) replayOnce(ctx context.Context, base int64, n, per, batchSize i
 	got, _ := r.bufferMsgs(ctx)
 	r.say("  %d messages published in %v; buffer holds %d", msgs, time.Since(t0).Round(time.Millisecond), got)
 	_ = from
-	rr, err := r.timeReplayWithin(ctx, n, msgs, limit)
+	rr, err := r.timeReplayWithin(ctx, n, msgs, limit, profile)
 	if err != nil {
 		return nil, err
 	}

@@ -386,6 +386,9 @@ func renderReport(rep *Report) string {
 		if r.Big != nil && r.Big.Run != nil {
 			runs = append(runs, r.Big.Run)
 		}
+		if r.Default.Profile != "" {
+			p("The machine during the first 3 s of the default replay (perf; the cache-node's own symbols below):\n\n```\n%s\n```\n\n", r.Default.Profile)
+		}
 		p("Replay errors logged by the node (`replay stopped by an error, will retry`): ")
 		for i, rr := range runs {
 			if i > 0 {

@@ -243,16 +243,20 @@ type replayRun struct {
 	Epoch             int64
 	ReplayErrorSample string
 	BreakerOpened     int
+	// Profile is perf's view of the replay's first seconds (when asked).
+	Profile string `json:"-"`
 }
 
 // timeReplay asks the manager to leave cache-only mode and times the replay:
 // from the mode.recovering event to the mode.normal event.
 func (r *runner) timeReplay(ctx context.Context, from, writes, msgs int) (*replayRun, error) {
-	return r.timeReplayWithin(ctx, writes, msgs, 5*time.Minute)
+	return r.timeReplayWithin(ctx, writes, msgs, 5*time.Minute, false)
 }
 
-// timeReplayWithin is timeReplay giving up after limit (TimedOut set, no error).
-func (r *runner) timeReplayWithin(ctx context.Context, writes, msgs int, limit time.Duration) (*replayRun, error) {
+// timeReplayWithin is timeReplay giving up after limit (TimedOut set, no
+// error). With profile, perf samples the machine for the replay's first
+// seconds (Profile).
+func (r *runner) timeReplayWithin(ctx context.Context, writes, msgs int, limit time.Duration, profile bool) (*replayRun, error) {
 	rr := &replayRun{Writes: writes, Msgs: msgs}
 	logMark := r.logMarks()
 	defer func() {
@@ -285,6 +289,19 @@ func (r *runner) timeReplayWithin(ctx context.Context, writes, msgs int, limit t
 	}
 	epoch := rec.num("epoch")
 	rr.Epoch = int64(epoch)
+	if profile {
+		profiled := make(chan struct{})
+		defer func() { <-profiled }()
+		go func() {
+			defer close(profiled)
+			rr.Profile = r.perfProfile(ctx, r.nodeA.Pid(), 3*time.Second, func(d time.Duration) {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+				}
+			})
+		}()
+	}
 	norm, err := r.ev.wait(ctx, mark, limit, func(e event) bool {
 		return e.Subject == events.SubjectModeNormal && e.num("epoch") > epoch
 	})

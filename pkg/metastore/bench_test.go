@@ -27,7 +27,7 @@ func BenchmarkApplyBatchPaths(b *testing.B) {
 		apply func(*metastore.Store, context.Context, []metastore.Write) (metastore.Result, error)
 	}{{"insert", (*metastore.Store).ApplyBatchInsert}, {"copy", (*metastore.Store).ApplyBatchCopy}}
 	next := int64(1)
-	for _, size := range []int{1, 8, 16, 32, 64, 128, 1000} {
+	for _, size := range []int{1, 8, 16, 32, 64, 128, 1000, 5000} {
 		for _, p := range paths {
 			b.Run(fmt.Sprintf("%s/%d", p.name, size), func(b *testing.B) {
 				ws := make([]metastore.Write, size)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -92,4 +93,42 @@ func TestLogBatcher(t *testing.T) {
 		t.Fatalf("publish after stop: v%d %v", v, err)
 	}
 	holds(400, 1)
+}
+
+// Entries logged together (a replay of writes the log lacks, a backfill)
+// go in atomic batches of up to maxLogBatch; what a batch cannot take (a
+// record's second entry, a record the log holds at a newer version) is
+// logged alone, and every entry ends up in the log or overtaken.
+func TestLogEntriesInBatches(t *testing.T) {
+	t.Parallel()
+	a, _ := testChangeLog(t, "a")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := &Node{changes: a, logBatch: newLogBatcher(a), log: slog.New(slog.DiscardHandler)}
+	entry := func(id, v int64) logEntry { return logEntry{id: id, version: v, at: time.Now(), body: body(id, v)} }
+	if _, err := a.publish(ctx, entry(5, 50)); err != nil {
+		t.Fatal(err)
+	}
+	var es []logEntry
+	for id := int64(1); id <= 1200; id++ {
+		es = append(es, entry(id, 10))
+	}
+	es = append(es, entry(7, 11)) // a second entry of tmdb:7, newer
+	done, added := n.logEntries(ctx, es)
+	if len(done) != len(es) {
+		t.Fatalf("%d of %d entries done", len(done), len(es))
+	}
+	if added != 1200 {
+		t.Fatalf("%d entries added, want 1,200 (tmdb:5 is overtaken by v50)", added)
+	}
+	for id, want := range map[int64]int64{1: 10, 5: 50, 7: 11, 600: 10, 1200: 10} {
+		e, found, err := a.get(ctx, id)
+		if err != nil || !found || e.version != want {
+			t.Fatalf("the log holds tmdb:%d at v%d (found %v, %v), want v%d", id, e.version, found, err, want)
+		}
+	}
+	// tmdb:7's second entry waits for a later batch than its first.
+	if b, m := n.logBatch.batches.Load(), n.logBatch.batched.Load(); b != 3 || m != 1200 {
+		t.Fatalf("%d entries in %d batches, want 1,200 in 3 (up to %d an atomic batch; tmdb:5 alone)", m, b, maxLogBatch)
+	}
 }

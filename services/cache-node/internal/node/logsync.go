@@ -82,10 +82,62 @@ func (n *Node) relogLoop(ctx context.Context) {
 	}
 }
 
-// logEntries publishes entries to the change log, logParallel at a time,
-// and returns those now in it (or overtaken by a newer version) and how many
-// of them this call added.
+// logEntries publishes entries to the change log and returns those now in
+// it (or overtaken by a newer version) and how many of them this call added.
+// It puts them in atomic batches of up to maxLogBatch first (a replay of
+// writes the log lacks, or a backfill, logs thousands at once: one by one,
+// each waiting for its own fsync, they went at some hundreds a second), and
+// publishes whatever a batch did not take one by one, logParallel at a time,
+// each with its own read and compare-and-set.
 func (n *Node) logEntries(ctx context.Context, entries []logEntry) (done []logEntry, added int) {
+	if !n.logBatch.off.Load() {
+		done, entries = n.logInBatches(ctx, entries)
+		added = len(done)
+	}
+	more, moreAdded := n.logOneByOne(ctx, entries)
+	return append(done, more...), added + moreAdded
+}
+
+// logInBatches logs what it can of entries in atomic batches and returns
+// what the batches took and the rest: an entry whose record the index holds
+// at an equal or newer version or at an unknown sequence, a record's second
+// entry, a batch refused because another writer logged one of its records.
+func (n *Node) logInBatches(ctx context.Context, entries []logEntry) (done, rest []logEntry) {
+	for len(entries) > 0 {
+		batch := make([]logEntry, 0, min(len(entries), maxLogBatch))
+		inBatch := make(map[int64]bool, cap(batch))
+		i := 0
+		for ; i < len(entries) && len(batch) < maxLogBatch; i++ {
+			le := entries[i]
+			if v, _, known := n.changes.lastEntry(le.id); !known || v >= le.version || inBatch[le.id] {
+				rest = append(rest, le)
+				continue
+			}
+			inBatch[le.id] = true
+			batch = append(batch, le)
+		}
+		entries = entries[i:]
+		if len(batch) == 0 {
+			continue
+		}
+		err := n.changes.publishBatch(ctx, batch)
+		if isAtomicUnsupported(err) {
+			n.logBatch.off.Store(true)
+		}
+		if err != nil {
+			n.log.Debug("change log batch refused: its entries go one by one", "entries", len(batch), "error", err)
+			rest = append(rest, batch...)
+			continue
+		}
+		n.logBatch.batches.Add(1)
+		n.logBatch.batched.Add(int64(len(batch)))
+		done = append(done, batch...)
+	}
+	return done, rest
+}
+
+// logOneByOne publishes entries one by one, logParallel at a time.
+func (n *Node) logOneByOne(ctx context.Context, entries []logEntry) (done []logEntry, added int) {
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(logParallel)
