@@ -125,14 +125,33 @@ func (n *Node) replayLoop(ctx context.Context, epoch int64) {
 		"failed", total.failed, "duration_ms", ev.DurationMS)
 }
 
-// replayWorkers is how many fetch-and-apply loops one drain runs at once:
-// while one waits for PostgreSQL (its COPY, or its merge) the other fetches
-// and decodes its next batch or has PostgreSQL work on its own, so the
-// replay uses both the node's and the database's cores. Two connections at
-// most: a database that just came back is not flattened.
+// replayWorkers is how many appliers one drain runs at once, beside its
+// fetcher: while one waits for PostgreSQL (its COPY, or its merge) the other
+// has PostgreSQL work on its own, and the fetcher fetches the next batch, so
+// the replay uses both the node's and the database's cores. Two connections
+// at most: a database that just came back is not flattened.
 const replayWorkers = 2
 
+// fetchedBatch is one fetch of buffer messages and, once decoded, the
+// writes they hold; bad[i] is why message i could not be decoded (nil if it
+// could).
+type fetchedBatch struct {
+	msgs   []jetstream.Msg
+	writes []metastore.Write
+	bad    []error
+}
+
+// nakAll hands the batch back for redelivery.
+func (b fetchedBatch) nakAll() {
+	for _, m := range b.msgs {
+		_ = m.NakWithDelay(time.Second)
+	}
+}
+
 // replayDrain applies batches until the buffer is empty (done) or an error.
+// One fetcher fetches, one batch ahead of the appliers; the
+// first error stops them all, and the drain is retried whole (every batch
+// not committed is handed back).
 func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, error) {
 	cons, err := n.js.Consumer(ctx, n.subj.Name(events.StreamBuffer), n.subj.Name(events.ConsumerReplay))
 	if err != nil {
@@ -140,13 +159,29 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	batches := make(chan fetchedBatch)
 	counts := make([]replayCounts, replayWorkers)
-	errs := make([]error, replayWorkers)
+	errs := make([]error, replayWorkers+1)
 	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(batches)
+		if errs[replayWorkers] = n.replayFetch(wctx, cons, batches); errs[replayWorkers] != nil {
+			cancel()
+		}
+	})
 	for i := range replayWorkers {
 		wg.Go(func() {
-			if errs[i] = n.replayWorker(wctx, cons, &counts[i]); errs[i] != nil {
-				cancel() // the others stop too: the drain is retried whole
+			for b := range batches {
+				if errs[i] != nil || wctx.Err() != nil {
+					b.nakAll()
+					continue
+				}
+				if errs[i] = n.replayBatch(wctx, b, &counts[i]); errs[i] != nil {
+					b.nakAll()
+					cancel()
+					continue
+				}
+				n.replayPause(wctx)
 			}
 		})
 	}
@@ -174,32 +209,24 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 	return true, nil
 }
 
-// replayWorker fetches and applies batches until the buffer is empty (nil)
-// or an error.
-func (n *Node) replayWorker(ctx context.Context, cons jetstream.Consumer, total *replayCounts) error {
+// replayPause waits REPLAY_BATCH_INTERVAL after a batch, the pace that
+// spares a database that just came back.
+func (n *Node) replayPause(ctx context.Context) {
+	if n.cfg.ReplayBatchInterval <= 0 {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(n.cfg.ReplayBatchInterval):
+	}
+}
+
+// replayFetch fetches batches for the appliers until the buffer is empty
+// (nil) or an error.
+func (n *Node) replayFetch(ctx context.Context, cons jetstream.Consumer, out chan<- fetchedBatch) error {
 	for ctx.Err() == nil {
-		// A fetch is bounded in messages (REPLAY_BATCH_SIZE) and in bytes
-		// (REPLAY_MAX_BYTES): one group-committed message can hold up to
-		// 1 MiB, and a fetch of REPLAY_BATCH_SIZE of them could exceed the
-		// node's memory budget; after an OOM kill the batch would go to the
-		// next node, and recovery could crash-loop across the fleet. Fetch
-		// with a byte bound, not FetchBytes: FetchBytes asks for up to a
-		// million messages, and the client sizes its channels by that count,
-		// 32 MB allocated by every fetch whatever the messages hold (the
-		// heap profile of a replay: the node's live heap stayed at 32 MB and
-		// its peak RSS near its 100 MiB budget).
-		batch, err := cons.Fetch(n.cfg.ReplayBatchSize, jetstream.FetchMaxBytes(n.cfg.ReplayMaxBytes), jetstream.FetchMaxWait(500*time.Millisecond))
+		msgs, err := n.fetchBuffered(cons)
 		if err != nil {
-			return err
-		}
-		msgs := make([]jetstream.Msg, 0, min(n.cfg.ReplayBatchSize, 64))
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		// A fetch bounded in bytes may end with "batch completed" or "max
-		// bytes exceeded" status: the end of this fetch, not a failure.
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) &&
-			!errors.Is(err, jetstream.ErrBatchCompleted) && !errors.Is(err, jetstream.ErrMaxBytesExceeded) && len(msgs) == 0 {
 			return err
 		}
 		if len(msgs) == 0 {
@@ -208,34 +235,64 @@ func (n *Node) replayWorker(ctx context.Context, cons jetstream.Consumer, total 
 				return err
 			}
 			// Empty means nothing pending and nothing in flight at any node
-			// (this node's other worker included); a dead node's
-			// unacknowledged messages come back after AckWait.
+			// (this node's appliers included); a dead node's unacknowledged
+			// messages come back after AckWait.
 			if info.NumPending == 0 && info.NumAckPending == 0 {
 				return nil
 			}
 			continue
 		}
-		if err := n.replayBatch(ctx, msgs, total); err != nil {
-			for _, m := range msgs {
-				_ = m.NakWithDelay(time.Second)
-			}
-			return err
-		}
-		if n.cfg.ReplayBatchInterval > 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(n.cfg.ReplayBatchInterval):
-			}
+		// Decoded by the applier: a decoded batch holds two to three times
+		// its bytes, and only the raw one waits here.
+		b := fetchedBatch{msgs: msgs}
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			b.nakAll()
 		}
 	}
 	return ctx.Err()
 }
 
-func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *replayCounts) error {
+// fetchBuffered fetches the next batch of buffer messages (none when the
+// fetch found nothing within its wait).
+func (n *Node) fetchBuffered(cons jetstream.Consumer) ([]jetstream.Msg, error) {
+	// A fetch is bounded in messages (REPLAY_BATCH_SIZE) and in bytes
+	// (REPLAY_MAX_BYTES): one group-committed message can hold up to 1 MiB,
+	// and a fetch of REPLAY_BATCH_SIZE of them could exceed the node's
+	// memory budget; after an OOM kill the batch would go to the next node,
+	// and recovery could crash-loop across the fleet. Fetch with a byte
+	// bound, not FetchBytes: FetchBytes asks for up to a million messages,
+	// and the client sizes its channels by that count, 32 MB allocated by
+	// every fetch whatever the messages hold (the heap profile of a replay:
+	// the node's live heap stayed at 32 MB and its peak RSS near its 100 MiB
+	// budget).
+	batch, err := cons.Fetch(n.cfg.ReplayBatchSize, jetstream.FetchMaxBytes(n.cfg.ReplayMaxBytes), jetstream.FetchMaxWait(500*time.Millisecond))
+	if err != nil {
+		return nil, err
+	}
+	msgs := make([]jetstream.Msg, 0, min(n.cfg.ReplayBatchSize, 64))
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	// A fetch bounded in bytes may end with "batch completed" or "max bytes
+	// exceeded" status: the end of this fetch, not a failure.
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) &&
+		!errors.Is(err, jetstream.ErrBatchCompleted) && !errors.Is(err, jetstream.ErrMaxBytesExceeded) && len(msgs) == 0 {
+		return nil, err
+	}
+	return msgs, nil
+}
+
+// replayBatch applies a fetched batch, copies what could not be decoded to
+// the poison stream, and acknowledges the rest.
+func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCounts) error {
+	msgs := b.msgs
 	payloads := make([][]byte, len(msgs))
 	for i, m := range msgs {
 		payloads[i] = m.Data()
 	}
+	b.writes, b.bad = decodeBuffered(payloads)
 	// Every committed statement extends the messages' ack wait, so a slow but
 	// live replay keeps its batch and a dead node's batch returns soon.
 	progress := func() {
@@ -243,10 +300,10 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 			_ = m.InProgress()
 		}
 	}
-	bad, err := n.applyBuffered(ctx, payloads, total, progress)
-	if err != nil {
+	if err := n.applyDecoded(ctx, b.writes, b.bad, total, progress); err != nil {
 		return err
 	}
+	bad := b.bad
 	good := msgs[:0:0]
 	for i, m := range msgs {
 		if bad[i] != nil {
@@ -293,6 +350,12 @@ func (n *Node) replayBatch(ctx context.Context, msgs []jetstream.Msg, total *rep
 // committed statement.
 func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []error, err error) {
 	writes, bad := decodeBuffered(payloads)
+	return bad, n.applyDecoded(ctx, writes, bad, total, progress)
+}
+
+// applyDecoded applies decoded buffer writes; bad are the decode errors of
+// their messages, counted as failed.
+func (n *Node) applyDecoded(ctx context.Context, writes []metastore.Write, bad []error, total *replayCounts, progress func()) error {
 	for _, err := range bad {
 		if err != nil {
 			n.log.Error("undecodable buffer message", "error", err)
@@ -315,7 +378,7 @@ func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *repl
 			return err
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		applied += int64(res.Applied)
 		stale += int64(res.Stale)
@@ -330,7 +393,7 @@ func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *repl
 	n.staleTotal.Add(stale)
 	n.metrics.replayed.Add(float64(applied))
 	n.metrics.replayStale.Add(float64(stale))
-	return bad, nil
+	return nil
 }
 
 // decodeBuffered decodes buffer messages into the writes they hold, and
