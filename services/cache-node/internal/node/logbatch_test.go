@@ -21,30 +21,9 @@ func TestLogBatcher(t *testing.T) {
 	b := newLogBatcher(a)
 	ran := make(chan struct{})
 	go func() { b.run(runCtx); close(ran) }()
-	entry := func(id, v int64) logEntry { return logEntry{id: id, version: v, at: time.Now(), body: body(id, v)} }
-	publishAll := func(es []logEntry) []int64 {
-		t.Helper()
-		got := make([]int64, len(es))
-		var wg sync.WaitGroup
-		for i, e := range es {
-			wg.Go(func() {
-				v, err := b.publish(ctx, e)
-				if err != nil {
-					t.Errorf("publish tmdb:%d v%d: %v", e.id, e.version, err)
-				}
-				got[i] = v
-			})
-		}
-		wg.Wait()
-		return got
-	}
-	holds := func(id, want int64) {
-		t.Helper()
-		e, found, err := a.get(ctx, id)
-		if err != nil || !found || e.version != want {
-			t.Fatalf("the log holds tmdb:%d at v%d (found %v, %v), want v%d", id, e.version, found, err, want)
-		}
-	}
+	entry := testEntry
+	publishAll := func(es []logEntry) []int64 { t.Helper(); return publishAll(t, ctx, b, es) }
+	holds := func(id, want int64) { t.Helper(); logHolds(t, ctx, a, id, want) }
 
 	// 300 new records at once: every caller gets its own version, the log
 	// holds every one, and they went in batches.
@@ -95,6 +74,38 @@ func TestLogBatcher(t *testing.T) {
 	holds(400, 1)
 }
 
+func testEntry(id, v int64) logEntry {
+	return logEntry{id: id, version: v, at: time.Now(), body: body(id, v)}
+}
+
+// publishAll publishes es through b at once and returns the versions each
+// caller was answered with.
+func publishAll(t *testing.T, ctx context.Context, b *logBatcher, es []logEntry) []int64 {
+	t.Helper()
+	got := make([]int64, len(es))
+	var wg sync.WaitGroup
+	for i, e := range es {
+		wg.Go(func() {
+			v, err := b.publish(ctx, e)
+			if err != nil {
+				t.Errorf("publish tmdb:%d v%d: %v", e.id, e.version, err)
+			}
+			got[i] = v
+		})
+	}
+	wg.Wait()
+	return got
+}
+
+// logHolds fails unless the log holds record id at version want.
+func logHolds(t *testing.T, ctx context.Context, l *changeLog, id, want int64) {
+	t.Helper()
+	e, found, err := l.get(ctx, id)
+	if err != nil || !found || e.version != want {
+		t.Fatalf("the log holds tmdb:%d at v%d (found %v, %v), want v%d", id, e.version, found, err, want)
+	}
+}
+
 // Entries logged together (a replay of writes the log lacks, a backfill)
 // go in atomic batches of up to maxLogBatch; what a batch cannot take (a
 // record's second entry, a record the log holds at a newer version) is
@@ -105,7 +116,7 @@ func TestLogEntriesInBatches(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	n := &Node{changes: a, logBatch: newLogBatcher(a), log: slog.New(slog.DiscardHandler)}
-	entry := func(id, v int64) logEntry { return logEntry{id: id, version: v, at: time.Now(), body: body(id, v)} }
+	entry := testEntry
 	if _, err := a.publish(ctx, entry(5, 50)); err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +133,7 @@ func TestLogEntriesInBatches(t *testing.T) {
 		t.Fatalf("%d entries added, want 1,200 (tmdb:5 is overtaken by v50)", added)
 	}
 	for id, want := range map[int64]int64{1: 10, 5: 50, 7: 11, 600: 10, 1200: 10} {
-		e, found, err := a.get(ctx, id)
-		if err != nil || !found || e.version != want {
-			t.Fatalf("the log holds tmdb:%d at v%d (found %v, %v), want v%d", id, e.version, found, err, want)
-		}
+		logHolds(t, ctx, a, id, want)
 	}
 	// tmdb:7's second entry waits for a later batch than its first.
 	if b, m := n.logBatch.batches.Load(), n.logBatch.batched.Load(); b != 3 || m != 1200 {

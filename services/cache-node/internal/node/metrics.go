@@ -136,8 +136,18 @@ func newMetrics(n *Node) *metrics {
 	}
 	m.bufMaxMsgs.Store(-1)
 	m.bufMaxBytes.Store(-1)
-	// Series of bounded label sets exist from the start at 0, so that rate()
-	// and the alert rules see them before the first event.
+	m.startAtZero()
+	m.mode = svckit.NewModeGauges(reg, string(events.ModeNormal), string(events.ModeCacheOnly), string(events.ModeRecovering))
+	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.replayed, m.replayStale, m.replayTime,
+		m.dbLatency, m.retries, m.reads, m.corrections, m.invalidations, m.reconciled, m.unauthorized, m.expired)
+	reg.MustRegister(nodeCollectors(n, m)...)
+	reg.MustRegister(breakerState{n})
+	return m
+}
+
+// startAtZero makes the series of bounded label sets exist from the start
+// at 0, so that rate() and the alert rules see them before the first event.
+func (m *metrics) startAtZero() {
 	for _, o := range writeOutcomes {
 		m.writes.WithLabelValues(o)
 	}
@@ -160,6 +170,10 @@ func newMetrics(n *Node) *metrics {
 		{resilience.StateHalfOpen, resilience.StateClosed}, {resilience.StateHalfOpen, resilience.StateOpen}} {
 		m.breakerTx.WithLabelValues(tr[0], tr[1])
 	}
+}
+
+// nodeCollectors are the metrics read from the node's parts at each scrape.
+func nodeCollectors(n *Node, m *metrics) []prometheus.Collector {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
@@ -179,9 +193,7 @@ func newMetrics(n *Node) *metrics {
 			Help:        "PostgreSQL operations (one call with its retries) by result: success, failed_after_retries (transient errors until attempts or time ran out), non_retriable (not transient, refused by the open breaker, or canceled).",
 			ConstLabels: prometheus.Labels{"result": result}}, retryStat(f))
 	}
-	m.mode = svckit.NewModeGauges(reg, string(events.ModeNormal), string(events.ModeCacheOnly), string(events.ModeRecovering))
-	reg.MustRegister(m.requests, m.latency, m.writes, m.invalid, m.breakerTx, m.replayed, m.replayStale, m.replayTime,
-		m.dbLatency, m.retries, m.reads, m.corrections, m.invalidations, m.reconciled, m.unauthorized, m.expired,
+	return []prometheus.Collector{
 		gauge("anivault_changelog_lag_seconds", "How long ago the node last proved it had applied every change log entry (reads lag writes by at most this).",
 			func() float64 { return n.changes.lag().Seconds() }),
 		gauge("anivault_changelog_index_keys", "Records in the node's index of the change log.", func() float64 { return float64(n.changes.keys()) }),
@@ -212,9 +224,7 @@ func newMetrics(n *Node) *metrics {
 		dbOperation("non_retriable", func(s resilience.RetryStats) uint64 { return s.NonRetriableFailures }),
 		counter("anivault_db_retried_successes_total", "PostgreSQL operations that succeeded after at least one retry.",
 			retryStat(func(s resilience.RetryStats) uint64 { return s.SuccessfulRetries })),
-	)
-	reg.MustRegister(breakerState{n})
-	return m
+	}
 }
 
 // breakerState is anivault_circuit_breaker_state{state}: 1 for the

@@ -336,91 +336,138 @@ func (n *Node) write(ctx context.Context, w Write) (WriteResult, error) {
 
 // writeOnce writes w at w.Version. newer is not 0 when the table or the log
 // held that newer version of the record, so w was not written (or is
-// already overtaken): nothing was cached or announced.
+// already overtaken): nothing was cached or announced. It tries the
+// group-commit statement, then the database alone, then the buffer: each
+// step either answers or hands the write on.
 func (n *Node) writeOnce(ctx context.Context, w Write) (res WriteResult, newer int64, err error) {
-	at := time.Now().UTC()
-	deleted := w.Record == nil
-	var (
-		rec  *events.Record
-		body []byte // rec encoded once, for the cache, the buffer, the log and metadata.changed
-	)
-	if !deleted {
-		cp := *w.Record
-		cp.Version, cp.UpdatedAt = w.Version, &at
-		rec = &cp
-		if body, err = events.Marshal(rec); err != nil {
-			n.metrics.writes.WithLabelValues("failed").Inc()
-			return WriteResult{}, 0, fmt.Errorf("encode tmdb:%d: %w", w.TMDBID, err)
-		}
+	pw, err := prepareWrite(w)
+	if err != nil {
+		n.metrics.writes.WithLabelValues("failed").Inc()
+		return WriteResult{}, 0, err
 	}
-	le := logEntry{id: w.TMDBID, version: w.Version, deleted: deleted, at: at, body: body}
-
-	// dbDown: the group's statement found the database unavailable; the
-	// write goes to the buffer without a second wait on it.
-	dbDown := false
+	next := toDatabase
 	if n.currentMode() != events.ModeCacheOnly && n.committer != nil {
-		// Group commit: answered here when the batch decided; otherwise
-		// the write goes on alone below, as it did before grouping.
-		mw := metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}
-		switch outcome, gerr := n.committer.submit(ctx, mw, le); outcome {
-		case committedLogged:
-			return WriteResult{Status: StatusCommitted, Version: w.Version}, 0, nil
-		case committedOnly:
-			return n.logWrite(ctx, le, StatusCommitted)
-		default:
-			if ctx.Err() != nil {
-				n.metrics.writes.WithLabelValues("failed").Inc()
-				return WriteResult{}, 0, fmt.Errorf("write tmdb:%d: %w", w.TMDBID, ctx.Err())
-			}
-			if resilience.IsUnavailable(gerr) {
-				dbDown = true
-				n.log.Warn("database write failed, buffering instead", "tmdb_id", w.TMDBID, "version", w.Version, "error", gerr)
-				break
-			}
-			n.log.Debug("write not grouped, writing it alone", "tmdb_id", w.TMDBID, "reason", errString(gerr))
+		if res, newer, next, err = n.writeGrouped(ctx, pw); next == answered {
+			return res, newer, err
 		}
 	}
-	if n.currentMode() != events.ModeCacheOnly && !dbDown {
-		var stored int64
-		err := n.dbCall(ctx, opWrite, func(ctx context.Context) error {
-			r, err := n.store.ApplyBatch(ctx, []metastore.Write{{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, UpdatedAt: at, Record: rec}})
-			if err != nil || r.Applied == 1 {
-				return err
-			}
-			// The row holds a version at least as new: which one?
-			got, _, gerr := n.store.Get(ctx, w.TMDBID)
-			if gerr != nil {
-				return gerr
-			}
-			stored = got.Version
-			return nil
-		})
-		if err == nil {
-			if stored > w.Version {
-				return WriteResult{}, stored, nil
-			}
-			// stored == w.Version: this very write was committed before (a
-			// redelivered producer message); make sure it reached the log.
-			return n.logWrite(ctx, le, StatusCommitted)
+	if next == toDatabase && n.currentMode() != events.ModeCacheOnly {
+		if res, newer, next, err = n.writeAlone(ctx, pw); next == answered {
+			return res, newer, err
 		}
-		if !resilience.IsUnavailable(err) || ctx.Err() != nil {
-			n.metrics.writes.WithLabelValues("failed").Inc()
-			return WriteResult{}, 0, fmt.Errorf("write tmdb:%d: %w", w.TMDBID, err)
-		}
-		n.log.Warn("database write failed, buffering instead", "tmdb_id", w.TMDBID, "version", w.Version, "error", err)
 	}
+	return n.writeBuffered(ctx, pw)
+}
 
-	bw := events.BufferedWrite{TMDBID: w.TMDBID, Version: w.Version, Deleted: deleted, AcceptedAt: at, Node: n.cfg.NodeID}
-	if err := n.buffer.append(ctx, bw, body); err != nil {
+// pendingWrite is a write on its way: its record stamped with its version
+// and time, and encoded once for the cache, the buffer, the log and
+// metadata.changed.
+type pendingWrite struct {
+	id, version int64
+	at          time.Time
+	rec         *events.Record // nil for a delete
+	le          logEntry
+}
+
+func prepareWrite(w Write) (pendingWrite, error) {
+	pw := pendingWrite{id: w.TMDBID, version: w.Version, at: time.Now().UTC()}
+	var body []byte
+	if w.Record != nil {
+		cp := *w.Record
+		cp.Version, cp.UpdatedAt = w.Version, &pw.at
+		pw.rec = &cp
+		var err error
+		if body, err = events.Marshal(pw.rec); err != nil {
+			return pendingWrite{}, fmt.Errorf("encode tmdb:%d: %w", w.TMDBID, err)
+		}
+	}
+	pw.le = logEntry{id: w.TMDBID, version: w.Version, deleted: pw.rec == nil, at: pw.at, body: body}
+	return pw, nil
+}
+
+func (pw pendingWrite) store() metastore.Write {
+	return metastore.Write{TMDBID: pw.id, Version: pw.version, Deleted: pw.rec == nil, UpdatedAt: pw.at, Record: pw.rec}
+}
+
+// writeStep is where a write goes after a step that did not answer it.
+type writeStep int
+
+const (
+	answered   writeStep = iota // the step answered the write
+	toDatabase                  // try the database alone
+	toBuffer                    // the database is unavailable: buffer it
+)
+
+// writeGrouped submits the write to the group-commit statement.
+func (n *Node) writeGrouped(ctx context.Context, pw pendingWrite) (WriteResult, int64, writeStep, error) {
+	outcome, err := n.committer.submit(ctx, pw.store(), pw.le)
+	switch {
+	case outcome == committedLogged:
+		return WriteResult{Status: StatusCommitted, Version: pw.version}, 0, answered, nil
+	case outcome == committedOnly:
+		res, newer, err := n.logWrite(ctx, pw.le, StatusCommitted)
+		return res, newer, answered, err
+	case ctx.Err() != nil:
+		n.metrics.writes.WithLabelValues("failed").Inc()
+		return WriteResult{}, 0, answered, fmt.Errorf("write tmdb:%d: %w", pw.id, ctx.Err())
+	case resilience.IsUnavailable(err):
+		// The group's statement found the database unavailable: the write
+		// goes to the buffer without a second wait on it.
+		n.log.Warn("database write failed, buffering instead", "tmdb_id", pw.id, "version", pw.version, "error", err)
+		return WriteResult{}, 0, toBuffer, nil
+	}
+	// Not grouped: the write goes on alone, as it did before grouping.
+	n.log.Debug("write not grouped, writing it alone", "tmdb_id", pw.id, "reason", errString(err))
+	return WriteResult{}, 0, toDatabase, nil
+}
+
+// writeAlone writes the record with a statement of its own.
+func (n *Node) writeAlone(ctx context.Context, pw pendingWrite) (WriteResult, int64, writeStep, error) {
+	var stored int64
+	err := n.dbCall(ctx, opWrite, func(ctx context.Context) error {
+		r, err := n.store.ApplyBatch(ctx, []metastore.Write{pw.store()})
+		if err != nil || r.Applied == 1 {
+			return err
+		}
+		// The row holds a version at least as new: which one?
+		got, _, gerr := n.store.Get(ctx, pw.id)
+		if gerr != nil {
+			return gerr
+		}
+		stored = got.Version
+		return nil
+	})
+	if err == nil {
+		if stored > pw.version {
+			return WriteResult{}, stored, answered, nil
+		}
+		// stored == the write's version: this very write was committed
+		// before (a redelivered producer message); make sure it reached the log.
+		res, newer, err := n.logWrite(ctx, pw.le, StatusCommitted)
+		return res, newer, answered, err
+	}
+	if !resilience.IsUnavailable(err) || ctx.Err() != nil {
+		n.metrics.writes.WithLabelValues("failed").Inc()
+		return WriteResult{}, 0, answered, fmt.Errorf("write tmdb:%d: %w", pw.id, err)
+	}
+	n.log.Warn("database write failed, buffering instead", "tmdb_id", pw.id, "version", pw.version, "error", err)
+	return WriteResult{}, 0, toBuffer, nil
+}
+
+// writeBuffered appends the write to the durable buffer, then logs it.
+func (n *Node) writeBuffered(ctx context.Context, pw pendingWrite) (WriteResult, int64, error) {
+	bw := events.BufferedWrite{TMDBID: pw.id, Version: pw.version, Deleted: pw.rec == nil, AcceptedAt: pw.at, Node: n.cfg.NodeID}
+	if err := n.buffer.append(ctx, bw, pw.le.body); err != nil {
 		n.metrics.writes.WithLabelValues("failed").Inc()
 		if errors.Is(err, ErrBufferFull) {
-			n.log.Warn("write refused: the write buffer is full", "tmdb_id", w.TMDBID, "error", err)
+			n.log.Warn("write refused: the write buffer is full", "tmdb_id", pw.id, "error", err)
 			return WriteResult{}, 0, fmt.Errorf("%w: write buffer full (BUFFER_MAX_MSGS, BUFFER_MAX_BYTES or the server's JetStream storage): %v", ErrUnavailable, err)
 		}
-		n.log.Error("write could not be buffered", "tmdb_id", w.TMDBID, "error", err)
+		n.log.Error("write could not be buffered", "tmdb_id", pw.id, "error", err)
 		return WriteResult{}, 0, fmt.Errorf("%w: write could be neither committed nor durably buffered: %v", ErrUnavailable, err)
 	}
 	n.acceptedTotal.Add(1)
+	le := pw.le
 	le.buffered = true
 	return n.logWrite(ctx, le, StatusBuffered)
 }
