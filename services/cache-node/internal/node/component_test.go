@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/envconfig"
 	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/procs"
 	"github.com/anivault/anivault/pkg/testutil/natstest"
 	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
@@ -31,20 +34,20 @@ import (
 // compNode is a node under test with what the test needs around it.
 type compNode struct {
 	*Node
-	js    jetstream.JetStream
-	kv    jetstream.KeyValue
-	db    *faultproxy.Proxy
-	logs  *logLines
-	table func(ctx context.Context, id int64) (version int64, found bool)
+	natsURL string
+	js      jetstream.JetStream
+	kv      jetstream.KeyValue
+	db      *faultproxy.Proxy // between the node and its database
+	logs    *logLines
 }
 
-// startCompNode starts a node with env over the defaults and waits until it
-// is ready with its schema migrated.
-func startCompNode(t *testing.T, env map[string]string) *compNode {
+// startCompNode runs a node in this process against a throw-away NATS
+// server and database until the test ends, with env over the defaults, and
+// waits until it serves in normal mode with its schema migrated.
+func startCompNode(t testing.TB, env map[string]string) *compNode {
 	t.Helper()
 	srv := natstest.Start(t)
-	dsn := pgtest.NewDatabase(t)
-	u, err := url.Parse(dsn)
+	u, err := url.Parse(pgtest.NewDatabase(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +62,8 @@ func startCompNode(t *testing.T, env map[string]string) *compNode {
 		"NODE_ID": "component", "GOMEMLIMIT": "8GiB", "SHUTDOWN_DELAY": "0s",
 		"HEALTH_CHECK_TIMEOUT": "2s", "BREAKER_OPEN_TIMEOUT": "500ms", "REPLAY_BATCH_INTERVAL": "0s",
 	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := LoadConfig(envconfig.New(func(k string) (string, bool) { v, ok := vars[k]; return v, ok }))
+	maps.Copy(vars, env)
+	cfg, err := LoadConfig(envconfig.FromMap(vars))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,48 +72,72 @@ func startCompNode(t *testing.T, env map[string]string) *compNode {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runNode(t, n)
+	c := &compNode{Node: n, natsURL: srv.URL(), db: proxy, logs: logs}
+	c.connect(t)
+	return c
+}
+
+// runNode runs n until the test ends and waits until it serves.
+func runNode(t testing.TB, n *Node) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- n.Run(ctx) }()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-stopped; err != nil {
-			t.Errorf("node stopped with %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("the node stopped with %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("the node did not stop within 15 s")
 		}
 	})
-	waitFor(t, func() error {
-		if !n.ready.Load() || !n.migrated.Load() || n.committer == nil && cfg.DBGroupCommitMax > 1 {
-			return fmt.Errorf("not ready (ready %v, migrated %v)", n.ready.Load(), n.migrated.Load())
+	var runErr error
+	if err := procs.Eventually(30*time.Second, 20*time.Millisecond, func() error {
+		select {
+		case runErr = <-done:
+			return nil
+		default:
+		}
+		if !n.ready.Load() || !n.migrated.Load() || n.currentMode() != events.ModeNormal {
+			return errors.New("node not ready")
 		}
 		return nil
-	})
-	nc, err := nats.Connect(srv.URL())
+	}); err != nil || runErr != nil {
+		t.Fatalf("node not serving: %v %v", err, runErr)
+	}
+}
+
+// connect gives the test its own NATS connection, JetStream and mode bucket.
+func (c *compNode) connect(t testing.TB) {
+	t.Helper()
+	nc, err := nats.Connect(c.natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
+	if c.js, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}
-	kctx, kcancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer kcancel()
-	kv, err := js.KeyValue(kctx, events.BucketName)
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if c.kv, err = c.js.KeyValue(ctx, c.subj.Name(events.BucketName)); err != nil {
 		t.Fatal(err)
 	}
-	c := &compNode{Node: n, js: js, kv: kv, db: proxy, logs: logs}
-	c.table = func(ctx context.Context, id int64) (int64, bool) {
-		var v int64
-		err := n.store.DB().NewRaw("SELECT version FROM anime_metadata WHERE tmdb_id = ?", id).Scan(ctx, &v)
-		return v, err == nil
-	}
-	return c
+}
+
+// table returns the version the table holds for id.
+func (c *compNode) table(ctx context.Context, id int64) (version int64, found bool) {
+	err := c.store.DB().NewRaw("SELECT version FROM anime_metadata WHERE tmdb_id = ?", id).Scan(ctx, &version)
+	return version, err == nil
 }
 
 // logLines sends the node's log to the test's and keeps its lines.
 type logLines struct {
-	t     *testing.T
+	t     testing.TB
 	mu    sync.Mutex
 	lines []string
 }

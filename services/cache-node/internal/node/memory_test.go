@@ -3,10 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"runtime"
 	"runtime/debug"
 	rtmetrics "runtime/metrics"
@@ -21,10 +18,6 @@ import (
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/cache"
-	"github.com/anivault/anivault/pkg/envconfig"
-	"github.com/anivault/anivault/pkg/procs"
-	"github.com/anivault/anivault/pkg/testutil/natstest"
-	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
 
 // TestEntrySizeCoversHeap fills the node's cache with records encoded as the
@@ -92,45 +85,8 @@ func TestMemoryBudget(t *testing.T) {
 // normal mode.
 func startTestNode(t testing.TB, env map[string]string) (n *Node, natsURL string) {
 	t.Helper()
-	srv := natstest.Start(t)
-	all := map[string]string{"NATS_URL": srv.URL(), "DATABASE_URL": pgtest.NewDatabase(t), "NODE_ID": "memory", "HTTP_ADDR": "127.0.0.1:0"}
-	for k, v := range env {
-		all[k] = v
-	}
-	cfg, err := LoadConfig(envconfig.FromMap(all))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("the node did not stop within 15 s")
-		}
-	})
-	var runErr error
-	if err := procs.Eventually(30*time.Second, 20*time.Millisecond, func() error {
-		select {
-		case runErr = <-done:
-			return nil
-		default:
-		}
-		if !n.ready.Load() || !n.migrated.Load() || n.currentMode() != events.ModeNormal {
-			return errors.New("node not ready")
-		}
-		return nil
-	}); err != nil || runErr != nil {
-		t.Fatalf("node not serving: %v %v", err, runErr)
-	}
-	return n, srv.URL()
+	c := startCompNode(t, env)
+	return c.Node, c.natsURL
 }
 
 // maxSizeBufferMessage is a buffer message as large as group commit makes
