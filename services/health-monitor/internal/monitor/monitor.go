@@ -6,7 +6,6 @@ package monitor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -25,46 +24,6 @@ import (
 	"github.com/anivault/anivault/pkg/topology"
 	"github.com/anivault/anivault/pkg/wmnats"
 )
-
-// Config is the health-monitor's configuration.
-type Config struct {
-	NATS              natsconn.Config
-	DatabaseURL       string
-	Interval          time.Duration
-	Timeout           time.Duration
-	FailureThreshold  int
-	RecoveryThreshold int
-	NodeID            string
-	SubjectPrefix     string
-	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
-	AdminAddr string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the process only waits for the ones the provision command
-	// makes as the admin role, for NATS roles that may not create them.
-	NoProvision bool
-}
-
-// LoadConfig reads the environment.
-func LoadConfig(r *envconfig.Reader) (Config, error) {
-	c := Config{
-		NATS:              natsconn.FromEnv(r),
-		DatabaseURL:       r.String("DATABASE_URL", pgdb.DefaultDSN),
-		Interval:          r.Duration("HEALTH_CHECK_INTERVAL", 30*time.Second),
-		Timeout:           r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second),
-		FailureThreshold:  int(r.Int("HEALTH_FAILURE_THRESHOLD", 3, 1, 1000)),
-		RecoveryThreshold: int(r.Int("HEALTH_RECOVERY_THRESHOLD", 2, 1, 1000)),
-		NodeID:            r.String("NODE_ID", svckit.DefaultNodeID()),
-		SubjectPrefix:     r.String("SUBJECT_PREFIX", ""),
-		AdminAddr:         r.String("ADMIN_ADDR", ":9090"),
-		NoProvision:       !r.Bool("NATS_PROVISION", true),
-	}
-	r.Positive("HEALTH_CHECK_INTERVAL", c.Interval)
-	r.Positive("HEALTH_CHECK_TIMEOUT", c.Timeout)
-	if err := r.Err(); err != nil {
-		return Config{}, fmt.Errorf("configuration: %w", err)
-	}
-	return c, nil
-}
 
 // Run reads the configuration and monitors until ctx is done.
 func Run(ctx context.Context, log *slog.Logger) error {
@@ -108,8 +67,8 @@ type outgoing struct {
 
 // New builds a monitor.
 func New(cfg Config, log *slog.Logger) (*Monitor, error) {
-	if cfg.Interval <= 0 || cfg.Timeout <= 0 {
-		return nil, errors.New("monitor: interval and timeout must be positive")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("monitor: %w", err)
 	}
 	prober, err := pgdb.NewProber(cfg.DatabaseURL, "anivault-health-monitor", cfg.Timeout)
 	if err != nil {

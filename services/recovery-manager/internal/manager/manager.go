@@ -31,58 +31,6 @@ import (
 	"github.com/anivault/anivault/pkg/wmnats"
 )
 
-// Config is the recovery-manager's configuration.
-type Config struct {
-	NATS                  natsconn.Config
-	DatabaseURL           string
-	AutoRecovery          bool
-	RecoveryCheckInterval time.Duration
-	CheckTimeout          time.Duration
-	NodeTimeout           time.Duration
-	EvalInterval          time.Duration
-	NodeID                string
-	SubjectPrefix         string
-	Buffer                topology.BufferLimits
-	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
-	AdminAddr string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the process only waits for the ones the provision command
-	// makes as the admin role, for NATS roles that may not create them.
-	NoProvision bool
-}
-
-// LoadConfig reads the environment.
-func LoadConfig(r *envconfig.Reader) (Config, error) {
-	c := Config{
-		NATS:                  natsconn.FromEnv(r),
-		DatabaseURL:           r.String("DATABASE_URL", pgdb.DefaultDSN),
-		AutoRecovery:          r.Bool("AUTO_RECOVERY_ENABLED", true),
-		RecoveryCheckInterval: r.Duration("RECOVERY_CHECK_INTERVAL", 60*time.Second),
-		CheckTimeout:          r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second),
-		NodeTimeout:           r.Duration("NODE_TIMEOUT", 5*time.Second),
-		EvalInterval:          r.Duration("MODE_EVAL_INTERVAL", 250*time.Millisecond),
-		NodeID:                r.String("NODE_ID", svckit.DefaultNodeID()),
-		SubjectPrefix:         r.String("SUBJECT_PREFIX", ""),
-		AdminAddr:             r.String("ADMIN_ADDR", ":9090"),
-		NoProvision:           !r.Bool("NATS_PROVISION", true),
-		Buffer: topology.BufferLimits{
-			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
-			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
-			Replicas: int(r.Int("BUFFER_REPLICAS", 1, 1, 5)),
-		},
-	}
-	for name, d := range map[string]time.Duration{
-		"RECOVERY_CHECK_INTERVAL": c.RecoveryCheckInterval, "HEALTH_CHECK_TIMEOUT": c.CheckTimeout,
-		"NODE_TIMEOUT": c.NodeTimeout, "MODE_EVAL_INTERVAL": c.EvalInterval,
-	} {
-		r.Positive(name, d)
-	}
-	if err := r.Err(); err != nil {
-		return Config{}, fmt.Errorf("configuration: %w", err)
-	}
-	return c, nil
-}
-
 // Run reads the configuration and manages the mode until ctx is done.
 func Run(ctx context.Context, log *slog.Logger) error {
 	cfg, err := LoadConfig(envconfig.New(nil))
@@ -158,8 +106,8 @@ type result struct {
 
 // New builds a manager.
 func New(cfg Config, log *slog.Logger) (*Manager, error) {
-	if cfg.NodeID == "" {
-		return nil, errors.New("manager: empty node id")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
 	}
 	prober, err := pgdb.NewProber(cfg.DatabaseURL, "anivault-recovery-manager", cfg.CheckTimeout)
 	if err != nil {
