@@ -15,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/envconfig"
@@ -123,22 +124,38 @@ func (m *Monitor) watchMode(ctx context.Context, js jetstream.JetStream) {
 }
 
 // Run probes every interval until ctx is done.
+//
+// Run owns every goroutine it starts (the admin endpoints and the mode
+// watch, in one errgroup) and everything New opened, and stops them, however
+// it returns, in this order:
+//  1. the check loop ends (ctx is done), or a start-up step fails;
+//  2. the errgroup's goroutines are cancelled and Run waits for them;
+//  3. the NATS connection drains (after a normal stop) and closes;
+//  4. the prober closes its database connections.
 func (m *Monitor) Run(ctx context.Context) error {
+	defer func() { _ = m.prober.Close() }() // 4
 	nc, err := natsconn.Connect(ctx, m.cfg.NATS, "anivault-health-monitor-"+m.cfg.NodeID, m.log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer nc.Close() // 3
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	go svckit.ServeAdmin(ctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
-		if !m.ready.Load() {
-			return false, "JetStream not provisioned or no health check done yet"
-		}
-		return true, ""
-	}, m.log)
+	gctx, cancel := context.WithCancel(ctx)
+	var g errgroup.Group
+	stop := func() { cancel(); _ = g.Wait() } // 2; safe to call twice
+	defer stop()
+	g.Go(func() error {
+		svckit.ServeAdmin(gctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
+			if !m.ready.Load() {
+				return false, "JetStream not provisioned or no health check done yet"
+			}
+			return true, ""
+		}, m.log)
+		return nil
+	})
 	top, err := topology.New(js, m.subj)
 	if err != nil {
 		return err
@@ -156,17 +173,17 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	go m.watchMode(ctx, js)
+	g.Go(func() error { m.watchMode(gctx, js); return nil })
 	t := time.NewTicker(m.cfg.Interval)
 	defer t.Stop()
 	for {
 		m.check(ctx)
 		m.ready.Store(true)
 		select {
-		case <-ctx.Done():
+		case <-ctx.Done(): // 1
 			m.checker.SetMonitoring(false)
+			stop()
 			_ = nc.Drain()
-			_ = m.prober.Close()
 			return nil
 		case <-t.C:
 		}
