@@ -40,6 +40,22 @@ func (r *Reader) Fail(name, format string, args ...any) {
 	r.errs = append(r.errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
 }
 
+// Check records err, a configuration's Validate result (nil adds nothing),
+// so that the problems a Validate finds are reported with the ones reading
+// found, all at once. A joined error is recorded as its parts.
+func (r *Reader) Check(err error) {
+	if err == nil {
+		return
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			r.Check(e)
+		}
+		return
+	}
+	r.errs = append(r.errs, err)
+}
+
 func (r *Reader) raw(name string) (string, bool) {
 	v, ok := r.lookup(name)
 	if !ok {
@@ -101,8 +117,8 @@ func (r *Reader) Int(name string, def, lo, hi int64) int64 {
 		r.Fail(name, "invalid integer %q", v)
 		return def
 	}
-	if n < lo || n > hi {
-		r.Fail(name, "%d is out of range [%d, %d]", n, lo, hi)
+	if err := InRange(name, n, lo, hi); err != nil {
+		r.errs = append(r.errs, err)
 		return def
 	}
 	return n
@@ -126,10 +142,55 @@ func (r *Reader) Bool(name string, def bool) bool {
 
 // Positive records an error when d is not greater than zero.
 func (r *Reader) Positive(name string, d time.Duration) {
-	if d <= 0 {
-		r.Fail(name, "must be greater than zero")
+	if err := Positive(name, d); err != nil {
+		r.errs = append(r.errs, err)
 	}
 }
+
+// The checks below are for a configuration's Validate method: each returns
+// nil or an error naming the variable, worded as Reader words its own, so
+// that a value is refused with the same message whether reading or Validate
+// finds it. errors.Join drops the nils.
+
+// InRange refuses n outside [lo, hi].
+func InRange[N int | int64](name string, n, lo, hi N) error {
+	if n < lo || n > hi {
+		return fmt.Errorf("%s: %d is out of range [%d, %d]", name, n, lo, hi)
+	}
+	return nil
+}
+
+// Positive refuses a duration that is not greater than zero.
+func Positive(name string, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%s: must be greater than zero", name)
+	}
+	return nil
+}
+
+// NotNegative refuses a negative duration (zero usually means "off").
+func NotNegative(name string, d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("%s: must not be negative", name)
+	}
+	return nil
+}
+
+// NotEmpty refuses an empty (or only white space) string.
+func NotEmpty(name, v string) error {
+	if strings.TrimSpace(v) == "" {
+		return fmt.Errorf("%s: must not be empty", name)
+	}
+	return nil
+}
+
+// IntMin and IntMax are the whole range of Reader.Int, for a setting whose
+// range its configuration's Validate checks, so that the bounds are written
+// once: r.Int("NAME", def, envconfig.IntMin, envconfig.IntMax).
+const (
+	IntMin int64 = math.MinInt64
+	IntMax int64 = math.MaxInt64
+)
 
 // MaskURLs masks the credentials of every URL in a comma-separated list:
 // a password (user:password@) and a token (token@, a user name alone is

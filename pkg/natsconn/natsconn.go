@@ -46,9 +46,20 @@ const DefaultInboxPrefix = "_INBOX"
 // DefaultURL is NATS_URL's default.
 const DefaultURL = "nats://127.0.0.1:4222"
 
-// FromEnv reads the NATS_* variables.
+// FromEnv reads the NATS_* variables and records on r what Validate finds
+// wrong with them, under the name NATS_*.
 func FromEnv(r *envconfig.Reader) Config {
-	c := Config{
+	c := Read(r)
+	if err := c.Validate(); err != nil {
+		r.Fail("NATS_*", "%v", err)
+	}
+	return c
+}
+
+// Read reads the NATS_* variables without validating them, for a
+// configuration whose own Validate calls Config.Validate.
+func Read(r *envconfig.Reader) Config {
+	return Config{
 		URL:      r.String("NATS_URL", DefaultURL),
 		Creds:    r.String("NATS_CREDS", ""),
 		User:     r.String("NATS_USER", ""),
@@ -61,10 +72,6 @@ func FromEnv(r *envconfig.Reader) Config {
 
 		InboxPrefix: r.String("NATS_INBOX_PREFIX", DefaultInboxPrefix),
 	}
-	if err := c.Validate(); err != nil {
-		r.Fail("NATS_*", "%v", err)
-	}
-	return c
 }
 
 // Validate reports inconsistent settings.

@@ -66,9 +66,10 @@ func (g *ModeGauges) Set(mode string, epoch int64) {
 
 // ServeAdmin serves GET /metrics (reg), /healthz (200 while the process
 // runs) and /readyz (200 when ready reports true, else 503 with the reason)
-// on addr until ctx is done. An empty addr serves nothing. A port that
-// cannot be bound is logged, not fatal: the service works without its
-// admin endpoints.
+// on addr until ctx is done, and returns only once the server has shut
+// down, so that its caller can wait for it. An empty addr serves nothing
+// and returns at once. A port that cannot be bound is logged, not fatal
+// (and returns at once): the service works without its admin endpoints.
 func ServeAdmin(ctx context.Context, addr string, reg *prometheus.Registry, ready func() (bool, string), log *slog.Logger) {
 	if addr == "" {
 		return
@@ -93,15 +94,18 @@ func ServeAdmin(ctx context.Context, addr string, reg *prometheus.Registry, read
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	log.Info("admin endpoints listening", "admin_addr", ln.Addr().String())
+	shutDown := make(chan struct{})
 	go func() {
+		defer close(shutDown)
 		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("admin endpoints stopped", "error", fmt.Errorf("admin http: %w", err))
 	}
+	<-shutDown // Serve returns when Shutdown begins; wait until it ends
 }
 
 func writeStatus(w http.ResponseWriter, code int, v any) {

@@ -1,6 +1,8 @@
 // Package svckit holds the few things every AniVault process does the same
-// way at start: building its slog logger from LOG_LEVEL and LOG_FORMAT, and
-// running until SIGINT or SIGTERM.
+// way at start: building its slog logger from LOG_LEVEL and LOG_FORMAT,
+// reading the settings every service shares (Shared, LoadShared), retrying
+// a start-up step until it succeeds (RetryUntil), serving its admin
+// endpoints (ServeAdmin), and running until SIGINT or SIGTERM.
 package svckit
 
 import (
@@ -73,8 +75,20 @@ func DefaultNodeID() string {
 // ends, logging each failure with what; for start-up steps such as
 // provisioning JetStream while NATS is still coming up.
 func RetryUntil(ctx context.Context, log *slog.Logger, what string, fn func(ctx context.Context) error) error {
+	return Retry(ctx, log, what, 5*time.Second, fn)
+}
+
+// Retry is RetryUntil with each call's deadline set by perCall; 0 gives
+// each call ctx itself, for steps whose every request carries its own
+// deadline (topology's Ensure methods). It waits 500 ms between calls and
+// logs each failure as "<what> failed, retrying". When ctx ends first it
+// returns the last failure joined with ctx's error.
+func Retry(ctx context.Context, log *slog.Logger, what string, perCall time.Duration, fn func(ctx context.Context) error) error {
 	for {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if perCall > 0 {
+			cctx, cancel = context.WithTimeout(ctx, perCall)
+		}
 		err := fn(cctx)
 		cancel()
 		if err == nil {

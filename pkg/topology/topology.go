@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/envconfig"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -40,9 +41,21 @@ type BufferLimits struct {
 	Replicas int
 }
 
-// DefaultBufferLimits returns the limits used where a field is zero.
+// DefaultBufferLimits returns the limits used where a field is zero, and
+// the defaults of BUFFER_MAX_MSGS, BUFFER_MAX_BYTES and BUFFER_REPLICAS.
 func DefaultBufferLimits() BufferLimits {
 	return BufferLimits{MaxMsgs: 1_000_000, MaxBytes: 1 << 30, Replicas: 1}
+}
+
+// Validate reports every limit out of its range, naming its variable:
+// BUFFER_MAX_MSGS in [1, 2^40], BUFFER_MAX_BYTES in [1 MiB (one largest
+// buffer message), 2^50], BUFFER_REPLICAS in [1, 5] (JetStream's most).
+func (l BufferLimits) Validate() error {
+	return errors.Join(
+		envconfig.InRange("BUFFER_MAX_MSGS", l.MaxMsgs, 1, 1<<40),
+		envconfig.InRange("BUFFER_MAX_BYTES", l.MaxBytes, MaxBufferMsgBytes, 1<<50),
+		envconfig.InRange("BUFFER_REPLICAS", l.Replicas, 1, 5),
+	)
 }
 
 func (l BufferLimits) withDefaults() BufferLimits {

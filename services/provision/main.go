@@ -48,16 +48,22 @@ type config struct {
 }
 
 func loadConfig(r *envconfig.Reader) (config, error) {
+	// The buffer limits' defaults and ranges are topology's, as the
+	// services' are; integers are read whole and their ranges checked by
+	// BufferLimits.Validate.
+	def := topology.DefaultBufferLimits()
+	lo, hi := envconfig.IntMin, envconfig.IntMax
 	c := config{
 		NATS:          natsconn.FromEnv(r),
 		SubjectPrefix: r.String("SUBJECT_PREFIX", ""),
 		Buffer: topology.BufferLimits{
-			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
-			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
-			Replicas: int(r.Int("BUFFER_REPLICAS", 1, 1, 5)),
+			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", def.MaxMsgs, lo, hi),
+			MaxBytes: r.Int("BUFFER_MAX_BYTES", def.MaxBytes, lo, hi),
+			Replicas: int(r.Int("BUFFER_REPLICAS", int64(def.Replicas), lo, hi)),
 		},
 		Timeout: r.Duration("PROVISION_TIMEOUT", 2*time.Minute),
 	}
+	r.Check(c.Buffer.Validate())
 	r.Positive("PROVISION_TIMEOUT", c.Timeout)
 	if err := r.Err(); err != nil {
 		return config{}, fmt.Errorf("configuration: %w", err)

@@ -7,7 +7,6 @@ import (
 
 	"github.com/anivault/anivault/pkg/envconfig"
 	"github.com/anivault/anivault/pkg/natsconn"
-	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/svckit"
 	"github.com/anivault/anivault/pkg/topology"
 )
@@ -111,91 +110,170 @@ type Config struct {
 	LogReconcileInterval time.Duration
 }
 
-// LoadConfig reads the environment through r.
-func LoadConfig(r *envconfig.Reader) (Config, error) {
-	healthTimeout := r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second)
+// minReplayFetch is REPLAY_MAX_BYTES's default and least: one largest
+// buffer message plus room.
+const minReplayFetch = topology.MaxBufferMsgBytes + 64<<10
+
+// httpWriteTimeout is HTTP_WRITE_TIMEOUT's default: a write may wait the
+// database budget and then the buffer's.
+func httpWriteTimeout(dbTimeout, bufferTimeout time.Duration) time.Duration {
+	return dbTimeout + bufferTimeout + 10*time.Second
+}
+
+// DefaultConfig returns the cache-node's defaults: those of the contract's
+// configuration table and of the README.
+func DefaultConfig() Config {
+	s := svckit.DefaultShared()
 	c := Config{
-		NATS:             natsconn.FromEnv(r),
-		DatabaseURL:      r.String("DATABASE_URL", pgdb.DefaultDSN),
-		HTTPAddr:         r.String("HTTP_ADDR", ":8080"),
-		NodeID:           r.String("NODE_ID", svckit.DefaultNodeID()),
-		SubjectPrefix:    r.String("SUBJECT_PREFIX", ""),
-		NoProvision:      !r.Bool("NATS_PROVISION", true),
-		CacheMaxSize:     int(r.Int("CACHE_MAX_SIZE", 1000, 1, 1<<31-1)),
-		CacheMaxMemoryMB: int(r.Int("CACHE_MAX_MEMORY_MB", 100, 1, 1<<20)),
-		GoMemLimit:       r.String("GOMEMLIMIT", ""),
-		CacheDisabled:    r.Bool("CACHE_DISABLED", false),
-		DBTimeout:        r.Duration("DB_TIMEOUT", healthTimeout),
-		DBMaxConns:       int(r.Int("DB_MAX_CONNS", 16, 1, 1000)),
+		NATS:          s.NATS,
+		DatabaseURL:   s.DatabaseURL,
+		HTTPAddr:      ":8080",
+		NodeID:        s.NodeID,
+		SubjectPrefix: s.SubjectPrefix,
+		NoProvision:   s.NoProvision,
 
-		BreakerFailureThreshold: int(r.Int("BREAKER_FAILURE_THRESHOLD", 5, 1, 1000)),
-		BreakerOpenTimeout:      r.Duration("BREAKER_OPEN_TIMEOUT", 5*time.Second),
-		RetryMaxAttempts:        int(r.Int("RETRY_MAX_ATTEMPTS", 3, 1, 20)),
-		RetryBaseDelay:          r.Duration("RETRY_BASE_DELAY", 50*time.Millisecond),
-		RetryMaxDelay:           r.Duration("RETRY_MAX_DELAY", time.Second),
+		CacheMaxSize:     1000,
+		CacheMaxMemoryMB: 100,
+		DBTimeout:        5 * time.Second, // HEALTH_CHECK_TIMEOUT's default
+		DBMaxConns:       16,
 
-		Buffer: topology.BufferLimits{
-			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
-			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
-			Replicas: int(r.Int("BUFFER_REPLICAS", 1, 1, 5)),
-		},
-		GroupCommitWindow: r.Duration("BUFFER_GROUP_COMMIT_WINDOW", time.Millisecond),
-		GroupCommitMax:    int(r.Int("BUFFER_GROUP_COMMIT_MAX", 256, 1, 10_000)),
-		BufferTimeout:     r.Duration("BUFFER_TIMEOUT", 5*time.Second),
-		DBGroupCommitMax:  int(r.Int("DB_GROUP_COMMIT_MAX", 256, 1, 1000)),
+		BreakerFailureThreshold: 5,
+		BreakerOpenTimeout:      5 * time.Second,
+		RetryMaxAttempts:        3,
+		RetryBaseDelay:          50 * time.Millisecond,
+		RetryMaxDelay:           time.Second,
 
-		ReplayBatchSize:     int(r.Int("REPLAY_BATCH_SIZE", 500, 1, 100_000)),
-		ReplayBatchInterval: r.Duration("REPLAY_BATCH_INTERVAL", 10*time.Millisecond),
-		StatusInterval:      r.Duration("NODE_STATUS_INTERVAL", time.Second),
+		Buffer:            topology.DefaultBufferLimits(),
+		GroupCommitWindow: time.Millisecond,
+		GroupCommitMax:    256,
+		BufferTimeout:     5 * time.Second,
+		DBGroupCommitMax:  256,
 
-		StalenessBound:       r.Duration("STALENESS_BOUND", 5*time.Second),
-		CacheRevalidateAfter: r.Duration("CACHE_REVALIDATE_AFTER", time.Minute),
-		LogReconcileInterval: r.Duration("LOG_RECONCILE_INTERVAL", 10*time.Second),
-		HTTPReadTimeout:      r.Duration("HTTP_READ_TIMEOUT", 15*time.Second),
-		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", 1024, 1, 1<<20)),
-		ShutdownDelay:        r.Duration("SHUTDOWN_DELAY", 2*time.Second),
-		AuthTokensFile:       r.String("HTTP_AUTH_TOKENS_FILE", ""),
-		TombstoneRetention:   r.Duration("TOMBSTONE_RETENTION", 30*24*time.Hour),
+		ReplayBatchSize:     500,
+		ReplayBatchInterval: 10 * time.Millisecond,
+		ReplayMaxBytes:      minReplayFetch,
+		StatusInterval:      time.Second,
+
+		StalenessBound:       5 * time.Second,
+		CacheRevalidateAfter: time.Minute,
+		HTTPReadTimeout:      15 * time.Second,
+		TombstoneRetention:   30 * 24 * time.Hour,
+		ShutdownDelay:        2 * time.Second,
+		MaxConcurrentWrites:  1024,
+		LogReconcileInterval: 10 * time.Second,
 	}
-	minFetch := int64(topology.MaxBufferMsgBytes + 64<<10)
-	c.ReplayMaxBytes = int(r.Int("REPLAY_MAX_BYTES", minFetch, minFetch, 1<<30))
-	// A write may wait the database budget and then the buffer's.
-	c.HTTPWriteTimeout = r.Duration("HTTP_WRITE_TIMEOUT", c.DBTimeout+c.BufferTimeout+10*time.Second)
+	c.HTTPWriteTimeout = httpWriteTimeout(c.DBTimeout, c.BufferTimeout)
+	return c
+}
+
+// LoadConfig reads the environment through r: every variable unset takes
+// its DefaultConfig value, and every problem, whether reading or Validate
+// finds it, is reported at once, each naming its variable.
+func LoadConfig(r *envconfig.Reader) (Config, error) {
+	def := DefaultConfig()
+	s := svckit.LoadShared(r)
+	// DB_TIMEOUT's default is HEALTH_CHECK_TIMEOUT, which the node reads for nothing else.
+	healthTimeout := r.Duration("HEALTH_CHECK_TIMEOUT", def.DBTimeout)
 	r.Positive("HEALTH_CHECK_TIMEOUT", healthTimeout)
-	r.Positive("DB_TIMEOUT", c.DBTimeout)
-	r.Positive("BREAKER_OPEN_TIMEOUT", c.BreakerOpenTimeout)
-	r.Positive("NODE_STATUS_INTERVAL", c.StatusInterval)
-	r.Positive("BUFFER_TIMEOUT", c.BufferTimeout)
-	r.Positive("STALENESS_BOUND", c.StalenessBound)
-	r.Positive("LOG_RECONCILE_INTERVAL", c.LogReconcileInterval)
-	r.Positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout)
-	if c.TombstoneRetention < 0 {
-		r.Fail("TOMBSTONE_RETENTION", "must not be negative")
+	// Integers are read whole and their ranges checked by Validate.
+	lo, hi := envconfig.IntMin, envconfig.IntMax
+	c := Config{
+		NATS:             s.NATS,
+		DatabaseURL:      s.DatabaseURL,
+		HTTPAddr:         r.String("HTTP_ADDR", def.HTTPAddr),
+		NodeID:           s.NodeID,
+		SubjectPrefix:    s.SubjectPrefix,
+		NoProvision:      s.NoProvision,
+		CacheMaxSize:     int(r.Int("CACHE_MAX_SIZE", int64(def.CacheMaxSize), lo, hi)),
+		CacheMaxMemoryMB: int(r.Int("CACHE_MAX_MEMORY_MB", int64(def.CacheMaxMemoryMB), lo, hi)),
+		GoMemLimit:       r.String("GOMEMLIMIT", def.GoMemLimit),
+		CacheDisabled:    r.Bool("CACHE_DISABLED", def.CacheDisabled),
+		DBTimeout:        r.Duration("DB_TIMEOUT", healthTimeout),
+		DBMaxConns:       int(r.Int("DB_MAX_CONNS", int64(def.DBMaxConns), lo, hi)),
+
+		BreakerFailureThreshold: int(r.Int("BREAKER_FAILURE_THRESHOLD", int64(def.BreakerFailureThreshold), lo, hi)),
+		BreakerOpenTimeout:      r.Duration("BREAKER_OPEN_TIMEOUT", def.BreakerOpenTimeout),
+		RetryMaxAttempts:        int(r.Int("RETRY_MAX_ATTEMPTS", int64(def.RetryMaxAttempts), lo, hi)),
+		RetryBaseDelay:          r.Duration("RETRY_BASE_DELAY", def.RetryBaseDelay),
+		RetryMaxDelay:           r.Duration("RETRY_MAX_DELAY", def.RetryMaxDelay),
+
+		// BUFFER_* are read here, not in svckit: see svckit.Shared.
+		Buffer: topology.BufferLimits{
+			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", def.Buffer.MaxMsgs, lo, hi),
+			MaxBytes: r.Int("BUFFER_MAX_BYTES", def.Buffer.MaxBytes, lo, hi),
+			Replicas: int(r.Int("BUFFER_REPLICAS", int64(def.Buffer.Replicas), lo, hi)),
+		},
+		GroupCommitWindow: r.Duration("BUFFER_GROUP_COMMIT_WINDOW", def.GroupCommitWindow),
+		GroupCommitMax:    int(r.Int("BUFFER_GROUP_COMMIT_MAX", int64(def.GroupCommitMax), lo, hi)),
+		BufferTimeout:     r.Duration("BUFFER_TIMEOUT", def.BufferTimeout),
+		DBGroupCommitMax:  int(r.Int("DB_GROUP_COMMIT_MAX", int64(def.DBGroupCommitMax), lo, hi)),
+
+		ReplayBatchSize:     int(r.Int("REPLAY_BATCH_SIZE", int64(def.ReplayBatchSize), lo, hi)),
+		ReplayBatchInterval: r.Duration("REPLAY_BATCH_INTERVAL", def.ReplayBatchInterval),
+		ReplayMaxBytes:      int(r.Int("REPLAY_MAX_BYTES", int64(def.ReplayMaxBytes), lo, hi)),
+		StatusInterval:      r.Duration("NODE_STATUS_INTERVAL", def.StatusInterval),
+
+		StalenessBound:       r.Duration("STALENESS_BOUND", def.StalenessBound),
+		CacheRevalidateAfter: r.Duration("CACHE_REVALIDATE_AFTER", def.CacheRevalidateAfter),
+		LogReconcileInterval: r.Duration("LOG_RECONCILE_INTERVAL", def.LogReconcileInterval),
+		HTTPReadTimeout:      r.Duration("HTTP_READ_TIMEOUT", def.HTTPReadTimeout),
+		MaxConcurrentWrites:  int(r.Int("MAX_CONCURRENT_WRITES", int64(def.MaxConcurrentWrites), lo, hi)),
+		ShutdownDelay:        r.Duration("SHUTDOWN_DELAY", def.ShutdownDelay),
+		AuthTokensFile:       r.String("HTTP_AUTH_TOKENS_FILE", def.AuthTokensFile),
+		TombstoneRetention:   r.Duration("TOMBSTONE_RETENTION", def.TombstoneRetention),
 	}
-	if c.ShutdownDelay < 0 {
-		r.Fail("SHUTDOWN_DELAY", "must not be negative")
-	}
-	r.Positive("HTTP_WRITE_TIMEOUT", c.HTTPWriteTimeout)
-	if c.CacheRevalidateAfter < 0 {
-		r.Fail("CACHE_REVALIDATE_AFTER", "must not be negative")
-	}
-	if c.HTTPAddr == "" {
-		r.Fail("HTTP_ADDR", "must not be empty")
-	}
+	c.HTTPWriteTimeout = r.Duration("HTTP_WRITE_TIMEOUT", httpWriteTimeout(c.DBTimeout, c.BufferTimeout))
+	r.Check(c.Validate())
 	if err := r.Err(); err != nil {
 		return Config{}, fmt.Errorf("configuration: %w", err)
 	}
-	return c, c.Validate()
+	return c, nil
 }
 
-// Validate checks the settings that depend on each other.
+// Validate reports every setting out of its range and every inconsistent
+// pair, each naming its variable, all at once. A zero where the field's
+// comment gives zero a meaning (CACHE_REVALIDATE_AFTER, TOMBSTONE_RETENTION,
+// SHUTDOWN_DELAY, and the retry delays and group commit window, which then
+// take their package's defaults or do not wait) is valid.
 func (c Config) Validate() error {
-	var errs []error
+	shared := svckit.Shared{NATS: c.NATS, DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
+		SubjectPrefix: c.SubjectPrefix, NoProvision: c.NoProvision}
+	errs := []error{
+		shared.Validate(),
+		envconfig.NotEmpty("HTTP_ADDR", c.HTTPAddr),
+		envconfig.InRange("CACHE_MAX_SIZE", c.CacheMaxSize, 1, 1<<31-1),
+		envconfig.InRange("CACHE_MAX_MEMORY_MB", c.CacheMaxMemoryMB, 1, 1<<20),
+		envconfig.Positive("DB_TIMEOUT", c.DBTimeout),
+		envconfig.InRange("DB_MAX_CONNS", c.DBMaxConns, 1, 1000),
+
+		envconfig.InRange("BREAKER_FAILURE_THRESHOLD", c.BreakerFailureThreshold, 1, 1000),
+		envconfig.Positive("BREAKER_OPEN_TIMEOUT", c.BreakerOpenTimeout),
+		envconfig.InRange("RETRY_MAX_ATTEMPTS", c.RetryMaxAttempts, 1, 20),
+		envconfig.NotNegative("RETRY_BASE_DELAY", c.RetryBaseDelay),
+		envconfig.NotNegative("RETRY_MAX_DELAY", c.RetryMaxDelay),
+
+		c.Buffer.Validate(),
+		envconfig.NotNegative("BUFFER_GROUP_COMMIT_WINDOW", c.GroupCommitWindow),
+		envconfig.InRange("BUFFER_GROUP_COMMIT_MAX", c.GroupCommitMax, 1, 10_000),
+		envconfig.Positive("BUFFER_TIMEOUT", c.BufferTimeout),
+		envconfig.InRange("DB_GROUP_COMMIT_MAX", c.DBGroupCommitMax, 1, 1000),
+
+		envconfig.InRange("REPLAY_BATCH_SIZE", c.ReplayBatchSize, 1, 100_000),
+		envconfig.NotNegative("REPLAY_BATCH_INTERVAL", c.ReplayBatchInterval),
+		envconfig.InRange("REPLAY_MAX_BYTES", c.ReplayMaxBytes, minReplayFetch, 1<<30),
+		envconfig.Positive("NODE_STATUS_INTERVAL", c.StatusInterval),
+
+		envconfig.Positive("STALENESS_BOUND", c.StalenessBound),
+		envconfig.NotNegative("CACHE_REVALIDATE_AFTER", c.CacheRevalidateAfter),
+		envconfig.Positive("LOG_RECONCILE_INTERVAL", c.LogReconcileInterval),
+		envconfig.Positive("HTTP_READ_TIMEOUT", c.HTTPReadTimeout),
+		envconfig.Positive("HTTP_WRITE_TIMEOUT", c.HTTPWriteTimeout),
+		envconfig.InRange("MAX_CONCURRENT_WRITES", c.MaxConcurrentWrites, 1, 1<<20),
+		envconfig.NotNegative("SHUTDOWN_DELAY", c.ShutdownDelay),
+		envconfig.NotNegative("TOMBSTONE_RETENTION", c.TombstoneRetention),
+	}
 	if c.RetryBaseDelay > c.RetryMaxDelay {
 		errs = append(errs, errors.New("RETRY_BASE_DELAY: must not exceed RETRY_MAX_DELAY"))
-	}
-	if c.NodeID == "" {
-		errs = append(errs, errors.New("NODE_ID: must not be empty"))
 	}
 	return errors.Join(errs...)
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/anivault/anivault/pkg/natsconn"
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/resilience"
+	"github.com/anivault/anivault/pkg/svckit"
 	"github.com/anivault/anivault/pkg/topology"
 	"github.com/anivault/anivault/pkg/wmnats"
 )
@@ -393,22 +394,17 @@ func (n *Node) provision(ctx context.Context) error {
 		pctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 	}
 	defer cancel()
-	for {
-		kv, err := top.EnsureEvents(pctx)
+	// No deadline per attempt: every request of the Ensure methods has its own.
+	return svckit.Retry(pctx, n.log, top.Step(), 0, func(ctx context.Context) error {
+		kv, err := top.EnsureEvents(ctx)
 		if err == nil {
-			err = top.EnsureWrites(pctx, n.cfg.Buffer)
+			err = top.EnsureWrites(ctx, n.cfg.Buffer)
 		}
 		if err == nil {
 			n.kv = kv
-			return nil
 		}
-		n.log.Warn(top.Step()+" failed, retrying", "error", err)
-		select {
-		case <-pctx.Done():
-			return fmt.Errorf("%s: %w", top.Step(), err)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+		return err
+	})
 }
 
 func (n *Node) migrateLoop(ctx context.Context) {

@@ -6,7 +6,6 @@ package monitor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/envconfig"
@@ -25,46 +25,6 @@ import (
 	"github.com/anivault/anivault/pkg/topology"
 	"github.com/anivault/anivault/pkg/wmnats"
 )
-
-// Config is the health-monitor's configuration.
-type Config struct {
-	NATS              natsconn.Config
-	DatabaseURL       string
-	Interval          time.Duration
-	Timeout           time.Duration
-	FailureThreshold  int
-	RecoveryThreshold int
-	NodeID            string
-	SubjectPrefix     string
-	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
-	AdminAddr string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the process only waits for the ones the provision command
-	// makes as the admin role, for NATS roles that may not create them.
-	NoProvision bool
-}
-
-// LoadConfig reads the environment.
-func LoadConfig(r *envconfig.Reader) (Config, error) {
-	c := Config{
-		NATS:              natsconn.FromEnv(r),
-		DatabaseURL:       r.String("DATABASE_URL", pgdb.DefaultDSN),
-		Interval:          r.Duration("HEALTH_CHECK_INTERVAL", 30*time.Second),
-		Timeout:           r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second),
-		FailureThreshold:  int(r.Int("HEALTH_FAILURE_THRESHOLD", 3, 1, 1000)),
-		RecoveryThreshold: int(r.Int("HEALTH_RECOVERY_THRESHOLD", 2, 1, 1000)),
-		NodeID:            r.String("NODE_ID", svckit.DefaultNodeID()),
-		SubjectPrefix:     r.String("SUBJECT_PREFIX", ""),
-		AdminAddr:         r.String("ADMIN_ADDR", ":9090"),
-		NoProvision:       !r.Bool("NATS_PROVISION", true),
-	}
-	r.Positive("HEALTH_CHECK_INTERVAL", c.Interval)
-	r.Positive("HEALTH_CHECK_TIMEOUT", c.Timeout)
-	if err := r.Err(); err != nil {
-		return Config{}, fmt.Errorf("configuration: %w", err)
-	}
-	return c, nil
-}
 
 // Run reads the configuration and monitors until ctx is done.
 func Run(ctx context.Context, log *slog.Logger) error {
@@ -108,8 +68,8 @@ type outgoing struct {
 
 // New builds a monitor.
 func New(cfg Config, log *slog.Logger) (*Monitor, error) {
-	if cfg.Interval <= 0 || cfg.Timeout <= 0 {
-		return nil, errors.New("monitor: interval and timeout must be positive")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("monitor: %w", err)
 	}
 	prober, err := pgdb.NewProber(cfg.DatabaseURL, "anivault-health-monitor", cfg.Timeout)
 	if err != nil {
@@ -164,22 +124,38 @@ func (m *Monitor) watchMode(ctx context.Context, js jetstream.JetStream) {
 }
 
 // Run probes every interval until ctx is done.
+//
+// Run owns every goroutine it starts (the admin endpoints and the mode
+// watch, in one errgroup) and everything New opened, and stops them, however
+// it returns, in this order:
+//  1. the check loop ends (ctx is done), or a start-up step fails;
+//  2. the errgroup's goroutines are cancelled and Run waits for them;
+//  3. the NATS connection drains (after a normal stop) and closes;
+//  4. the prober closes its database connections.
 func (m *Monitor) Run(ctx context.Context) error {
+	defer func() { _ = m.prober.Close() }() // 4
 	nc, err := natsconn.Connect(ctx, m.cfg.NATS, "anivault-health-monitor-"+m.cfg.NodeID, m.log)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer nc.Close() // 3
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	go svckit.ServeAdmin(ctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
-		if !m.ready.Load() {
-			return false, "JetStream not provisioned or no health check done yet"
-		}
-		return true, ""
-	}, m.log)
+	gctx, cancel := context.WithCancel(ctx)
+	var g errgroup.Group
+	stop := func() { cancel(); _ = g.Wait() } // 2; safe to call twice
+	defer stop()
+	g.Go(func() error {
+		svckit.ServeAdmin(gctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
+			if !m.ready.Load() {
+				return false, "JetStream not provisioned or no health check done yet"
+			}
+			return true, ""
+		}, m.log)
+		return nil
+	})
 	top, err := topology.New(js, m.subj)
 	if err != nil {
 		return err
@@ -197,17 +173,17 @@ func (m *Monitor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	go m.watchMode(ctx, js)
+	g.Go(func() error { m.watchMode(gctx, js); return nil })
 	t := time.NewTicker(m.cfg.Interval)
 	defer t.Stop()
 	for {
 		m.check(ctx)
 		m.ready.Store(true)
 		select {
-		case <-ctx.Done():
+		case <-ctx.Done(): // 1
 			m.checker.SetMonitoring(false)
+			stop()
 			_ = nc.Drain()
-			_ = m.prober.Close()
 			return nil
 		case <-t.C:
 		}

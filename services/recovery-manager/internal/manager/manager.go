@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,58 +31,6 @@ import (
 	"github.com/anivault/anivault/pkg/topology"
 	"github.com/anivault/anivault/pkg/wmnats"
 )
-
-// Config is the recovery-manager's configuration.
-type Config struct {
-	NATS                  natsconn.Config
-	DatabaseURL           string
-	AutoRecovery          bool
-	RecoveryCheckInterval time.Duration
-	CheckTimeout          time.Duration
-	NodeTimeout           time.Duration
-	EvalInterval          time.Duration
-	NodeID                string
-	SubjectPrefix         string
-	Buffer                topology.BufferLimits
-	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
-	AdminAddr string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the process only waits for the ones the provision command
-	// makes as the admin role, for NATS roles that may not create them.
-	NoProvision bool
-}
-
-// LoadConfig reads the environment.
-func LoadConfig(r *envconfig.Reader) (Config, error) {
-	c := Config{
-		NATS:                  natsconn.FromEnv(r),
-		DatabaseURL:           r.String("DATABASE_URL", pgdb.DefaultDSN),
-		AutoRecovery:          r.Bool("AUTO_RECOVERY_ENABLED", true),
-		RecoveryCheckInterval: r.Duration("RECOVERY_CHECK_INTERVAL", 60*time.Second),
-		CheckTimeout:          r.Duration("HEALTH_CHECK_TIMEOUT", 5*time.Second),
-		NodeTimeout:           r.Duration("NODE_TIMEOUT", 5*time.Second),
-		EvalInterval:          r.Duration("MODE_EVAL_INTERVAL", 250*time.Millisecond),
-		NodeID:                r.String("NODE_ID", svckit.DefaultNodeID()),
-		SubjectPrefix:         r.String("SUBJECT_PREFIX", ""),
-		AdminAddr:             r.String("ADMIN_ADDR", ":9090"),
-		NoProvision:           !r.Bool("NATS_PROVISION", true),
-		Buffer: topology.BufferLimits{
-			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", 1_000_000, 1, 1<<40),
-			MaxBytes: r.Int("BUFFER_MAX_BYTES", 1<<30, 1<<20, 1<<50),
-			Replicas: int(r.Int("BUFFER_REPLICAS", 1, 1, 5)),
-		},
-	}
-	for name, d := range map[string]time.Duration{
-		"RECOVERY_CHECK_INTERVAL": c.RecoveryCheckInterval, "HEALTH_CHECK_TIMEOUT": c.CheckTimeout,
-		"NODE_TIMEOUT": c.NodeTimeout, "MODE_EVAL_INTERVAL": c.EvalInterval,
-	} {
-		r.Positive(name, d)
-	}
-	if err := r.Err(); err != nil {
-		return Config{}, fmt.Errorf("configuration: %w", err)
-	}
-	return c, nil
-}
 
 // Run reads the configuration and manages the mode until ctx is done.
 func Run(ctx context.Context, log *slog.Logger) error {
@@ -113,9 +62,14 @@ type Manager struct {
 
 	inputs chan input
 	prober *pgdb.Prober
-	// runCtx is Run's context: announcements are retried until it ends.
+	// runCtx is Run's context, cancelled when Run returns: announcements
+	// are retried until it ends.
 	runCtx context.Context
 	top    *topology.Topology
+	// bg holds the goroutines Run starts outside its errgroup (the admin
+	// endpoints, the announcements being retried, the re-announcement at
+	// start); they end with runCtx, and Run waits for them before it returns.
+	bg sync.WaitGroup
 
 	registry    *prometheus.Registry
 	transitions *prometheus.CounterVec
@@ -158,8 +112,8 @@ type result struct {
 
 // New builds a manager.
 func New(cfg Config, log *slog.Logger) (*Manager, error) {
-	if cfg.NodeID == "" {
-		return nil, errors.New("manager: empty node id")
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
 	}
 	prober, err := pgdb.NewProber(cfg.DatabaseURL, "anivault-recovery-manager", cfg.CheckTimeout)
 	if err != nil {
@@ -180,23 +134,40 @@ func New(cfg Config, log *slog.Logger) (*Manager, error) {
 }
 
 // Run serves until ctx is done.
+//
+// Run owns every goroutine it starts and everything New opened, and stops
+// them, however it returns, in this order:
+//  1. ctx ends (or a part of the errgroup fails): the NATS micro service
+//     stops answering, the router closes and the decision loop ends; Run
+//     waits for the errgroup;
+//  2. runCtx is cancelled: the admin endpoints stop, announcements still
+//     being retried give up, and Run waits for them (m.bg);
+//  3. the NATS connection drains (after the errgroup ran) and closes;
+//  4. the prober closes its database connections.
 func (m *Manager) Run(ctx context.Context) error {
+	defer func() { _ = m.prober.Close() }() // 4
 	var err error
 	m.nc, err = natsconn.Connect(ctx, m.cfg.NATS, "anivault-recovery-manager-"+m.cfg.NodeID, m.log)
 	if err != nil {
 		return err
 	}
-	defer m.nc.Close()
+	defer m.nc.Close() // 3
+	runCtx, cancel := context.WithCancel(ctx)
+	m.runCtx = runCtx
+	stopBackground := func() { cancel(); m.bg.Wait() } // 2; safe to call twice
+	defer stopBackground()
 	m.js, err = jetstream.New(m.nc)
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	go svckit.ServeAdmin(ctx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
-		if !m.ready.Load() {
-			return false, "JetStream not provisioned or endpoints not serving yet"
-		}
-		return true, ""
-	}, m.log)
+	m.bg.Go(func() {
+		svckit.ServeAdmin(runCtx, m.cfg.AdminAddr, m.registry, func() (bool, string) {
+			if !m.ready.Load() {
+				return false, "JetStream not provisioned or endpoints not serving yet"
+			}
+			return true, ""
+		}, m.log)
+	})
 	top, err := topology.New(m.js, m.subj)
 	if err != nil {
 		return err
@@ -220,7 +191,6 @@ func (m *Manager) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	m.runCtx = ctx
 	m.wmLog = wmnats.Logger(m.log)
 	m.jsPub, err = wmnats.NewJetStreamPublisher(m.nc, m.wmLog)
 	if err != nil {
@@ -236,7 +206,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		} else {
 			m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
 			if cur.Epoch > 0 {
-				go m.reannounce(ctx, cur)
+				m.bg.Go(func() { m.reannounce(runCtx, cur) })
 			}
 		}
 	}
@@ -259,7 +229,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		_ = router.Close()
 		return nil
 	})
-	err = g.Wait()
+	err = g.Wait() // 1
+	stopBackground()
 	_ = m.nc.Drain()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -585,7 +556,7 @@ func (m *Manager) publishMode(next events.ModeChanged) {
 	}
 	subject := m.subj.Of(next.Mode.Subject())
 	id := fmt.Sprintf("anivault-mode-epoch-%d", next.Epoch)
-	go func() {
+	m.bg.Go(func() {
 		for {
 			if err := m.jsPub.Publish(subject, message.NewMessage(id, b)); err == nil {
 				return
@@ -598,7 +569,7 @@ func (m *Manager) publishMode(next events.ModeChanged) {
 			case <-time.After(500 * time.Millisecond):
 			}
 		}
-	}()
+	})
 }
 
 // reannounce publishes again every mode in the key's KV history newer than
