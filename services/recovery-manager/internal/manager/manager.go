@@ -327,9 +327,9 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 		return events.ModeChanged{}, 0, fmt.Errorf("read mode: %w", err)
 	}
 	m.settle(ctx, e)
-	var mc events.ModeChanged
-	if err := json.Unmarshal(e.Value(), &mc); err != nil || !mc.Mode.Valid() {
-		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %v", e.Revision(), err)
+	mc, err := events.DecodeMode(e.Value())
+	if err != nil {
+		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %w", e.Revision(), err)
 	}
 	m.lastStatus = mc
 	m.modes.Set(string(mc.Mode), mc.Epoch)
