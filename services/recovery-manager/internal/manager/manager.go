@@ -377,8 +377,7 @@ func (m *Manager) lastAnnounced(ctx context.Context) (events.ModeChanged, bool) 
 		if err != nil {
 			continue
 		}
-		var mc events.ModeChanged
-		if json.Unmarshal(msg.Data, &mc) == nil && mc.Mode.Valid() && (!found || mc.Epoch > last.Epoch) {
+		if mc, err := events.DecodeMode(msg.Data); err == nil && (!found || mc.Epoch > last.Epoch) {
 			last, found = mc, true
 		}
 	}
@@ -616,8 +615,7 @@ func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
 	if hist, err := m.kv.History(ctx, events.KeyMode); err == nil {
 		missing = missing[:0]
 		for _, h := range hist {
-			var mc events.ModeChanged
-			if json.Unmarshal(h.Value(), &mc) == nil && mc.Mode.Valid() && mc.Epoch > last &&
+			if mc, err := events.DecodeMode(h.Value()); err == nil && mc.Epoch > last &&
 				(len(missing) == 0 || mc.Epoch > missing[len(missing)-1].Epoch) {
 				missing = append(missing, mc)
 			}
