@@ -42,3 +42,32 @@ func TestDecodeMode(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDecodeMode: DecodeMode never panics; an error is a *ValidationError
+// with a zero mode; an accepted mode is one of the contract's three.
+func FuzzDecodeMode(f *testing.F) {
+	for _, s := range []string{
+		`{"mode":"normal","epoch":0}`,
+		`{"mode":"recovering","epoch":5,"counters":{"in_outage":true}}`,
+		`{"mode":"cache_only","epoch":-1,"extra":[1,2]}`,
+		`{"mode":"offline"}`, `{"mode":1}`, `null`, `{`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		mc, err := events.DecodeMode(data)
+		if err != nil {
+			var ve *events.ValidationError
+			if !errors.As(err, &ve) || !errors.Is(err, events.ErrInvalid) {
+				t.Fatalf("error %q is a %T that does not match ErrInvalid", err, err)
+			}
+			if mc != (events.ModeChanged{}) {
+				t.Fatalf("returned %+v along with error %q", mc, err)
+			}
+			return
+		}
+		if !mc.Mode.Valid() {
+			t.Fatalf("accepted mode %q from %q", mc.Mode, data)
+		}
+	})
+}
