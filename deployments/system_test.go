@@ -19,6 +19,7 @@ import (
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/anivault"
+	"github.com/anivault/anivault/pkg/modefollow"
 	"github.com/anivault/anivault/pkg/procs"
 	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
@@ -341,17 +342,12 @@ func kvMode(t *testing.T, nc *nats.Conn) events.ModeChanged {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, events.BucketName)
-	if err != nil {
-		t.Fatalf("operator: kv %s: %v", events.BucketName, err)
-	}
-	e, err := kv.Get(ctx, events.KeyMode)
+	m, rev, err := modefollow.NewBucket(js, events.NewSubjects("")).Read(ctx)
 	if err != nil {
 		t.Fatalf("operator: kv get %s %s: %v", events.BucketName, events.KeyMode, err)
 	}
-	var m events.ModeChanged
-	if err := json.Unmarshal(e.Value(), &m); err != nil {
-		t.Fatal(err)
+	if rev == 0 {
+		t.Fatalf("operator: kv get %s %s: %v", events.BucketName, events.KeyMode, jetstream.ErrKeyNotFound)
 	}
 	return m
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/hlc"
 	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/modefollow"
 	"github.com/anivault/anivault/pkg/pgdb"
 )
 
@@ -323,22 +324,14 @@ func (r *runner) waitNormalEmpty(ctx context.Context, timeout time.Duration) err
 	}
 }
 
+// kvMode reads the mode key of the services' SUBJECT_PREFIX; an absent key
+// is normal mode.
 func (r *runner) kvMode(ctx context.Context) (events.ModeChanged, error) {
-	var mc events.ModeChanged
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	kv, err := r.js.KeyValue(ctx, events.BucketName)
-	if err != nil {
-		return mc, err
-	}
-	e, err := kv.Get(ctx, events.KeyMode)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return events.ModeChanged{Mode: events.ModeNormal}, nil
-	}
-	if err != nil {
-		return mc, err
-	}
-	return mc, json.Unmarshal(e.Value(), &mc)
+	subj := events.NewSubjects(r.st.Env(r.common)["SUBJECT_PREFIX"])
+	mc, _, err := modefollow.NewBucket(r.js, subj).Read(ctx)
+	return mc, err
 }
 
 // record returns fixture record i (cycled) under id, its tmdb_id replaced.

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/modefollow"
 )
 
 // Defaults applied to zero Options fields.
@@ -115,8 +116,7 @@ type Client struct {
 	log   *slog.Logger
 	owned bool
 
-	kvMu sync.Mutex
-	kv   jetstream.KeyValue // looked up once, on first use
+	modes *modefollow.Bucket // the mode bucket, looked up on first use
 
 	mu       sync.Mutex
 	closed   bool
@@ -141,13 +141,15 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("anivault new: %w", err)
 	}
+	subj := events.NewSubjects(opts.Prefix)
 	return &Client{
-		nc:   nc,
-		js:   js,
-		subj: events.NewSubjects(opts.Prefix),
-		opts: opts,
-		log:  opts.Logger,
-		done: make(chan struct{}),
+		nc:    nc,
+		js:    js,
+		subj:  subj,
+		opts:  opts,
+		log:   opts.Logger,
+		modes: modefollow.NewBucket(js, subj),
+		done:  make(chan struct{}),
 	}, nil
 }
 

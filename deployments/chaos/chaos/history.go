@@ -65,8 +65,7 @@ func ReadHistory(ctx context.Context, js jetstream.JetStream, subj events.Subjec
 					h.Replays = append(h.Replays, e)
 				}
 			default:
-				var e events.ModeChanged
-				if json.Unmarshal(m.Data(), &e) == nil && e.Mode.Valid() {
+				if e, err := events.DecodeMode(m.Data()); err == nil {
 					byEpoch[e.Epoch] = e // a retried publish may store an epoch twice
 				}
 			}

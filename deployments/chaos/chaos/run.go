@@ -22,6 +22,7 @@ import (
 	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
+	"github.com/anivault/anivault/pkg/modefollow"
 	"github.com/anivault/anivault/pkg/natsembed"
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/procs"
@@ -949,17 +950,14 @@ func (r *runner) converged(ctx context.Context) (string, events.ModeChanged, boo
 	return strings.Join(parts, ", "), mode, ok
 }
 
+// kvMode reads the mode key; an absent key is an error (a manager has
+// written the mode by the time the run checks it).
 func (r *runner) kvMode(ctx context.Context) (events.ModeChanged, error) {
-	var mc events.ModeChanged
-	kv, err := r.js.KeyValue(ctx, r.subj.Name(events.BucketName))
-	if err != nil {
-		return mc, err
+	mc, rev, err := modefollow.NewBucket(r.js, r.subj).Read(ctx)
+	if err == nil && rev == 0 {
+		err = jetstream.ErrKeyNotFound
 	}
-	e, err := kv.Get(ctx, events.KeyMode)
-	if err != nil {
-		return mc, err
-	}
-	return mc, json.Unmarshal(e.Value(), &mc)
+	return mc, err
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}

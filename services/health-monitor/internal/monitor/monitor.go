@@ -19,6 +19,7 @@ import (
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/envconfig"
+	"github.com/anivault/anivault/pkg/modefollow"
 	"github.com/anivault/anivault/pkg/natsconn"
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/svckit"
@@ -102,17 +103,14 @@ func New(cfg Config, log *slog.Logger) (*Monitor, error) {
 
 // watchMode keeps the mode gauges current from the mode key in KV.
 func (m *Monitor) watchMode(ctx context.Context, js jetstream.JetStream) {
+	bucket := modefollow.NewBucket(js, m.subj)
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
 		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		if kv, err := js.KeyValue(gctx, m.subj.Name(events.BucketName)); err == nil {
-			if e, err := kv.Get(gctx, events.KeyMode); err == nil {
-				var mc events.ModeChanged
-				if json.Unmarshal(e.Value(), &mc) == nil && mc.Mode.Valid() {
-					m.modes.Set(string(mc.Mode), mc.Epoch)
-				}
-			}
+		// An absent key (revision 0) leaves the gauges as they are.
+		if mc, rev, err := bucket.Read(gctx); err == nil && rev > 0 {
+			m.modes.Set(string(mc.Mode), mc.Epoch)
 		}
 		cancel()
 		select {

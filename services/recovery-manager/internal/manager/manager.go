@@ -298,9 +298,9 @@ func (m *Manager) readMode(ctx context.Context) (events.ModeChanged, uint64, err
 		return events.ModeChanged{}, 0, fmt.Errorf("read mode: %w", err)
 	}
 	m.settle(ctx, e)
-	var mc events.ModeChanged
-	if err := json.Unmarshal(e.Value(), &mc); err != nil || !mc.Mode.Valid() {
-		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %v", e.Revision(), err)
+	mc, err := events.DecodeMode(e.Value())
+	if err != nil {
+		return events.ModeChanged{}, 0, fmt.Errorf("read mode: invalid value at revision %d: %w", e.Revision(), err)
 	}
 	m.lastStatus = mc
 	m.modes.Set(string(mc.Mode), mc.Epoch)
@@ -348,8 +348,7 @@ func (m *Manager) lastAnnounced(ctx context.Context) (events.ModeChanged, bool) 
 		if err != nil {
 			continue
 		}
-		var mc events.ModeChanged
-		if json.Unmarshal(msg.Data, &mc) == nil && mc.Mode.Valid() && (!found || mc.Epoch > last.Epoch) {
+		if mc, err := events.DecodeMode(msg.Data); err == nil && (!found || mc.Epoch > last.Epoch) {
 			last, found = mc, true
 		}
 	}
@@ -587,8 +586,7 @@ func (m *Manager) reannounce(ctx context.Context, cur events.ModeChanged) {
 	if hist, err := m.kv.History(ctx, events.KeyMode); err == nil {
 		missing = missing[:0]
 		for _, h := range hist {
-			var mc events.ModeChanged
-			if json.Unmarshal(h.Value(), &mc) == nil && mc.Mode.Valid() && mc.Epoch > last &&
+			if mc, err := events.DecodeMode(h.Value()); err == nil && mc.Epoch > last &&
 				(len(missing) == 0 || mc.Epoch > missing[len(missing)-1].Epoch) {
 				missing = append(missing, mc)
 			}
