@@ -252,7 +252,7 @@ func TestComponentFallbackAndReplay(t *testing.T) {
 	}
 	c.setMode(t, events.ModeChanged{Mode: events.ModeRecovering, Epoch: 1})
 	waitFor(t, func() error {
-		if e := c.replay.completedEpoch(); e < 1 {
+		if e := c.replayer.completedEpoch(); e < 1 {
 			return fmt.Errorf("replayed epoch %d, want 1", e)
 		}
 		return nil
@@ -305,10 +305,10 @@ func TestComponentReplayDecisions(t *testing.T) {
 	garbage := []byte(`{"writes":[{"tmdb_id":"not a number"}]}`)
 	publishBuffered(t, c, garbage)
 
-	staleBefore := c.staleTotal.Load()
+	staleBefore := c.replayer.stale.Load()
 	c.setMode(t, events.ModeChanged{Mode: events.ModeRecovering, Epoch: 2})
 	waitFor(t, func() error {
-		if e := c.replay.completedEpoch(); e < 2 {
+		if e := c.replayer.completedEpoch(); e < 2 {
 			return fmt.Errorf("replayed epoch %d, want 2", e)
 		}
 		return nil
@@ -321,7 +321,7 @@ func TestComponentReplayDecisions(t *testing.T) {
 	if v, _ := c.table(ctx, 3001); v != res[1].Version {
 		t.Fatalf("tmdb:3001 at v%d after the replay, want its committed v%d (the buffered write is older)", v, res[1].Version)
 	}
-	if got := c.staleTotal.Load() - staleBefore; got != 1 {
+	if got := c.replayer.stale.Load() - staleBefore; got != 1 {
 		t.Fatalf("%d writes counted stale, want 1", got)
 	}
 	assertBufferEmpty(t, c)
@@ -392,7 +392,7 @@ func TestComponentModeApplication(t *testing.T) {
 	c.setMode(t, events.ModeChanged{Mode: events.ModeNormal, Epoch: 4})
 	c.setMode(t, events.ModeChanged{Mode: events.ModeRecovering, Epoch: 6})
 	waitFor(t, func() error {
-		if e := c.replay.completedEpoch(); e < 6 {
+		if e := c.replayer.completedEpoch(); e < 6 {
 			return fmt.Errorf("replayed epoch %d, want 6", e)
 		}
 		return nil

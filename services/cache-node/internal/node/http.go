@@ -307,7 +307,7 @@ func (n *Node) refreshBufferStatus(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	st := events.BufferStatus{
-		ReplayedTotal: n.replayedTotal.Load(), AcceptedTotal: n.acceptedTotal.Load(), SkippedStaleTotal: n.staleTotal.Load(),
+		ReplayedTotal: n.replayer.replayed.Load(), AcceptedTotal: n.acceptedTotal.Load(), SkippedStaleTotal: n.replayer.stale.Load(),
 	}
 	s, err := n.js.Stream(ctx, n.subj.Name(events.StreamBuffer))
 	if err == nil {
@@ -337,7 +337,7 @@ func (n *Node) nodeStatus() events.NodeStatus {
 		Buffer:              *n.bufStatus.Load(),
 		LastSeen:            now,
 		RetryStatistics:     n.retryStats(),
-		ReplayedEpoch:       n.replay.completedEpoch(),
+		ReplayedEpoch:       n.replayer.completedEpoch(),
 		HTTPAddr:            n.cfg.HTTPAddr,
 	}
 }

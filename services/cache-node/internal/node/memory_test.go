@@ -133,8 +133,8 @@ func maxSizeBufferMessage(t *testing.T, firstID, version int64) []byte {
 func TestReplayHeapStaysSmall(t *testing.T) {
 	n, natsURL := startTestNode(t, map[string]string{"REPLAY_BATCH_INTERVAL": "0"})
 	// Hold the drain lock: the node's own background drain stays out.
-	n.drainMu.Lock()
-	defer n.drainMu.Unlock()
+	n.replayer.drainMu.Lock()
+	defer n.replayer.drainMu.Unlock()
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func TestReplayHeapStaysSmall(t *testing.T) {
 		}
 	}()
 	var total replayCounts
-	drained, err := n.replayDrain(ctx, &total)
+	drained, err := n.replayer.drain(ctx, &total)
 	close(stop)
 	<-sampled
 	if err != nil || !drained {

@@ -46,9 +46,9 @@ func (n *Node) applyMode(mc events.ModeChanged) {
 		n.log.Info("Cache-only mode disabled", "epoch", mc.Epoch, "mode", mc.Mode)
 	}
 	// A replay belongs to one recovering epoch; any newer mode ends it.
-	n.replay.stop()
+	n.replayer.stop()
 	if mc.Mode == events.ModeRecovering {
-		n.startReplay(mc.Epoch)
+		n.replayer.start(mc.Epoch)
 	}
 	// Tell the manager at once, so that it counts this node as live in the
 	// new mode without waiting for the next report.

@@ -152,15 +152,14 @@ type Node struct {
 	// migrateTried is set after the first migration attempt, success or not.
 	migrateTried atomic.Bool
 	mode         modeState
-	replay       replayState
+	// replayer drains the write buffer into the database (set up in Run).
+	replayer *replayer
 	bufStatus    atomic.Pointer[events.BufferStatus]
 	// health is the monitor\'s latest db.health, shown in /v1/status.
 	health atomic.Pointer[healthReport]
 	// committer groups committed writes (nil with DB_GROUP_COMMIT_MAX=1).
 	committer *committer
 
-	// drainMu lets one drain of the buffer run at a time in this node.
-	drainMu sync.Mutex
 	// sweepMu lets one orphan sweep of the producers' write stream run at a time.
 	sweepMu sync.Mutex
 	// writeSlots bounds the HTTP writes in flight (MAX_CONCURRENT_WRITES).
@@ -169,8 +168,6 @@ type Node struct {
 	tokens *tokens
 
 	acceptedTotal atomic.Int64
-	replayedTotal atomic.Int64
-	staleTotal    atomic.Int64
 }
 
 // New builds a node from cfg without touching the network.
@@ -265,6 +262,9 @@ func (n *Node) Run(ctx context.Context) error {
 
 	n.buffer, err = newBuffer(n.js, n.subj.Of(events.SubjectBufferWrites), n.cfg.GroupCommitWindow, n.cfg.GroupCommitMax, n.cfg.BufferTimeout)
 	if err != nil {
+		return err
+	}
+	if n.replayer, err = n.newReplayer(); err != nil {
 		return err
 	}
 	n.metrics.registry.MustRegister(
@@ -362,7 +362,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("HTTP server drained: stopping the rest")
 		cancel()
 		_ = router.Close()
-		n.replay.stop()
+		n.replayer.stop()
 		return nil
 	})
 	err = g.Wait()

@@ -213,7 +213,7 @@ func (n *Node) revalidateAfter() time.Duration { return n.cfg.CacheRevalidateAft
 // is the source of truth.
 func (n *Node) needsRevalidation(e entry) bool {
 	age := n.cfg.CacheRevalidateAfter
-	return age > 0 && time.Since(time.Unix(0, e.at)) > age && n.currentMode() == events.ModeNormal && n.breaker.State() == "closed"
+	return age > 0 && time.Since(time.Unix(0, e.at)) > age && n.currentMode() == events.ModeNormal && n.breaker.State() == resilience.StateClosed
 }
 
 // dbCall runs fn through the retry policy and the breaker within the node's

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
+	"github.com/anivault/anivault/pkg/resilience"
 	"github.com/anivault/anivault/pkg/topology"
 )
 
@@ -46,18 +50,111 @@ func (r *replayState) completedEpoch() int64 {
 	return r.completed
 }
 
-// startReplay drains the shared buffer for epoch in the background.
-func (n *Node) startReplay(epoch int64) {
+// replayer drains the shared write buffer into PostgreSQL: the replay of a
+// recovering epoch (start, stop), the drain of writes the fast path buffered
+// in normal mode (drainInBackground), and the sweep of messages a NATS
+// restart left behind. A buffer message is acknowledged only after its
+// writes committed; one that can never be applied goes to the poison
+// stream.
+type replayer struct {
+	cfg      replayConfig
+	log      *slog.Logger
+	js       jetstream.JetStream
+	subj     events.Subjects
+	apply    func(ctx context.Context, chunk []metastore.Write) (metastore.Result, error)
+	logged   func(ctx context.Context, chunk []metastore.Write, applied map[int64]int64)
+	announce func(ctx context.Context, ev events.ReplayCompleted) error
+	metrics  replayMetrics
+
+	run replayState // the replay of the current recovering epoch
+	// drainMu lets one drain of the buffer run at a time in this node.
+	drainMu sync.Mutex
+	// replayed and stale count the writes applied and skipped since start.
+	replayed, stale atomic.Int64
+}
+
+// replayConfig is the replay's part of the node's configuration.
+type replayConfig struct {
+	NodeID        string
+	BatchSize     int           // REPLAY_BATCH_SIZE: messages a fetch
+	MaxBytes      int           // REPLAY_MAX_BYTES: bytes a fetch
+	BatchInterval time.Duration // REPLAY_BATCH_INTERVAL: the pause after a batch
+}
+
+// replayDeps is what the replayer uses of the rest of the node.
+type replayDeps struct {
+	Log      *slog.Logger
+	JS       jetstream.JetStream
+	Subjects events.Subjects
+	// Apply applies one chunk of writes in one transaction, within the
+	// database budget and through the breaker.
+	Apply func(ctx context.Context, chunk []metastore.Write) (metastore.Result, error)
+	// Logged puts the chunk's applied writes that the change log lacks in it.
+	Logged func(ctx context.Context, chunk []metastore.Write, applied map[int64]int64)
+	// Announce publishes replay.completed.
+	Announce func(ctx context.Context, ev events.ReplayCompleted) error
+	Metrics  replayMetrics
+}
+
+// replayMetrics are the replay's metrics.
+type replayMetrics struct {
+	Applied, Stale prometheus.Counter
+	Duration       prometheus.Observer
+}
+
+// newReplayer makes the node's replayer, on the node's database (through
+// its breaker and retries), change log and events.
+func (n *Node) newReplayer() (*replayer, error) {
+	return newReplayerOf(replayConfig{NodeID: n.cfg.NodeID, BatchSize: n.cfg.ReplayBatchSize,
+		MaxBytes: n.cfg.ReplayMaxBytes, BatchInterval: n.cfg.ReplayBatchInterval}, replayDeps{
+		Log: n.log, JS: n.js, Subjects: n.subj,
+		Apply: func(ctx context.Context, chunk []metastore.Write) (res metastore.Result, err error) {
+			err = n.dbCall(ctx, opReplay, func(ctx context.Context) error {
+				res, err = n.store.ApplyBatchCopy(ctx, chunk)
+				return err
+			})
+			return res, err
+		},
+		Logged: n.logReplayed,
+		Announce: func(ctx context.Context, ev events.ReplayCompleted) error {
+			return n.publishEvent(ctx, n.subj.Of(events.SubjectReplayCompleted), ev)
+		},
+		Metrics: replayMetrics{Applied: n.metrics.replayed, Stale: n.metrics.replayStale, Duration: n.metrics.replayTime},
+	})
+}
+
+func newReplayerOf(cfg replayConfig, deps replayDeps) (*replayer, error) {
+	switch {
+	case cfg.NodeID == "" || cfg.BatchSize < 1 || cfg.MaxBytes < 1 || cfg.BatchInterval < 0:
+		return nil, fmt.Errorf("replayer: invalid configuration %+v", cfg)
+	case deps.Log == nil || deps.JS == nil || deps.Apply == nil || deps.Logged == nil || deps.Announce == nil ||
+		deps.Metrics.Applied == nil || deps.Metrics.Stale == nil || deps.Metrics.Duration == nil:
+		return nil, errors.New("replayer: missing dependency")
+	}
+	return &replayer{cfg: cfg, log: deps.Log, js: deps.JS, subj: deps.Subjects, apply: deps.Apply,
+		logged: deps.Logged, announce: deps.Announce, metrics: deps.Metrics}, nil
+}
+
+// start drains the shared buffer for epoch in the background, after
+// stopping the replay of an earlier epoch.
+func (r *replayer) start(epoch int64) {
+	r.run.stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	n.replay.mu.Lock()
-	n.replay.cancel, n.replay.done, n.replay.epoch = cancel, done, epoch
-	n.replay.mu.Unlock()
+	r.run.mu.Lock()
+	r.run.cancel, r.run.done, r.run.epoch = cancel, done, epoch
+	r.run.mu.Unlock()
 	go func() {
 		defer close(done)
-		n.replayLoop(ctx, epoch)
+		r.loop(ctx, epoch)
 	}()
 }
+
+// stop ends the running replay, if any, and waits for it.
+func (r *replayer) stop() { r.run.stop() }
+
+// completedEpoch is the newest epoch this node reported replay.completed for.
+func (r *replayer) completedEpoch() int64 { return r.run.completedEpoch() }
 
 type replayCounts struct {
 	replayed, stale, failed int64
@@ -66,15 +163,15 @@ type replayCounts struct {
 // replayLoop drains the buffer into PostgreSQL, retrying with backoff after a
 // database failure for as long as the mode stays recovering at epoch. Buffer
 // messages are acknowledged only after their batch committed.
-func (n *Node) replayLoop(ctx context.Context, epoch int64) {
+func (r *replayer) loop(ctx context.Context, epoch int64) {
 	start := time.Now()
-	n.log.Info("Recovery started: replaying buffered writes", "epoch", epoch)
+	r.log.Info("Recovery started: replaying buffered writes", "epoch", epoch)
 	var total replayCounts
 	backoff := 250 * time.Millisecond
 	for ctx.Err() == nil {
-		n.drainMu.Lock()
-		done, err := n.replayDrain(ctx, &total)
-		n.drainMu.Unlock()
+		r.drainMu.Lock()
+		done, err := r.drain(ctx, &total)
+		r.drainMu.Unlock()
 		if err == nil && done {
 			break
 		}
@@ -82,7 +179,7 @@ func (n *Node) replayLoop(ctx context.Context, epoch int64) {
 			if ctx.Err() != nil {
 				return
 			}
-			n.log.Warn("replay stopped by an error, will retry", "epoch", epoch, "error", err, "replayed", total.replayed)
+			r.log.Warn("replay stopped by an error, will retry", "epoch", epoch, "error", err, "replayed", total.replayed)
 			select {
 			case <-ctx.Done():
 				return
@@ -95,33 +192,33 @@ func (n *Node) replayLoop(ctx context.Context, epoch int64) {
 		return
 	}
 	ev := events.ReplayCompleted{
-		Envelope: events.Envelope{OccurredAt: time.Now().UTC(), Source: n.cfg.NodeID},
+		Envelope: events.Envelope{OccurredAt: time.Now().UTC(), Source: r.cfg.NodeID},
 		Epoch:    epoch, Replayed: total.replayed, SkippedStale: total.stale, Failed: total.failed,
 		DurationMS: time.Since(start).Milliseconds(),
 	}
-	n.metrics.replayTime.Observe(float64(ev.DurationMS) / 1000)
+	r.metrics.Duration.Observe(float64(ev.DurationMS) / 1000)
 	// The buffer was drained: report it even if the mode moves on meanwhile
 	// (the manager may already have announced normal), within a bound of its own.
 	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer pcancel()
 	for {
-		err := n.publishEvent(pctx, n.subj.Of(events.SubjectReplayCompleted), ev)
+		err := r.announce(pctx, ev)
 		if err == nil {
 			break
 		}
-		n.log.Warn("publish replay.completed failed, retrying", "error", err)
+		r.log.Warn("publish replay.completed failed, retrying", "error", err)
 		select {
 		case <-pctx.Done():
 			return
 		case <-time.After(time.Second):
 		}
 	}
-	n.replay.mu.Lock()
-	if epoch > n.replay.completed {
-		n.replay.completed = epoch
+	r.run.mu.Lock()
+	if epoch > r.run.completed {
+		r.run.completed = epoch
 	}
-	n.replay.mu.Unlock()
-	n.log.Info("Replay completed", "epoch", epoch, "replayed", total.replayed, "skipped_stale", total.stale,
+	r.run.mu.Unlock()
+	r.log.Info("Replay completed", "epoch", epoch, "replayed", total.replayed, "skipped_stale", total.stale,
 		"failed", total.failed, "duration_ms", ev.DurationMS)
 }
 
@@ -152,8 +249,8 @@ func (b fetchedBatch) nakAll() {
 // One fetcher fetches, one batch ahead of the appliers; the
 // first error stops them all, and the drain is retried whole (every batch
 // not committed is handed back).
-func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, error) {
-	cons, err := n.js.Consumer(ctx, n.subj.Name(events.StreamBuffer), n.subj.Name(events.ConsumerReplay))
+func (r *replayer) drain(ctx context.Context, total *replayCounts) (bool, error) {
+	cons, err := r.js.Consumer(ctx, r.subj.Name(events.StreamBuffer), r.subj.Name(events.ConsumerReplay))
 	if err != nil {
 		return false, err
 	}
@@ -165,7 +262,7 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer close(batches)
-		if errs[replayWorkers] = n.replayFetch(wctx, cons, batches); errs[replayWorkers] != nil {
+		if errs[replayWorkers] = r.fetch(wctx, cons, batches); errs[replayWorkers] != nil {
 			cancel()
 		}
 	})
@@ -176,12 +273,12 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 					b.nakAll()
 					continue
 				}
-				if errs[i] = n.replayBatch(wctx, b, &counts[i]); errs[i] != nil {
+				if errs[i] = r.applyBatch(wctx, b, &counts[i]); errs[i] != nil {
 					b.nakAll()
 					cancel()
 					continue
 				}
-				n.replayPause(wctx)
+				r.pause(wctx)
 			}
 		})
 	}
@@ -203,7 +300,7 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 		}
 		return false, first
 	}
-	if err := n.sweepBufferOrphans(ctx, total); err != nil {
+	if err := r.sweepOrphans(ctx, total); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -211,21 +308,21 @@ func (n *Node) replayDrain(ctx context.Context, total *replayCounts) (bool, erro
 
 // replayPause waits REPLAY_BATCH_INTERVAL after a batch, the pace that
 // spares a database that just came back.
-func (n *Node) replayPause(ctx context.Context) {
-	if n.cfg.ReplayBatchInterval <= 0 {
+func (r *replayer) pause(ctx context.Context) {
+	if r.cfg.BatchInterval <= 0 {
 		return
 	}
 	select {
 	case <-ctx.Done():
-	case <-time.After(n.cfg.ReplayBatchInterval):
+	case <-time.After(r.cfg.BatchInterval):
 	}
 }
 
 // replayFetch fetches batches for the appliers until the buffer is empty
 // (nil) or an error.
-func (n *Node) replayFetch(ctx context.Context, cons jetstream.Consumer, out chan<- fetchedBatch) error {
+func (r *replayer) fetch(ctx context.Context, cons jetstream.Consumer, out chan<- fetchedBatch) error {
 	for ctx.Err() == nil {
-		msgs, err := n.fetchBuffered(cons)
+		msgs, err := r.fetchBuffered(cons)
 		if err != nil {
 			return err
 		}
@@ -256,7 +353,7 @@ func (n *Node) replayFetch(ctx context.Context, cons jetstream.Consumer, out cha
 
 // fetchBuffered fetches the next batch of buffer messages (none when the
 // fetch found nothing within its wait).
-func (n *Node) fetchBuffered(cons jetstream.Consumer) ([]jetstream.Msg, error) {
+func (r *replayer) fetchBuffered(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	// A fetch is bounded in messages (REPLAY_BATCH_SIZE) and in bytes
 	// (REPLAY_MAX_BYTES): one group-committed message can hold up to 1 MiB,
 	// and a fetch of REPLAY_BATCH_SIZE of them could exceed the node's
@@ -267,11 +364,11 @@ func (n *Node) fetchBuffered(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	// every fetch whatever the messages hold (the heap profile of a replay:
 	// the node's live heap stayed at 32 MB and its peak RSS near its 100 MiB
 	// budget).
-	batch, err := cons.Fetch(n.cfg.ReplayBatchSize, jetstream.FetchMaxBytes(n.cfg.ReplayMaxBytes), jetstream.FetchMaxWait(500*time.Millisecond))
+	batch, err := cons.Fetch(r.cfg.BatchSize, jetstream.FetchMaxBytes(r.cfg.MaxBytes), jetstream.FetchMaxWait(500*time.Millisecond))
 	if err != nil {
 		return nil, err
 	}
-	msgs := make([]jetstream.Msg, 0, min(n.cfg.ReplayBatchSize, 64))
+	msgs := make([]jetstream.Msg, 0, min(r.cfg.BatchSize, 64))
 	for m := range batch.Messages() {
 		msgs = append(msgs, m)
 	}
@@ -286,7 +383,7 @@ func (n *Node) fetchBuffered(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 
 // replayBatch applies a fetched batch, copies what could not be decoded to
 // the poison stream, and acknowledges the rest.
-func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCounts) error {
+func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replayCounts) error {
 	msgs := b.msgs
 	payloads := make([][]byte, len(msgs))
 	for i, m := range msgs {
@@ -300,7 +397,7 @@ func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCou
 			_ = m.InProgress()
 		}
 	}
-	if err := n.applyDecoded(ctx, b.writes, b.bad, total, progress); err != nil {
+	if err := r.applyDecoded(ctx, b.writes, b.bad, total, progress); err != nil {
 		return err
 	}
 	bad := b.bad
@@ -314,8 +411,8 @@ func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCou
 			if meta, err := m.Metadata(); err == nil {
 				seq = meta.Sequence.Stream
 			}
-			if err := n.poisonBuffered(ctx, m.Data(), seq, bad[i]); err != nil {
-				n.log.Warn("undecodable buffer message kept: it could not be copied to the poison stream", "sequence", seq, "error", err)
+			if err := r.poison(ctx, m.Data(), seq, bad[i]); err != nil {
+				r.log.Warn("undecodable buffer message kept: it could not be copied to the poison stream", "sequence", seq, "error", err)
 				_ = m.NakWithDelay(5 * time.Second)
 				continue
 			}
@@ -329,7 +426,7 @@ func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCou
 	for i, m := range good {
 		if i < len(good)-1 {
 			if err := m.Ack(); err != nil {
-				n.log.Warn("ack of replayed buffer message failed", "error", err)
+				r.log.Warn("ack of replayed buffer message failed", "error", err)
 			}
 			continue
 		}
@@ -338,7 +435,7 @@ func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCou
 		cancel()
 		if err != nil {
 			// The batch is committed; a redelivery is harmless (versions make it stale).
-			n.log.Warn("ack of replayed buffer message failed", "error", err)
+			r.log.Warn("ack of replayed buffer message failed", "error", err)
 		}
 	}
 	return nil
@@ -348,17 +445,17 @@ func (n *Node) replayBatch(ctx context.Context, b fetchedBatch, total *replayCou
 // message, why it could not be decoded (nil if it could): those are counted
 // as failed and never retried. progress, if not nil, is called after each
 // committed statement.
-func (n *Node) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []error, err error) {
+func (r *replayer) applyBuffered(ctx context.Context, payloads [][]byte, total *replayCounts, progress func()) (bad []error, err error) {
 	writes, bad := decodeBuffered(payloads)
-	return bad, n.applyDecoded(ctx, writes, bad, total, progress)
+	return bad, r.applyDecoded(ctx, writes, bad, total, progress)
 }
 
 // applyDecoded applies decoded buffer writes; bad are the decode errors of
 // their messages, counted as failed.
-func (n *Node) applyDecoded(ctx context.Context, writes []metastore.Write, bad []error, total *replayCounts, progress func()) error {
+func (r *replayer) applyDecoded(ctx context.Context, writes []metastore.Write, bad []error, total *replayCounts, progress func()) error {
 	for _, err := range bad {
 		if err != nil {
-			n.log.Error("undecodable buffer message", "error", err)
+			r.log.Error("undecodable buffer message", "error", err)
 			total.failed++
 		}
 	}
@@ -371,28 +468,23 @@ func (n *Node) applyDecoded(ctx context.Context, writes []metastore.Write, bad [
 	var applied, stale int64
 	for start := 0; start < len(writes); start += replayChunkRows {
 		chunk := writes[start:min(start+replayChunkRows, len(writes))]
-		var res metastore.Result
-		err := n.dbCall(ctx, opReplay, func(ctx context.Context) error {
-			var err error
-			res, err = n.store.ApplyBatchCopy(ctx, chunk)
-			return err
-		})
+		res, err := r.apply(ctx, chunk)
 		if err != nil {
 			return err
 		}
 		applied += int64(res.Applied)
 		stale += int64(res.Stale)
-		n.logReplayed(ctx, chunk, res.AppliedKeys)
+		r.logged(ctx, chunk, res.AppliedKeys)
 		if progress != nil && start+replayChunkRows < len(writes) {
 			progress()
 		}
 	}
 	total.replayed += applied
 	total.stale += stale
-	n.replayedTotal.Add(applied)
-	n.staleTotal.Add(stale)
-	n.metrics.replayed.Add(float64(applied))
-	n.metrics.replayStale.Add(float64(stale))
+	r.replayed.Add(applied)
+	r.stale.Add(stale)
+	r.metrics.Applied.Add(float64(applied))
+	r.metrics.Stale.Add(float64(stale))
 	return nil
 }
 
@@ -418,15 +510,15 @@ func decodeBuffered(payloads [][]byte) ([]metastore.Write, []error) {
 // left in the stream after the replay consumer saw them acknowledged (see
 // topology.SweepOrphans): the replay consumer will never deliver them, and
 // the system would otherwise wait for an empty buffer for ever.
-func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) error {
+func (r *replayer) sweepOrphans(ctx context.Context, total *replayCounts) error {
 	for {
-		removed, err := topology.SweepOrphans(ctx, n.js, n.subj.Name(events.StreamBuffer), n.subj.Name(events.ConsumerReplay), 500,
+		removed, err := topology.SweepOrphans(ctx, r.js, r.subj.Name(events.StreamBuffer), r.subj.Name(events.ConsumerReplay), 500,
 			func(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
 				payloads := make([][]byte, len(msgs))
 				for i, m := range msgs {
 					payloads[i] = m.Data
 				}
-				bad, err := n.applyBuffered(ctx, payloads, total, nil)
+				bad, err := r.applyBuffered(ctx, payloads, total, nil)
 				if err != nil {
 					return err
 				}
@@ -434,7 +526,7 @@ func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) erro
 				// could not be applied first.
 				for i, reason := range bad {
 					if reason != nil {
-						if err := n.poisonBuffered(ctx, msgs[i].Data, msgs[i].Sequence, reason); err != nil {
+						if err := r.poison(ctx, msgs[i].Data, msgs[i].Sequence, reason); err != nil {
 							return err
 						}
 					}
@@ -447,7 +539,7 @@ func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) erro
 		if removed == 0 {
 			return nil
 		}
-		n.log.Warn("the write buffer held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
+		r.log.Warn("the write buffer held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
 	}
 }
 
@@ -457,27 +549,33 @@ func (n *Node) sweepBufferOrphans(ctx context.Context, total *replayCounts) erro
 // without it they would wait for the next outage's recovery, and the manager,
 // which announces normal only with an empty buffer, would wait for ever.
 func (n *Node) backgroundDrain(ctx context.Context) {
-	if n.breaker.State() != "closed" || n.bufStatus.Load().Pending == 0 {
+	if n.breaker.State() != resilience.StateClosed || n.bufStatus.Load().Pending == 0 {
 		return
 	}
 	switch mc, _ := n.mode.get(); {
 	case mc.Mode == events.ModeNormal:
-	case mc.Mode == events.ModeRecovering && n.replay.completedEpoch() >= mc.Epoch:
+	case mc.Mode == events.ModeRecovering && n.replayer.completedEpoch() >= mc.Epoch:
 	default:
 		return
 	}
-	if !n.drainMu.TryLock() {
+	n.replayer.drainInBackground(ctx)
+}
+
+// drainInBackground drains the buffer once, for up to 30 s, unless a drain
+// is running already.
+func (r *replayer) drainInBackground(ctx context.Context) {
+	if !r.drainMu.TryLock() {
 		return
 	}
-	defer n.drainMu.Unlock()
+	defer r.drainMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var total replayCounts
-	if _, err := n.replayDrain(ctx, &total); err != nil && ctx.Err() == nil {
-		n.log.Warn("background drain of the write buffer stopped", "error", err)
+	if _, err := r.drain(ctx, &total); err != nil && ctx.Err() == nil {
+		r.log.Warn("background drain of the write buffer stopped", "error", err)
 	}
 	if total.replayed+total.stale > 0 {
-		n.log.Info("drained writes buffered in normal mode", "replayed", total.replayed, "skipped_stale", total.stale)
+		r.log.Info("drained writes buffered in normal mode", "replayed", total.replayed, "skipped_stale", total.stale)
 	}
 }
 
@@ -491,17 +589,17 @@ const (
 // (poison.buffer) with the reason it could not be applied and its buffer
 // sequence, and waits for JetStream's acknowledgement: a write an operator
 // may still recover is kept, never silently dropped.
-func (n *Node) poisonBuffered(ctx context.Context, data []byte, seq uint64, reason error) error {
-	msg := nats.NewMsg(n.subj.Of(events.SubjectPoisonBuffer))
+func (r *replayer) poison(ctx context.Context, data []byte, seq uint64, reason error) error {
+	msg := nats.NewMsg(r.subj.Of(events.SubjectPoisonBuffer))
 	msg.Data = data
 	msg.Header.Set(HeaderPoisonReason, reason.Error())
 	msg.Header.Set(HeaderPoisonSequence, strconv.FormatUint(seq, 10))
-	msg.Header.Set(events.HeaderSource, n.cfg.NodeID)
+	msg.Header.Set(events.HeaderSource, r.cfg.NodeID)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := n.js.PublishMsg(pctx, msg, jetstream.WithMsgID(fmt.Sprintf("buffer-poison-%d", seq))); err != nil {
+	if _, err := r.js.PublishMsg(pctx, msg, jetstream.WithMsgID(fmt.Sprintf("buffer-poison-%d", seq))); err != nil {
 		return fmt.Errorf("copy buffer message %d to the poison stream: %w", seq, err)
 	}
-	n.log.Error("undecodable buffer message copied to the poison stream", "sequence", seq, "reason", reason)
+	r.log.Error("undecodable buffer message copied to the poison stream", "sequence", seq, "reason", reason)
 	return nil
 }
