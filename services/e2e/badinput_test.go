@@ -105,6 +105,17 @@ func modeSnapshot(t *testing.T, s *System) string {
 	return fmt.Sprintf("%s/%d", mc.Mode, mc.Epoch)
 }
 
+// badHTTPCase is one bad HTTP request and the status and field its error names.
+type badHTTPCase struct {
+	name, method, path string
+	body               []byte
+	code               int
+	field              string
+}
+
+// The key of TestBadInputHTTP's valid record.
+const badInputValidID = 4242
+
 // Bad HTTP input answers 400 (or 413) naming the failing field, and changes nothing.
 func TestBadInputHTTP(t *testing.T) {
 	t.Parallel()
@@ -113,9 +124,23 @@ func TestBadInputHTTP(t *testing.T) {
 	waitSchema(t, s)
 
 	// One valid record first, with a title at the limit (255 characters, 765 bytes of UTF-8).
-	const validID = 4242
 	validTitle := strings.Repeat("進", 255)
-	r, err := n.Put(anime(validID, validTitle))
+	before, w := writeValidRecord(t, s, n, validTitle)
+	invalidBefore := metricValue(t, n, `anivault_invalid_requests_total{transport="http"}`)
+
+	cases := badHTTPCases(t)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { checkBadHTTPRequest(t, n, tc) })
+	}
+
+	checkNothingChangedByBadHTTP(t, s, n, before, w, validTitle, len(cases), invalidBefore)
+}
+
+// writeValidRecord writes the valid record with title and returns the
+// table with it and its write result.
+func writeValidRecord(t *testing.T, s *System, n *Node, title string) (map[int64]metastore.Version, WriteResult) {
+	t.Helper()
+	r, err := n.Put(anime(badInputValidID, title))
 	if err != nil || r.Code != 200 {
 		t.Fatalf("valid put: %v %d %s", err, r.Code, r.Body)
 	}
@@ -125,19 +150,18 @@ func TestBadInputHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := before[validID]; got.Version != w.Version || got.Deleted {
+	if got := before[badInputValidID]; got.Version != w.Version || got.Deleted {
 		t.Fatalf("table has %+v for the valid write, acknowledged v%d", got, w.Version)
 	}
-	invalidBefore := metricValue(t, n, `anivault_invalid_requests_total{transport="http"}`)
+	return before, w
+}
 
+// badHTTPCases lists the bad requests of TestBadInputHTTP.
+func badHTTPCases(t *testing.T) []badHTTPCase {
+	t.Helper()
 	base := anime(5000, "Cowboy Bebop")
 	big := with(base, "overview", strings.Repeat("x", 300<<10))
-	cases := []struct {
-		name, method, path string
-		body               []byte
-		code               int
-		field              string
-	}{
+	return []badHTTPCase{
 		{"malformed JSON", "PUT", "/v1/anime/5000", []byte(`{"tmdb_id": 5000, "title": "Cowboy`), 400, "body"},
 		{"not an object", "PUT", "/v1/anime/5000", []byte(`["tmdb_id", 5000]`), 400, "body"},
 		{"empty body", "PUT", "/v1/anime/5000", nil, 400, "body"},
@@ -165,33 +189,40 @@ func TestBadInputHTTP(t *testing.T) {
 		{"raw_data not an object", "PUT", "/v1/anime/5000", jsonBody(t, with(base, "raw_data", []int{1, 2})), 400, "raw_data"},
 		{"delete with non-numeric id", "DELETE", "/v1/anime/abc", nil, 400, "tmdb_id"},
 		{"delete with id 0", "DELETE", "/v1/anime/0", nil, 400, "tmdb_id"},
-		{"delete with negative id", "DELETE", "/v1/anime/-" + strconv.Itoa(validID), nil, 400, "tmdb_id"},
+		{"delete with negative id", "DELETE", "/v1/anime/-" + strconv.Itoa(badInputValidID), nil, 400, "tmdb_id"},
 		{"get with non-numeric id", "GET", "/v1/anime/abc", nil, 400, "tmdb_id"},
 		{"get with id 0", "GET", "/v1/anime/0", nil, 400, "tmdb_id"},
 		{"get with negative id", "GET", "/v1/anime/-5", nil, 400, "tmdb_id"},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			r, err := do(tc.method, n.URL()+tc.path, tc.body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.Code != tc.code {
-				t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, r.Code, r.Body, tc.code)
-			}
-			if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-				t.Errorf("Content-Type %q", ct)
-			}
-			var e httpErrorBody
-			if err := json.Unmarshal(r.Body, &e); err != nil {
-				t.Fatalf("body %q is not the JSON error object: %v", r.Body, err)
-			}
-			if e.Error == "" || e.Field != tc.field {
-				t.Errorf("error body %s: want a message and field %q", r.Body, tc.field)
-			}
-		})
-	}
+}
 
+// checkBadHTTPRequest sends tc and checks the JSON error answer.
+func checkBadHTTPRequest(t *testing.T, n *Node, tc badHTTPCase) {
+	t.Helper()
+	r, err := do(tc.method, n.URL()+tc.path, tc.body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Code != tc.code {
+		t.Fatalf("%s %s: %d %s, want %d", tc.method, tc.path, r.Code, r.Body, tc.code)
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("Content-Type %q", ct)
+	}
+	var e httpErrorBody
+	if err := json.Unmarshal(r.Body, &e); err != nil {
+		t.Fatalf("body %q is not the JSON error object: %v", r.Body, err)
+	}
+	if e.Error == "" || e.Field != tc.field {
+		t.Errorf("error body %s: want a message and field %q", r.Body, tc.field)
+	}
+}
+
+// checkNothingChangedByBadHTTP checks the table, what the node serves for
+// the valid key, and that the nCases bad requests were counted as invalid
+// input, not server errors.
+func checkNothingChangedByBadHTTP(t *testing.T, s *System, n *Node, before map[int64]metastore.Version, w WriteResult, validTitle string, nCases int, invalidBefore float64) {
+	t.Helper()
 	// Nothing changed: the table, and what the node serves for the valid key.
 	after, err := s.Versions()
 	if err != nil {
@@ -200,7 +231,7 @@ func TestBadInputHTTP(t *testing.T) {
 	if !maps.Equal(before, after) {
 		t.Errorf("table changed by bad requests:\nbefore %v\nafter  %v", before, after)
 	}
-	r, err = n.Get(validID)
+	r, err := n.Get(badInputValidID)
 	if err != nil || r.Code != 200 {
 		t.Fatalf("get valid: %v %d %s", err, r.Code, r.Body)
 	}
@@ -215,8 +246,8 @@ func TestBadInputHTTP(t *testing.T) {
 		}
 	}
 	// Every bad request was counted as invalid input (and not as a server error).
-	if got := metricValue(t, n, `anivault_invalid_requests_total{transport="http"}`) - invalidBefore; got != float64(len(cases)) {
-		t.Errorf("anivault_invalid_requests_total{transport=\"http\"} grew by %v, want %d", got, len(cases))
+	if got := metricValue(t, n, `anivault_invalid_requests_total{transport="http"}`) - invalidBefore; got != float64(nCases) {
+		t.Errorf("anivault_invalid_requests_total{transport=\"http\"} grew by %v, want %d", got, nCases)
 	}
 	if got := metricValue(t, n, `anivault_http_requests_total{code="500"`); got != 0 {
 		t.Errorf("%v requests answered 500", got)
@@ -252,6 +283,19 @@ func publishRaw(s *System, subject string, raw []byte) error {
 	return err
 }
 
+// badNATSRequest is one bad request and the field its error reply names.
+type badNATSRequest struct {
+	name, subject string
+	raw           []byte
+	field         string // "" when the reply need not name one
+}
+
+// badProducerWrite is one bad message a producer publishes.
+type badProducerWrite struct {
+	name, subject string
+	raw           []byte
+}
+
 // Bad NATS requests get a 400 error reply; producers' bad writes go to the
 // poison stream without blocking the consumer or changing the table.
 func TestBadInputNATS(t *testing.T) {
@@ -272,185 +316,226 @@ func TestBadInputNATS(t *testing.T) {
 	modeBefore := modeSnapshot(t, s)
 
 	t.Run("requests", func(t *testing.T) {
-		cases := []struct {
-			name, subject string
-			raw           []byte
-			field         string // "" when the reply need not name one
-		}{
-			{"get malformed JSON", events.SubjectMetadataGet, []byte(`{"tmdb_id": `), ""},
-			{"get not JSON", events.SubjectMetadataGet, []byte(`tmdb:20`), ""},
-			{"get tmdb_id 0", events.SubjectMetadataGet, []byte(`{"tmdb_id": 0}`), "tmdb_id"},
-			{"get negative tmdb_id", events.SubjectMetadataGet, []byte(`{"tmdb_id": -20}`), "tmdb_id"},
-			{"get tmdb_id string", events.SubjectMetadataGet, []byte(`{"tmdb_id": "x"}`), "tmdb_id"},
-			{"get tmdb_id fraction", events.SubjectMetadataGet, []byte(`{"tmdb_id": 20.5}`), "tmdb_id"},
-			{"get unknown field", events.SubjectMetadataGet, []byte(`{"tmdb_id": 20, "id": 20}`), "id"},
-			{"force malformed JSON", events.SubjectRecoveryForce, []byte(`{"now": tru`), ""},
-			{"force unknown field", events.SubjectRecoveryForce, []byte(`{"now": true}`), "now"},
-			{"enter reason number", events.SubjectCacheOnlyEnter, []byte(`{"reason": 5}`), "reason"},
-			{"enter malformed JSON", events.SubjectCacheOnlyEnter, []byte(`{"reason": "maint`), ""},
-			{"exit unknown field", events.SubjectCacheOnlyExit, []byte(`{"force": true}`), "force"},
+		for _, tc := range badNATSRequests() {
+			t.Run(tc.name, func(t *testing.T) { checkBadNATSRequest(t, s, tc) })
 		}
-		for _, tc := range cases {
-			t.Run(tc.name, func(t *testing.T) {
-				e, msg := natsErrorReply(t, s, tc.subject, tc.raw)
-				if e.Code != 400 {
-					t.Errorf("reply %s: code %d, want 400", msg.Data, e.Code)
-				}
-				if tc.field != "" && e.Field != tc.field {
-					t.Errorf("reply %s: field %q, want %q", msg.Data, e.Field, tc.field)
-				}
-				// The micro framework's error headers agree with the body.
-				if h := msg.Header.Get("Nats-Service-Error-Code"); h != "400" {
-					t.Errorf("Nats-Service-Error-Code header %q", h)
-				}
-				// The harness helper turns the same reply into an error naming the code
-				// (only for valid JSON: it cannot send malformed JSON).
-				if json.Valid(tc.raw) {
-					if err := s.Request(tc.subject, json.RawMessage(tc.raw), nil); err == nil || !strings.Contains(err.Error(), "400") {
-						t.Errorf("s.Request: %v, want an error naming 400", err)
-					}
-				}
-			})
-		}
-		// The valid request still works, and the bad operator commands changed no mode.
-		var rec events.Record
-		if err := s.Request(events.SubjectMetadataGet, events.GetRequest{TMDBID: 20}, &rec); err != nil || rec.Title != "Naruto" {
-			t.Errorf("metadata.get 20: %+v %v", rec, err)
-		}
-		if modeAfter := modeSnapshot(t, s); modeAfter != modeBefore {
-			t.Errorf("mode moved from %s to %s", modeBefore, modeAfter)
-		}
-		if st, err := s.Status(); err != nil || st.Mode != events.ModeNormal || st.CacheOnlyMode {
-			t.Errorf("status after bad commands: mode %s cache_only %v (%v)", st.Mode, st.CacheOnlyMode, err)
-		}
+		checkValidRequestAndModeUnchanged(t, s, modeBefore)
 	})
 
 	t.Run("producer writes", func(t *testing.T) {
-		poison := events.NewSubjects(s.opts.Prefix).Name(events.StreamPoison)
-		bad := []struct {
-			name, subject string
-			raw           []byte
-		}{
-			{"malformed JSON", events.SubjectMetadataUpsert, []byte(`{"tmdb_id": 7000, "title": "Trig`)},
-			{"unknown field", events.SubjectMetadataUpsert, jsonBody(t, with(anime(7001, "Trigun"), "studio", "Madhouse"))},
-			{"tmdb_id 0", events.SubjectMetadataUpsert, jsonBody(t, anime(0, "Trigun"))},
-			{"NUL title", events.SubjectMetadataUpsert, jsonBody(t, anime(7002, "Tri\x00gun"))},
-			{"delete tmdb_id -1", events.SubjectMetadataDelete, []byte(`{"tmdb_id": -1}`)},
-			{"delete of nothing", events.SubjectMetadataDelete, []byte(`{}`)},
-		}
-		for _, b := range bad {
-			if err := publishRaw(s, b.subject, b.raw); err != nil {
-				t.Fatalf("publish %s: %v", b.name, err)
-			}
-		}
-		// A valid write after the bad ones is applied: they do not block the consumer.
-		publishJS(t, s, events.SubjectMetadataUpsert, anime(7100, "Monster"))
-		var applied metastore.Version
-		if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
-			v, err := s.Versions()
-			if err != nil {
-				return err
-			}
-			got, ok := v[7100]
-			if !ok || got.Deleted {
-				return fmt.Errorf("valid upsert not applied yet: %+v", got)
-			}
-			applied = got
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		after, err := s.Versions()
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := maps.Clone(before)
-		want[7100] = applied
-		if !maps.Equal(want, after) {
-			t.Errorf("table after producers' writes:\n got %v\nwant %v", after, want)
-		}
+		bad := badProducerWrites(t)
+		want := publishBadThenValidWrite(t, s, bad, before)
 		if !n.Running() {
 			t.Fatalf("node exited: %v", n.ExitErr())
 		}
-		// Every bad message lands in the poison stream, with the reason in a header.
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		stream, err := s.JS.Stream(ctx, poison)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var info *jetstream.StreamInfo
-		if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
-			info, err = stream.Info(ctx)
-			if err != nil {
-				return err
-			}
-			if info.State.Msgs < uint64(len(bad)) {
-				return fmt.Errorf("%s holds %d messages, want %d", poison, info.State.Msgs, len(bad))
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-		seen := map[string]bool{}
-		for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-			m, err := stream.GetMsg(ctx, seq)
-			if err != nil {
-				t.Fatalf("poison message %d: %v", seq, err)
-			}
-			if m.Header.Get(middleware.ReasonForPoisonedKey) == "" {
-				t.Errorf("poison message %d %q has no %s header: %v", seq, m.Data, middleware.ReasonForPoisonedKey, m.Header)
-			}
-			seen[string(m.Data)] = true
-		}
-		for _, b := range bad {
-			if !seen[string(b.raw)] {
-				t.Errorf("bad write %q (%s) not in %s", b.name, b.raw, poison)
-			}
-		}
-		// The work queue holds nothing: no bad message waits for redelivery.
-		ms, err := s.JS.Stream(ctx, events.NewSubjects(s.opts.Prefix).Name(events.StreamMetadata))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := procs.Eventually(10*time.Second, 50*time.Millisecond, func() error {
-			mi, err := ms.Info(ctx)
-			if err != nil {
-				return err
-			}
-			if mi.State.Msgs != 0 {
-				return fmt.Errorf("%s still holds %d messages", mi.Config.Name, mi.State.Msgs)
-			}
-			return nil
-		}); err != nil {
-			t.Error(err)
-		}
-
-		// A 300 KiB message is refused by the stream itself.
-		huge := jsonBody(t, with(anime(7200, "Akira"), "overview", strings.Repeat("x", 300<<10)))
-		err = publishRaw(s, events.SubjectMetadataUpsert, huge)
-		if err == nil {
-			t.Fatalf("publish of %d bytes to %s accepted", len(huge), events.SubjectMetadataUpsert)
-		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) {
-			t.Logf("300 KiB publish refused: %v (code %d)", apiErr, apiErr.ErrorCode)
-		} else {
-			t.Logf("300 KiB publish refused: %v", err)
-		}
-		// Nothing changed after it either, and the node is still up.
-		final, err := s.Versions()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !maps.Equal(want, final) {
-			t.Errorf("table changed after the oversize publish: %v", final)
-		}
-		if !n.Running() {
-			t.Fatalf("node exited: %v", n.ExitErr())
-		}
-		if r, err := do("GET", n.URL()+"/healthz", nil); err != nil || r.Code != 200 {
-			t.Errorf("healthz: %v %d", err, r.Code)
-		}
+		checkBadWritesArePoisoned(t, ctx, s, bad)
+		checkWorkQueueEmpty(t, ctx, s)
+		checkOversizePublishRefused(t, s, n, want)
 	})
+}
+
+// badNATSRequests lists the bad requests of TestBadInputNATS.
+func badNATSRequests() []badNATSRequest {
+	return []badNATSRequest{
+		{"get malformed JSON", events.SubjectMetadataGet, []byte(`{"tmdb_id": `), ""},
+		{"get not JSON", events.SubjectMetadataGet, []byte(`tmdb:20`), ""},
+		{"get tmdb_id 0", events.SubjectMetadataGet, []byte(`{"tmdb_id": 0}`), "tmdb_id"},
+		{"get negative tmdb_id", events.SubjectMetadataGet, []byte(`{"tmdb_id": -20}`), "tmdb_id"},
+		{"get tmdb_id string", events.SubjectMetadataGet, []byte(`{"tmdb_id": "x"}`), "tmdb_id"},
+		{"get tmdb_id fraction", events.SubjectMetadataGet, []byte(`{"tmdb_id": 20.5}`), "tmdb_id"},
+		{"get unknown field", events.SubjectMetadataGet, []byte(`{"tmdb_id": 20, "id": 20}`), "id"},
+		{"force malformed JSON", events.SubjectRecoveryForce, []byte(`{"now": tru`), ""},
+		{"force unknown field", events.SubjectRecoveryForce, []byte(`{"now": true}`), "now"},
+		{"enter reason number", events.SubjectCacheOnlyEnter, []byte(`{"reason": 5}`), "reason"},
+		{"enter malformed JSON", events.SubjectCacheOnlyEnter, []byte(`{"reason": "maint`), ""},
+		{"exit unknown field", events.SubjectCacheOnlyExit, []byte(`{"force": true}`), "force"},
+	}
+}
+
+// checkBadNATSRequest sends tc and checks its 400 error reply.
+func checkBadNATSRequest(t *testing.T, s *System, tc badNATSRequest) {
+	t.Helper()
+	e, msg := natsErrorReply(t, s, tc.subject, tc.raw)
+	if e.Code != 400 {
+		t.Errorf("reply %s: code %d, want 400", msg.Data, e.Code)
+	}
+	if tc.field != "" && e.Field != tc.field {
+		t.Errorf("reply %s: field %q, want %q", msg.Data, e.Field, tc.field)
+	}
+	// The micro framework's error headers agree with the body.
+	if h := msg.Header.Get("Nats-Service-Error-Code"); h != "400" {
+		t.Errorf("Nats-Service-Error-Code header %q", h)
+	}
+	// The harness helper turns the same reply into an error naming the code
+	// (only for valid JSON: it cannot send malformed JSON).
+	if json.Valid(tc.raw) {
+		if err := s.Request(tc.subject, json.RawMessage(tc.raw), nil); err == nil || !strings.Contains(err.Error(), "400") {
+			t.Errorf("s.Request: %v, want an error naming 400", err)
+		}
+	}
+}
+
+// checkValidRequestAndModeUnchanged checks the valid request still works,
+// and the bad operator commands changed no mode.
+func checkValidRequestAndModeUnchanged(t *testing.T, s *System, modeBefore string) {
+	t.Helper()
+	// The valid request still works, and the bad operator commands changed no mode.
+	var rec events.Record
+	if err := s.Request(events.SubjectMetadataGet, events.GetRequest{TMDBID: 20}, &rec); err != nil || rec.Title != "Naruto" {
+		t.Errorf("metadata.get 20: %+v %v", rec, err)
+	}
+	if modeAfter := modeSnapshot(t, s); modeAfter != modeBefore {
+		t.Errorf("mode moved from %s to %s", modeBefore, modeAfter)
+	}
+	if st, err := s.Status(); err != nil || st.Mode != events.ModeNormal || st.CacheOnlyMode {
+		t.Errorf("status after bad commands: mode %s cache_only %v (%v)", st.Mode, st.CacheOnlyMode, err)
+	}
+}
+
+// badProducerWrites lists the bad messages of TestBadInputNATS.
+func badProducerWrites(t *testing.T) []badProducerWrite {
+	t.Helper()
+	return []badProducerWrite{
+		{"malformed JSON", events.SubjectMetadataUpsert, []byte(`{"tmdb_id": 7000, "title": "Trig`)},
+		{"unknown field", events.SubjectMetadataUpsert, jsonBody(t, with(anime(7001, "Trigun"), "studio", "Madhouse"))},
+		{"tmdb_id 0", events.SubjectMetadataUpsert, jsonBody(t, anime(0, "Trigun"))},
+		{"NUL title", events.SubjectMetadataUpsert, jsonBody(t, anime(7002, "Tri\x00gun"))},
+		{"delete tmdb_id -1", events.SubjectMetadataDelete, []byte(`{"tmdb_id": -1}`)},
+		{"delete of nothing", events.SubjectMetadataDelete, []byte(`{}`)},
+	}
+}
+
+// publishBadThenValidWrite publishes the bad writes, then a valid one,
+// waits until the valid one is applied and checks the table is before
+// plus it; it returns that table.
+func publishBadThenValidWrite(t *testing.T, s *System, bad []badProducerWrite, before map[int64]metastore.Version) map[int64]metastore.Version {
+	t.Helper()
+	for _, b := range bad {
+		if err := publishRaw(s, b.subject, b.raw); err != nil {
+			t.Fatalf("publish %s: %v", b.name, err)
+		}
+	}
+	// A valid write after the bad ones is applied: they do not block the consumer.
+	publishJS(t, s, events.SubjectMetadataUpsert, anime(7100, "Monster"))
+	var applied metastore.Version
+	if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
+		v, err := s.Versions()
+		if err != nil {
+			return err
+		}
+		got, ok := v[7100]
+		if !ok || got.Deleted {
+			return fmt.Errorf("valid upsert not applied yet: %+v", got)
+		}
+		applied = got
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := maps.Clone(before)
+	want[7100] = applied
+	if !maps.Equal(want, after) {
+		t.Errorf("table after producers' writes:\n got %v\nwant %v", after, want)
+	}
+	return want
+}
+
+// checkBadWritesArePoisoned checks every bad message lands in the poison
+// stream, with the reason in a header.
+func checkBadWritesArePoisoned(t *testing.T, ctx context.Context, s *System, bad []badProducerWrite) {
+	t.Helper()
+	poison := events.NewSubjects(s.opts.Prefix).Name(events.StreamPoison)
+	stream, err := s.JS.Stream(ctx, poison)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *jetstream.StreamInfo
+	if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
+		info, err = stream.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.State.Msgs < uint64(len(bad)) {
+			return fmt.Errorf("%s holds %d messages, want %d", poison, info.State.Msgs, len(bad))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("poison message %d: %v", seq, err)
+		}
+		if m.Header.Get(middleware.ReasonForPoisonedKey) == "" {
+			t.Errorf("poison message %d %q has no %s header: %v", seq, m.Data, middleware.ReasonForPoisonedKey, m.Header)
+		}
+		seen[string(m.Data)] = true
+	}
+	for _, b := range bad {
+		if !seen[string(b.raw)] {
+			t.Errorf("bad write %q (%s) not in %s", b.name, b.raw, poison)
+		}
+	}
+}
+
+// checkWorkQueueEmpty checks the work queue holds nothing: no bad message
+// waits for redelivery.
+func checkWorkQueueEmpty(t *testing.T, ctx context.Context, s *System) {
+	t.Helper()
+	ms, err := s.JS.Stream(ctx, events.NewSubjects(s.opts.Prefix).Name(events.StreamMetadata))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := procs.Eventually(10*time.Second, 50*time.Millisecond, func() error {
+		mi, err := ms.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if mi.State.Msgs != 0 {
+			return fmt.Errorf("%s still holds %d messages", mi.Config.Name, mi.State.Msgs)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+}
+
+// checkOversizePublishRefused checks a 300 KiB message is refused by the
+// stream itself, and the table (want) and the node are unchanged after it.
+func checkOversizePublishRefused(t *testing.T, s *System, n *Node, want map[int64]metastore.Version) {
+	t.Helper()
+	// A 300 KiB message is refused by the stream itself.
+	huge := jsonBody(t, with(anime(7200, "Akira"), "overview", strings.Repeat("x", 300<<10)))
+	err := publishRaw(s, events.SubjectMetadataUpsert, huge)
+	if err == nil {
+		t.Fatalf("publish of %d bytes to %s accepted", len(huge), events.SubjectMetadataUpsert)
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		t.Logf("300 KiB publish refused: %v (code %d)", apiErr, apiErr.ErrorCode)
+	} else {
+		t.Logf("300 KiB publish refused: %v", err)
+	}
+	// Nothing changed after it either, and the node is still up.
+	final, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(want, final) {
+		t.Errorf("table changed after the oversize publish: %v", final)
+	}
+	if !n.Running() {
+		t.Fatalf("node exited: %v", n.ExitErr())
+	}
+	if r, err := do("GET", n.URL()+"/healthz", nil); err != nil || r.Code != 200 {
+		t.Errorf("healthz: %v %d", err, r.Code)
+	}
 }

@@ -27,6 +27,23 @@ func TestProducerClientThroughNodeRestart(t *testing.T) {
 	const total = 10_000
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	upsertWhileNodeRestarts(t, ctx, c, n1, total)
+	waitRowCount(t, s, total)
+	checkEveryRowInsertedOnce(t, ctx, s, total)
+	st, err := s.JS.Stream(ctx, events.StreamMetadata)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 0 {
+		t.Fatalf("metadata work queue not drained: %+v %v", info.State, err)
+	}
+}
+
+// upsertWhileNodeRestarts upserts tmdb:1..total through the client from 16
+// workers, killing n1 half-way and starting it again 1000 records later, and
+// fails on any error or sequence acknowledged twice.
+func upsertWhileNodeRestarts(t *testing.T, ctx context.Context, c *anivault.Client, n1 *Node, total int64) {
+	t.Helper()
 	ids := make(chan int64)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -69,6 +86,11 @@ func TestProducerClientThroughNodeRestart(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+// waitRowCount waits until the table holds total rows.
+func waitRowCount(t *testing.T, s *System, total int) {
+	t.Helper()
 	if err := procs.Eventually(2*time.Minute, 200*time.Millisecond, func() error {
 		v, err := s.Versions()
 		if err != nil {
@@ -81,7 +103,12 @@ func TestProducerClientThroughNodeRestart(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// PostgreSQL's table statistics: each row inserted once, never updated.
+}
+
+// checkEveryRowInsertedOnce checks PostgreSQL's table statistics: total
+// rows inserted, none updated.
+func checkEveryRowInsertedOnce(t *testing.T, ctx context.Context, s *System, total int64) {
+	t.Helper()
 	var ins, upd int64
 	if err := procs.Eventually(30*time.Second, 200*time.Millisecond, func() error {
 		qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -99,12 +126,5 @@ func TestProducerClientThroughNodeRestart(t *testing.T) {
 	}
 	if upd != 0 {
 		t.Fatalf("%d rows were written twice (n_tup_upd)", upd)
-	}
-	st, err := s.JS.Stream(ctx, events.StreamMetadata)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 0 {
-		t.Fatalf("metadata work queue not drained: %+v %v", info.State, err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
@@ -320,10 +321,29 @@ func TestLosingWrites(t *testing.T) {
 	defer cancel()
 
 	// HTTP, committed: the stored row is newer than the node's clock.
+	committed := commitAboveRowAheadOfClock(t, ctx, db, s, n1, l, ahead)
+	// A row more than hlc.MaxDrift (an hour) ahead: no node adopts such a
+	// version, so the write cannot win; the client is told the stored version.
+	loseToFarFutureRow(t, ctx, db, n2, l, committed)
+	// A producer's write, versioned by its stream timestamp, below the row.
+	producerWriteLosesToRowAhead(t, ctx, db, s, []*Node{n1, n2}, l, ahead)
+	// HTTP, buffered: the change log holds a newer version than the writer's
+	// clock (a node whose clock runs fast buffered it).
+	table := bufferAboveLoggedVersion(t, s, n1, l, ahead)
+	l.check(t, table)
+	// Every node serves what the table holds (the producer's loser nowhere).
+	waitNodesServeTable(t, []*Node{n1, n2}, []int64{7, 8, 9, 10}, table)
+}
+
+// commitAboveRowAheadOfClock sets tmdb:7's row to version ahead, then
+// writes it through n over HTTP: the write commits above ahead. It returns
+// the committed version.
+func commitAboveRowAheadOfClock(t *testing.T, ctx context.Context, db *bun.DB, s *System, n *Node, l *ledger, ahead int64) int64 {
+	t.Helper()
 	if _, err := db.ExecContext(ctx, `UPDATE anime_metadata SET version = ?, title = 'ahead', updated_at = now() WHERE tmdb_id = 7`, ahead); err != nil {
 		t.Fatal(err)
 	}
-	r, err := n1.Put(anime(7, "committed after the skewed write"))
+	r, err := n.Put(anime(7, "committed after the skewed write"))
 	if err != nil || r.Code != 200 {
 		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
 	}
@@ -337,37 +357,47 @@ func TestLosingWrites(t *testing.T) {
 		t.Fatalf("committed v%d, stored row was v%d, table now %+v", wr.Version, ahead, table[7])
 	}
 	l.ack(7, wr.Version, false)
+	return wr.Version
+}
 
-	// A row more than hlc.MaxDrift (an hour) ahead: no node adopts such a
-	// version, so the write cannot win; the client is told the stored version.
-	farAhead := wr.Version + int64(48*time.Hour/time.Millisecond)<<12
+// loseToFarFutureRow inserts tmdb:10 at a version 48 hours ahead of
+// committed, then writes it through n: the write is superseded.
+func loseToFarFutureRow(t *testing.T, ctx context.Context, db *bun.DB, n *Node, l *ledger, committed int64) {
+	t.Helper()
+	farAhead := committed + int64(48*time.Hour/time.Millisecond)<<12
 	if _, err := db.ExecContext(ctx, `INSERT INTO anime_metadata (tmdb_id, title, version, updated_at) VALUES (10, 'far ahead', ?, now())`, farAhead); err != nil {
 		t.Fatal(err)
 	}
-	r, err = n2.Put(anime(10, "loses to a far-future row"))
+	r, err := n.Put(anime(10, "loses to a far-future row"))
 	if err != nil || r.Code != 200 {
 		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
 	}
+	var wr WriteResult
 	r.JSON(t, &wr)
 	if wr.Status != "superseded" || wr.Version != farAhead {
 		t.Fatalf("write below a far-future row answered %+v, want superseded at v%d", wr, farAhead)
 	}
 	l.ack(10, farAhead, false)
+}
 
-	// A producer's write, versioned by its stream timestamp, below the row.
+// producerWriteLosesToRowAhead sets tmdb:9's row to version ahead, then
+// publishes a producer write for it: a node counts it superseded and the
+// row is unchanged.
+func producerWriteLosesToRowAhead(t *testing.T, ctx context.Context, db *bun.DB, s *System, nodes []*Node, l *ledger, ahead int64) {
+	t.Helper()
 	if _, err := db.ExecContext(ctx, `UPDATE anime_metadata SET version = ?, title = 'ahead', updated_at = now() WHERE tmdb_id = 9`, ahead); err != nil {
 		t.Fatal(err)
 	}
 	publishJS(t, s, events.SubjectMetadataUpsert, anime(9, "producer write that loses"))
 	if err := procs.Eventually(20*time.Second, 50*time.Millisecond, func() error {
-		if v := metricValue(t, n1, `anivault_writes_total{outcome="superseded"}`) + metricValue(t, n2, `anivault_writes_total{outcome="superseded"}`); v < 1 {
+		if v := metricValue(t, nodes[0], `anivault_writes_total{outcome="superseded"}`) + metricValue(t, nodes[1], `anivault_writes_total{outcome="superseded"}`); v < 1 {
 			return fmt.Errorf("superseded writes %v", v)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	table, err = s.Versions()
+	table, err := s.Versions()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,34 +405,45 @@ func TestLosingWrites(t *testing.T) {
 		t.Fatalf("the producer's losing write changed the row: %+v, want v%d", table[9], ahead)
 	}
 	l.ack(9, ahead, false)
+}
 
-	// HTTP, buffered: the change log holds a newer version than the writer's
-	// clock (a node whose clock runs fast buffered it).
-	s.EnterMaintenance("maintenance", n1)
+// bufferAboveLoggedVersion logs tmdb:8 above ahead in the change log in
+// maintenance, then writes it through n: the buffered write is versioned
+// above the logged one and is what the table holds after maintenance. It
+// returns the table.
+func bufferAboveLoggedVersion(t *testing.T, s *System, n *Node, l *ledger, ahead int64) map[int64]metastore.Version {
+	t.Helper()
+	s.EnterMaintenance("maintenance", n)
 	skewed := ahead + 1<<12
 	publishChange(t, s, 8, skewed, anime(8, "buffered by a fast clock"))
-	r, err = n1.Put(anime(8, "buffered after the skewed write"))
+	r, err := n.Put(anime(8, "buffered after the skewed write"))
 	if err != nil || r.Code != 202 {
 		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
 	}
+	var wr WriteResult
 	r.JSON(t, &wr)
 	if wr.Version <= skewed {
 		t.Fatalf("buffered v%d below the logged v%d", wr.Version, skewed)
 	}
 	l.ack(8, wr.Version, false)
 	s.ExitMaintenance()
-	table, err = s.Versions()
+	table, err := s.Versions()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if table[8].Version != wr.Version {
 		t.Fatalf("table %+v, the client was told v%d", table[8], wr.Version)
 	}
-	l.check(t, table)
-	// Every node serves what the table holds (the producer's loser nowhere).
+	return table
+}
+
+// waitNodesServeTable waits until every node serves the table's version of
+// every id.
+func waitNodesServeTable(t *testing.T, nodes []*Node, ids []int64, table map[int64]metastore.Version) {
+	t.Helper()
 	if err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
-		for _, n := range []*Node{n1, n2} {
-			for _, id := range []int64{7, 8, 9, 10} {
+		for _, n := range nodes {
+			for _, id := range ids {
 				r, err := n.Get(id)
 				if err != nil {
 					return err
@@ -642,11 +683,30 @@ func TestOtherPathChangesReachTheCaches(t *testing.T) {
 	if _, err := db.ExecContext(ctx, `UPDATE anime_metadata SET title = 'fixed by hand' WHERE tmdb_id = 602`); err != nil {
 		t.Fatal(err)
 	}
+	waitNodesServeTitles(t, []*Node{n1, n2}, map[int64]string{601: "by a migration script", 602: "fixed by hand"})
+	if got := metricValue(t, n1, "anivault_cache_corrections_total") + metricValue(t, n2, "anivault_cache_corrections_total"); got < 1 {
+		t.Errorf("corrections counted: %v", got)
+	}
+	// An entry whose row did not change is revalidated without a correction
+	// (the table keeps microseconds and reorders raw_data's keys: the same
+	// record for all that).
+	n3 := s.StartNode("n3", env)
+	// Once n3 proves its cache current, its own write is cached as written.
+	waitChangeLogCurrent(t, n3)
+	checkUnchangedEntryRevalidatesWithoutCorrection(t, n3, l)
+	// The bumped row is in the change log too, so it is what an outage serves.
+	checkLastLogEntryVersion(t, ctx, s, 601, bumped)
+}
+
+// waitNodesServeTitles waits until every node serves every record with its
+// title, and logs how long each took.
+func waitNodesServeTitles(t *testing.T, nodes []*Node, titles map[int64]string) {
+	t.Helper()
 	start := time.Now()
 	seen := map[string]time.Duration{}
 	if err := procs.Eventually(30*time.Second, 50*time.Millisecond, func() error {
-		for _, n := range []*Node{n1, n2} {
-			for id, title := range map[int64]string{601: "by a migration script", 602: "fixed by hand"} {
+		for _, n := range nodes {
+			for id, title := range titles {
 				r, err := n.Get(id)
 				if err != nil {
 					return err
@@ -667,50 +727,60 @@ func TestOtherPathChangesReachTheCaches(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("other-path changes served after: %v", seen)
-	if got := metricValue(t, n1, "anivault_cache_corrections_total") + metricValue(t, n2, "anivault_cache_corrections_total"); got < 1 {
-		t.Errorf("corrections counted: %v", got)
-	}
-	// An entry whose row did not change is revalidated without a correction
-	// (the table keeps microseconds and reorders raw_data's keys: the same
-	// record for all that).
-	n3 := s.StartNode("n3", env)
-	// Once n3 proves its cache current, its own write is cached as written.
+}
+
+// waitChangeLogCurrent waits until n's status says its cache is current
+// with the change log.
+func waitChangeLogCurrent(t *testing.T, n *Node) {
+	t.Helper()
 	if err := procs.Eventually(10*time.Second, 20*time.Millisecond, func() error {
-		r, err := do("GET", n3.URL()+"/v1/status", nil)
+		r, err := do("GET", n.URL()+"/v1/status", nil)
 		if err != nil {
 			return err
 		}
 		var st events.SystemStatus
 		if err := json.Unmarshal(r.Body, &st); err != nil || st.ChangeLog == nil || !st.ChangeLog.Current {
-			return fmt.Errorf("n3 not current yet: %s", r.Body)
+			return fmt.Errorf("%s not current yet: %s", n.ID, r.Body)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := n3.Put(with(anime(603, "untouched"), "raw_data", map[string]any{"aa": 1, "b": map[string]any{"yy": 2, "z": 3}}))
+}
+
+// checkUnchangedEntryRevalidatesWithoutCorrection writes tmdb:603 through
+// n, checks it is cached as written, and still served without a correction
+// once CACHE_REVALIDATE_AFTER has passed.
+func checkUnchangedEntryRevalidatesWithoutCorrection(t *testing.T, n *Node, l *ledger) {
+	t.Helper()
+	r, err := n.Put(with(anime(603, "untouched"), "raw_data", map[string]any{"aa": 1, "b": map[string]any{"yy": 2, "z": 3}}))
 	if err != nil || r.Code != 200 {
 		t.Fatalf("put: %v %d %s", err, r.Code, r.Body)
 	}
 	var wr WriteResult
 	r.JSON(t, &wr)
 	l.ack(603, wr.Version, false)
-	checkReads(t, n3, l, []int64{603})
-	if got := metricValue(t, n3, "anivault_reads_total"); got != 0 {
-		t.Fatalf("n3 read %v times from the database or the log: its write was not cached", got)
+	checkReads(t, n, l, []int64{603})
+	if got := metricValue(t, n, "anivault_reads_total"); got != 0 {
+		t.Fatalf("%s read %v times from the database or the log: its write was not cached", n.ID, got)
 	}
 	time.Sleep(2500 * time.Millisecond) // past CACHE_REVALIDATE_AFTER
-	checkReads(t, n3, l, []int64{603})
-	if got := metricValue(t, n3, "anivault_cache_corrections_total"); got != 0 {
+	checkReads(t, n, l, []int64{603})
+	if got := metricValue(t, n, "anivault_cache_corrections_total"); got != 0 {
 		t.Errorf("revalidating an unchanged entry counted %v corrections", got)
 	}
-	// The bumped row is in the change log too, so it is what an outage serves.
+}
+
+// checkLastLogEntryVersion checks the change log's last entry for id
+// carries version.
+func checkLastLogEntryVersion(t *testing.T, ctx context.Context, s *System, id, version int64) {
+	t.Helper()
 	cs, err := s.JS.Stream(ctx, s.streamName(events.StreamChanges))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := cs.GetLastMsgForSubject(ctx, s.subject(events.ChangeSubject(601)))
-	if err != nil || m.Header.Get(events.HeaderVersion) != strconv.FormatInt(bumped, 10) {
-		t.Fatalf("log entry of 601: %v %v, want v%d", m, err, bumped)
+	m, err := cs.GetLastMsgForSubject(ctx, s.subject(events.ChangeSubject(id)))
+	if err != nil || m.Header.Get(events.HeaderVersion) != strconv.FormatInt(version, 10) {
+		t.Fatalf("log entry of %d: %v %v, want v%d", id, m, err, version)
 	}
 }

@@ -18,9 +18,11 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/natsembed"
 	"github.com/anivault/anivault/pkg/pgdb"
+	"github.com/anivault/anivault/pkg/pgembed"
 	"github.com/anivault/anivault/pkg/procs"
 )
 
@@ -173,15 +175,7 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	s := NewSystem(t, Options{PrivatePG: true, MonitorInterval: interval, FailureThreshold: threshold, AutoRecovery: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	replica, err := s.PG.StartReplica(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		_ = replica.Close(cctx)
-	})
+	replica := startReplica(t, ctx, s)
 	proxy, dsn := s.ProxyDatabase()
 	s.opts.DatabaseURL = dsn
 
@@ -200,6 +194,56 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	// shutdown streams the last WAL to the replica), promote the replica,
 	// move the address.
 	at := time.Now()
+	switchOver(t, ctx, s, replica, proxy)
+	moved := time.Now()
+	// Back to normal: either the switchover was shorter than the monitor's
+	// detection (the mode never left normal; the fast path buffered what
+	// met the gap and the background drain replays it), or it went through
+	// cache_only and recovering. Either way every node commits again.
+	normalAfter := waitNormalAndCommitting(t, s, w, moved)
+	w.finish()
+	cacheOnly := 0
+	for _, e := range s.Events.All() {
+		if e.Subject == events.SubjectModeCacheOnly && !e.At.Before(at) {
+			cacheOnly++
+		}
+	}
+	t.Logf("switchover: stop+promote+move took %v; normal and committing with an empty buffer %v after the move (cache-only periods %d); writes committed %d, buffered %d, failed %d",
+		moved.Sub(at).Round(time.Millisecond), normalAfter.Round(time.Millisecond), cacheOnly, w.committed.Load(), w.buffered.Load(), w.failed.Load())
+	if w.failed.Load() != 0 {
+		t.Fatalf("%d writes failed: %v", w.failed.Load(), w.failures)
+	}
+
+	// The table is now the promoted replica's.
+	readTableFrom(t, s, replica)
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+	assertServesTable(t, s, nodes, ids)
+}
+
+// startReplica starts a streaming replica of s's private PostgreSQL,
+// closed when the test ends.
+func startReplica(t *testing.T, ctx context.Context, s *System) *pgembed.Instance {
+	t.Helper()
+	replica, err := s.PG.StartReplica(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer ccancel()
+		_ = replica.Close(cctx)
+	})
+	return replica
+}
+
+// switchOver stops the primary (fast), promotes the replica and retargets
+// the proxy to it.
+func switchOver(t *testing.T, ctx context.Context, s *System, replica *pgembed.Instance, proxy *faultproxy.Proxy) {
+	t.Helper()
 	if err := s.PG.Stop(ctx, "fast"); err != nil {
 		t.Fatal(err)
 	}
@@ -209,11 +253,13 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	if err := proxy.Retarget(fmt.Sprintf("127.0.0.1:%d", replica.Port())); err != nil {
 		t.Fatal(err)
 	}
-	moved := time.Now()
-	// Back to normal: either the switchover was shorter than the monitor's
-	// detection (the mode never left normal; the fast path buffered what
-	// met the gap and the background drain replays it), or it went through
-	// cache_only and recovering. Either way every node commits again.
+}
+
+// waitNormalAndCommitting waits until the mode is normal (or was never
+// set), 20 more writes of w committed and nothing is buffered; it returns
+// how long after moved that was.
+func waitNormalAndCommitting(t *testing.T, s *System, w *writeLoad, moved time.Time) time.Duration {
+	t.Helper()
 	committedBefore := w.committed.Load()
 	var normalAfter time.Duration
 	if err := procs.Eventually(60*time.Second, 50*time.Millisecond, func() error {
@@ -239,20 +285,12 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	w.finish()
-	cacheOnly := 0
-	for _, e := range s.Events.All() {
-		if e.Subject == events.SubjectModeCacheOnly && !e.At.Before(at) {
-			cacheOnly++
-		}
-	}
-	t.Logf("switchover: stop+promote+move took %v; normal and committing with an empty buffer %v after the move (cache-only periods %d); writes committed %d, buffered %d, failed %d",
-		moved.Sub(at).Round(time.Millisecond), normalAfter.Round(time.Millisecond), cacheOnly, w.committed.Load(), w.buffered.Load(), w.failed.Load())
-	if w.failed.Load() != 0 {
-		t.Fatalf("%d writes failed: %v", w.failed.Load(), w.failures)
-	}
+	return normalAfter
+}
 
-	// The table is now the promoted replica's.
+// readTableFrom points the test's own store (s.Versions) at replica.
+func readTableFrom(t *testing.T, s *System, replica *pgembed.Instance) {
+	t.Helper()
 	u, err := url.Parse(s.DSN)
 	if err != nil {
 		t.Fatal(err)
@@ -265,12 +303,6 @@ func TestSwitchoverToPromotedReplica(t *testing.T) {
 	if s.store, err = metastore.New(db); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.Versions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.check(t, got)
-	assertServesTable(t, s, nodes, ids)
 }
 
 // Three health-monitors. One is cut off from PostgreSQL alone (its
@@ -366,23 +398,7 @@ func TestBufferLeaderLoss(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	st, err := s.JS.Stream(ctx, s.streamName(events.StreamBuffer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil || info.Cluster == nil {
-		t.Fatalf("buffer stream info: %+v %v", info, err)
-	}
-	var leader *natsembed.Server
-	for i, srv := range s.Cluster {
-		if info.Cluster.Leader == fmt.Sprintf("s%d", i+1) {
-			leader = srv
-		}
-	}
-	if leader == nil {
-		t.Fatalf("buffer leader %q is none of the servers", info.Cluster.Leader)
-	}
+	leader, leaderName := bufferStreamLeader(t, ctx, s)
 	l := newLedger()
 	ids := idRange(1, 300)
 	w := startWrites(nodes, l, ids, 4)
@@ -417,7 +433,7 @@ func TestBufferLeaderLoss(t *testing.T) {
 	codes := maps.Clone(w.codes)
 	w.mu.Unlock()
 	t.Logf("buffer leader (%s) lost under load in cache-only mode: longest time without an acknowledged write %v; buffered %d, refused %d %v",
-		info.Cluster.Leader, gap.Round(time.Millisecond), w.buffered.Load(), w.failed.Load(), codes)
+		leaderName, gap.Round(time.Millisecond), w.buffered.Load(), w.failed.Load(), codes)
 	for code, n := range codes {
 		if code != 503 {
 			t.Errorf("%d writes answered %d; a write refused during the election must be 503", n, code)
@@ -429,4 +445,27 @@ func TestBufferLeaderLoss(t *testing.T) {
 	}
 	l.check(t, got)
 	assertServesTable(t, s, nodes, ids)
+}
+
+// bufferStreamLeader returns the server leading the buffer stream and its name.
+func bufferStreamLeader(t *testing.T, ctx context.Context, s *System) (*natsembed.Server, string) {
+	t.Helper()
+	st, err := s.JS.Stream(ctx, s.streamName(events.StreamBuffer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.Cluster == nil {
+		t.Fatalf("buffer stream info: %+v %v", info, err)
+	}
+	var leader *natsembed.Server
+	for i, srv := range s.Cluster {
+		if info.Cluster.Leader == fmt.Sprintf("s%d", i+1) {
+			leader = srv
+		}
+	}
+	if leader == nil {
+		t.Fatalf("buffer leader %q is none of the servers", info.Cluster.Leader)
+	}
+	return leader, info.Cluster.Leader
 }

@@ -282,61 +282,11 @@ func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
 	s.StartManager(nil)
 	s.EnterMaintenance("maintenance", victim, other)
 
-	var ready atomic.Bool
-	ready.Store(true)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { // the load balancer
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			r, err := do("GET", victim.URL()+"/readyz", nil)
-			ready.Store(err == nil && r.Code == 200)
-		}
-	})
 	l := newLedger()
-	var sent, acked, refused atomic.Int64
-	var badMu sync.Mutex
-	var bad []string
-	for w := range 4 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := int64(w*100000 + i%500 + 1)
-				n := other
-				toVictim := ready.Load()
-				if toVictim {
-					n = victim
-					sent.Add(1)
-				}
-				r, err := n.Put(anime(id, "during shutdown"))
-				var wr WriteResult
-				switch {
-				case err == nil && r.Code == 202 && json.Unmarshal(r.Body, &wr) == nil:
-					l.ack(id, wr.Version, false)
-					if toVictim {
-						acked.Add(1)
-					}
-				case toVictim && err != nil && errors.Is(err, syscall.ECONNREFUSED):
-					refused.Add(1)
-				case toVictim:
-					badMu.Lock()
-					bad = append(bad, fmt.Sprintf("tmdb:%d: %v %d %s", id, err, r.Code, r.Body))
-					badMu.Unlock()
-				}
-			}
-		})
-	}
+	load := startReadinessGatedWrites(victim, other, l)
 	if err := procs.Eventually(30*time.Second, 10*time.Millisecond, func() error {
-		if acked.Load() < 300 {
-			return fmt.Errorf("%d writes acknowledged", acked.Load())
+		if load.acked.Load() < 300 {
+			return fmt.Errorf("%d writes acknowledged", load.acked.Load())
 		}
 		return nil
 	}); err != nil {
@@ -356,8 +306,7 @@ func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	close(stop)
-	wg.Wait()
+	load.stop()
 	s.ExitMaintenance()
 	got, err := s.Versions()
 	if err != nil {
@@ -365,10 +314,88 @@ func TestGracefulShutdownUnderWriteLoad(t *testing.T) {
 	}
 	l.check(t, got)
 	t.Logf("SIGTERM under write load: the node stopped %v after the signal; %d writes sent to it while it said ready, %d acknowledged, %d refused by a closed listener, %d answered 503 or reset",
-		stopped.Round(time.Millisecond), sent.Load(), acked.Load(), refused.Load(), len(bad))
-	if len(bad) > 0 {
-		t.Fatalf("writes sent while the node said ready were answered 503 or reset: %v", bad[:min(len(bad), 10)])
+		stopped.Round(time.Millisecond), load.sent.Load(), load.acked.Load(), load.refused.Load(), len(load.bad))
+	if len(load.bad) > 0 {
+		t.Fatalf("writes sent while the node said ready were answered 503 or reset: %v", load.bad[:min(len(load.bad), 10)])
 	}
+}
+
+// readinessGatedWrites is a load balancer polling the victim's /readyz
+// every 50 ms and four writers that send to the victim while it is ready,
+// to the other node otherwise. It counts the writes sent to the victim,
+// acknowledged by it, refused by its closed listener, and answered
+// otherwise (bad).
+type readinessGatedWrites struct {
+	victim, other        *Node
+	l                    *ledger
+	ready                atomic.Bool
+	done                 chan struct{}
+	wg                   sync.WaitGroup
+	sent, acked, refused atomic.Int64
+	badMu                sync.Mutex
+	bad                  []string
+}
+
+func startReadinessGatedWrites(victim, other *Node, l *ledger) *readinessGatedWrites {
+	g := &readinessGatedWrites{victim: victim, other: other, l: l, done: make(chan struct{})}
+	g.ready.Store(true)
+	g.wg.Go(g.pollReadiness)
+	for w := range 4 {
+		g.wg.Go(func() { g.write(w) })
+	}
+	return g
+}
+
+// pollReadiness is the load balancer.
+func (g *readinessGatedWrites) pollReadiness() {
+	for {
+		select {
+		case <-g.done:
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		r, err := do("GET", g.victim.URL()+"/readyz", nil)
+		g.ready.Store(err == nil && r.Code == 200)
+	}
+}
+
+// write is writer w: it writes until the load stops.
+func (g *readinessGatedWrites) write(w int) {
+	for i := 0; ; i++ {
+		select {
+		case <-g.done:
+			return
+		default:
+		}
+		id := int64(w*100000 + i%500 + 1)
+		n := g.other
+		toVictim := g.ready.Load()
+		if toVictim {
+			n = g.victim
+			g.sent.Add(1)
+		}
+		r, err := n.Put(anime(id, "during shutdown"))
+		var wr WriteResult
+		switch {
+		case err == nil && r.Code == 202 && json.Unmarshal(r.Body, &wr) == nil:
+			g.l.ack(id, wr.Version, false)
+			if toVictim {
+				g.acked.Add(1)
+			}
+		case toVictim && err != nil && errors.Is(err, syscall.ECONNREFUSED):
+			g.refused.Add(1)
+		case toVictim:
+			g.badMu.Lock()
+			g.bad = append(g.bad, fmt.Sprintf("tmdb:%d: %v %d %s", id, err, r.Code, r.Body))
+			g.badMu.Unlock()
+		}
+	}
+}
+
+// stop ends the load and waits for it.
+func (g *readinessGatedWrites) stop() {
+	close(g.done)
+	g.wg.Wait()
 }
 
 // With HTTP_AUTH_TOKENS_FILE, reads need a read or write token and writes a

@@ -406,7 +406,40 @@ func TestAlertFiresInARealOutage(t *testing.T) {
 	writeAll(t, []*Node{s.node}, l, idRange(1, 10), false, "before", 200)
 	t.Log("alerts.yaml is loaded with every `for:` set to 2s, the only change (its thresholds are minutes; promtool tests them)")
 	prom := startPrometheus(t, s.targets, rulesWithShortFor("2s"))
+	waitEveryRuleInactiveWhenHealthy(t, prom)
 
+	// A real outage: PostgreSQL stops.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	down := time.Now()
+	if err := s.PG.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeCacheOnly, down, 30*time.Second, nil)
+	waitNodeMode(t, s.node, events.ModeCacheOnly)
+	writeAll(t, []*Node{s.node}, l, idRange(11, 10), false, "during", 202)
+	waitCacheOnlyAlertFires(t, prom, down)
+
+	// PostgreSQL back: recovery, then the alert resolves.
+	back := time.Now()
+	if err := s.PG.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.Events.Wait(t, events.SubjectModeNormal, back, 90*time.Second, nil)
+	waitCacheOnlyAlertResolves(t, prom, back)
+	got, err := s.Versions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.check(t, got)
+
+	checkDashboardQueriesReturnSeries(t, prom)
+}
+
+// waitEveryRuleInactiveWhenHealthy waits until every target is scraped in
+// normal mode and every rule was evaluated on that data and is inactive.
+func waitEveryRuleInactiveWhenHealthy(t *testing.T, prom *promServer) {
+	t.Helper()
 	// Healthy: every target scraped, every rule evaluated on that data and inactive.
 	var scraped time.Time
 	if err := procs.Eventually(60*time.Second, 200*time.Millisecond, func() error {
@@ -446,17 +479,12 @@ func TestAlertFiresInARealOutage(t *testing.T) {
 		as, _ := prom.alerts()
 		t.Fatalf("%v; active alerts: %+v", err, as)
 	}
+}
 
-	// A real outage: PostgreSQL stops.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	down := time.Now()
-	if err := s.PG.Stop(ctx, "immediate"); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeCacheOnly, down, 30*time.Second, nil)
-	waitNodeMode(t, s.node, events.ModeCacheOnly)
-	writeAll(t, []*Node{s.node}, l, idRange(11, 10), false, "during", 202)
+// waitCacheOnlyAlertFires waits until AniVaultCacheOnlyTooLong fires and
+// checks its labels and the data it fired on.
+func waitCacheOnlyAlertFires(t *testing.T, prom *promServer, down time.Time) {
+	t.Helper()
 	var fired promAlert
 	if err := procs.Eventually(60*time.Second, 200*time.Millisecond, func() error {
 		a, ok, err := prom.alert("AniVaultCacheOnlyTooLong")
@@ -489,13 +517,12 @@ func TestAlertFiresInARealOutage(t *testing.T) {
 	}); err != nil {
 		t.Error(err)
 	}
+}
 
-	// PostgreSQL back: recovery, then the alert resolves.
-	back := time.Now()
-	if err := s.PG.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	s.Events.Wait(t, events.SubjectModeNormal, back, 90*time.Second, nil)
+// waitCacheOnlyAlertResolves waits until AniVaultCacheOnlyTooLong is no
+// longer active.
+func waitCacheOnlyAlertResolves(t *testing.T, prom *promServer, back time.Time) {
+	t.Helper()
 	if err := procs.Eventually(60*time.Second, 200*time.Millisecond, func() error {
 		a, ok, err := prom.alert("AniVaultCacheOnlyTooLong")
 		if err != nil {
@@ -509,12 +536,12 @@ func TestAlertFiresInARealOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("AniVaultCacheOnlyTooLong resolved %v after PostgreSQL came back", time.Since(back).Round(100*time.Millisecond))
-	got, err := s.Versions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.check(t, got)
+}
 
+// checkDashboardQueriesReturnSeries runs every dashboard query on the
+// scraped data and checks it returns series.
+func checkDashboardQueriesReturnSeries(t *testing.T, prom *promServer) {
+	t.Helper()
 	// Every dashboard query runs on the scraped data and returns series.
 	d, err := monitoring.LoadDashboard()
 	if err != nil {

@@ -22,6 +22,17 @@ func TestTwoNodesShareWritesThroughMetadataChanged(t *testing.T) {
 	n1 := s.StartNode("n1", nil)
 	n2 := s.StartNode("n2", nil)
 
+	v1 := putAndWaitCachedOnOther(t, n1, n2)
+	updateAndWaitServedFromOthersCache(t, n1, n2, v1)
+	// A delete on node 2 is a 404 on node 1.
+	deleteAndWaitGoneOnOther(t, n2, n1)
+	checkUnknownIDAndMetadataGet(t, s, n1)
+}
+
+// putAndWaitCachedOnOther writes v1 of tmdb:1429 through n1 and waits
+// until n2 serves it from its cache; it returns v1's version.
+func putAndWaitCachedOnOther(t *testing.T, n1, n2 *Node) int64 {
+	t.Helper()
 	r, err := n1.Put(anime(1429, "Attack on Titan"))
 	if err != nil || r.Code != 200 {
 		t.Fatalf("put v1: %v %d %s", err, r.Code, r.Body)
@@ -45,14 +56,21 @@ func TestTwoNodesShareWritesThroughMetadataChanged(t *testing.T) {
 	if r.Header.Get("X-AniVault-Source") != "cache" {
 		t.Fatalf("second read of node 2 not from cache: %q", r.Header.Get("X-AniVault-Source"))
 	}
-	r, err = n1.Put(anime(1429, "Shingeki no Kyojin"))
+	return w1.Version
+}
+
+// updateAndWaitServedFromOthersCache writes v2 of tmdb:1429 through n1 and
+// waits until n2 serves v2 from its cache in normal mode.
+func updateAndWaitServedFromOthersCache(t *testing.T, n1, n2 *Node, v1 int64) {
+	t.Helper()
+	r, err := n1.Put(anime(1429, "Shingeki no Kyojin"))
 	if err != nil || r.Code != 200 {
 		t.Fatalf("put v2: %v %d", err, r.Code)
 	}
 	var w2 WriteResult
 	r.JSON(t, &w2)
-	if w2.Version <= w1.Version {
-		t.Fatalf("version did not grow: %d then %d", w1.Version, w2.Version)
+	if w2.Version <= v1 {
+		t.Fatalf("version did not grow: %d then %d", v1, w2.Version)
 	}
 	err = procs.Eventually(10*time.Second, 10*time.Millisecond, func() error {
 		r, err := n2.Get(1429)
@@ -77,7 +95,12 @@ func TestTwoNodesShareWritesThroughMetadataChanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A delete on node 2 is a 404 on node 1.
+}
+
+// deleteAndWaitGoneOnOther deletes tmdb:1429 through n2 and waits until n1
+// answers 404.
+func deleteAndWaitGoneOnOther(t *testing.T, n2, n1 *Node) {
+	t.Helper()
 	if r, _ := n2.Delete(1429); r.Code != 200 {
 		t.Fatalf("delete: %d %s", r.Code, r.Body)
 	}
@@ -90,7 +113,12 @@ func TestTwoNodesShareWritesThroughMetadataChanged(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// 404 for an unknown id, over HTTP and NATS; metadata.get round trip.
+}
+
+// checkUnknownIDAndMetadataGet checks 404 for an unknown id, over HTTP and
+// NATS, and a metadata.get round trip.
+func checkUnknownIDAndMetadataGet(t *testing.T, s *System, n1 *Node) {
+	t.Helper()
 	if r, _ := n1.Get(99999999); r.Code != 404 {
 		t.Fatalf("unknown id: %d", r.Code)
 	}

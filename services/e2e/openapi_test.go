@@ -182,6 +182,9 @@ func (c *apiCheck) coverage() {
 	c.t.Logf("the node produced %d documented (method, path, status) responses, every one valid", len(c.seen))
 }
 
+// The tokens of the secured node.
+const openAPIReader, openAPIWriter = "read-token-openapi-0123456789", "write-token-openapi-0123456789"
+
 // Every route and status code of api/openapi.yaml, produced by real nodes
 // (normal mode, cache-only mode, bearer tokens, a full write slot, a
 // shutdown): every request and response validates against the document,
@@ -190,21 +193,42 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	t.Parallel()
 	c := newAPICheck(t)
 	s := NewSystem(t, Options{})
+	open, secured := startOpenAndSecuredNodes(t, s)
+	o, sec := open.URL(), secured.URL()
+
+	written := checkNormalModeResponses(t, c, o)
+	checkBadInputResponses(t, c, s, o)
+	checkUnservedMethods(t, c, o)
+	checkBearerTokens(t, c, s, sec, written)
+	checkFullWriteSlot(t, c, secured)
+	checkCacheOnlyResponses(t, c, s, open)
+	checkShutdownResponses(t, c, secured)
+
+	c.coverage()
+}
+
+// startOpenAndSecuredNodes starts a node without tokens and a secured one
+// (bearer tokens, one write slot, a long SHUTDOWN_DELAY), then a manager.
+func startOpenAndSecuredNodes(t *testing.T, s *System) (open, secured *Node) {
+	t.Helper()
 	file := t.TempDir() + "/tokens"
-	const reader, writer = "read-token-openapi-0123456789", "write-token-openapi-0123456789"
-	if err := os.WriteFile(file, []byte("read "+reader+"\nwrite "+writer+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte("read "+openAPIReader+"\nwrite "+openAPIWriter+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	open := s.StartNode("open", nil)
+	open = s.StartNode("open", nil)
 	// The secured node has one write slot, and serves for a while after SIGTERM with /readyz failing.
-	secured := s.StartNode("secured", map[string]string{
+	secured = s.StartNode("secured", map[string]string{
 		"HTTP_AUTH_TOKENS_FILE": file, "MAX_CONCURRENT_WRITES": "1", "SHUTDOWN_DELAY": "20s", "HTTP_READ_TIMEOUT": "60s",
 	})
 	waitSchema(t, s)
 	s.StartManager(nil)
-	o, sec := open.URL(), secured.URL()
-	rec := func(v map[string]any) []byte { return jsonBody(t, v) }
+	return open, secured
+}
 
+// checkNormalModeResponses produces the normal-mode responses of node o
+// and returns the version the write of tmdb:1429 committed.
+func checkNormalModeResponses(t *testing.T, c *apiCheck, o string) int64 {
+	t.Helper()
 	// Normal mode: probes, metrics, committed writes, reads, 404, status.
 	c.do(exchange{name: "liveness", method: "GET", base: o, path: "/healthz", want: 200})
 	c.do(exchange{name: "readiness", method: "GET", base: o, path: "/readyz", want: 200})
@@ -215,7 +239,7 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	c.do(exchange{name: "metrics as OpenMetrics", method: "GET", base: o, path: "/metrics",
 		accept: "application/openmetrics-text;version=1.0.0", want: 200})
 	var wr WriteResult
-	r := c.do(exchange{name: "put commits", method: "PUT", base: o, path: "/v1/anime/1429", body: rec(anime(1429, "Attack on Titan")), want: 200})
+	r := c.do(exchange{name: "put commits", method: "PUT", base: o, path: "/v1/anime/1429", body: jsonBody(t, anime(1429, "Attack on Titan")), want: 200})
 	if r.Code == 200 {
 		r.JSON(t, &wr)
 		if wr.Status != "committed" || wr.Version <= 0 {
@@ -248,7 +272,13 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 			t.Errorf("status: %s", r.Body)
 		}
 	}
+	return wr.Version
+}
 
+// checkBadInputResponses produces every 400 and the 413 on node o and
+// checks the table is unchanged.
+func checkBadInputResponses(t *testing.T, c *apiCheck, s *System, o string) {
+	t.Helper()
 	// Bad input: 400 and 413, the table unchanged.
 	before, err := s.Versions()
 	if err != nil {
@@ -264,19 +294,19 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 		{"id not a number", "GET", "/v1/anime/abc", nil, "tmdb_id", true},
 		{"id zero", "GET", "/v1/anime/0", nil, "tmdb_id", true},
 		{"id with a leading zero", "GET", "/v1/anime/01500", nil, "tmdb_id", false},
-		{"put to a bad id", "PUT", "/v1/anime/x1", rec(base), "tmdb_id", true},
+		{"put to a bad id", "PUT", "/v1/anime/x1", jsonBody(t, base), "tmdb_id", true},
 		{"delete a negative id", "DELETE", "/v1/anime/-5", nil, "tmdb_id", true},
 		{"delete an id beyond int64", "DELETE", "/v1/anime/9223372036854775808", nil, "tmdb_id", true},
-		{"ids differ", "PUT", "/v1/anime/1500", rec(with(base, "tmdb_id", 1501)), "tmdb_id", false},
-		{"no title", "PUT", "/v1/anime/1500", rec(with(base, "title", nil)), "title", true},
-		{"blank title", "PUT", "/v1/anime/1500", rec(with(base, "title", "   ")), "title", true},
-		{"title too long", "PUT", "/v1/anime/1500", rec(with(base, "title", strings.Repeat("t", 256))), "title", true},
-		{"title with NUL", "PUT", "/v1/anime/1500", rec(with(base, "title", "a\x00b")), "title", true},
-		{"unknown field", "PUT", "/v1/anime/1500", rec(with(base, "rating", 5)), "rating", true},
-		{"bad date", "PUT", "/v1/anime/1500", rec(with(base, "first_air_date", "2023-02-30")), "first_air_date", true},
-		{"negative count", "PUT", "/v1/anime/1500", rec(with(base, "vote_count", -1)), "vote_count", true},
-		{"genre not a string", "PUT", "/v1/anime/1500", rec(with(base, "genres", []any{1})), "genres", true},
-		{"raw_data an array", "PUT", "/v1/anime/1500", rec(with(base, "raw_data", []any{1})), "raw_data", true},
+		{"ids differ", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "tmdb_id", 1501)), "tmdb_id", false},
+		{"no title", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "title", nil)), "title", true},
+		{"blank title", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "title", "   ")), "title", true},
+		{"title too long", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "title", strings.Repeat("t", 256))), "title", true},
+		{"title with NUL", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "title", "a\x00b")), "title", true},
+		{"unknown field", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "rating", 5)), "rating", true},
+		{"bad date", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "first_air_date", "2023-02-30")), "first_air_date", true},
+		{"negative count", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "vote_count", -1)), "vote_count", true},
+		{"genre not a string", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "genres", []any{1})), "genres", true},
+		{"raw_data an array", "PUT", "/v1/anime/1500", jsonBody(t, with(base, "raw_data", []any{1})), "raw_data", true},
 		{"raw_data with NUL", "PUT", "/v1/anime/1500", []byte(`{"tmdb_id":1500,"title":"x","raw_data":{"a":"\u0000"}}`), "raw_data", false},
 		{"duplicate key", "PUT", "/v1/anime/1500", []byte(`{"tmdb_id":1500,"title":"x","title":"y"}`), "title", false},
 		{"not JSON", "PUT", "/v1/anime/1500", []byte(`title=x`), "body", true},
@@ -291,8 +321,8 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 			}
 		}
 	}
-	huge := rec(with(base, "overview", strings.Repeat("o", events.MaxRecordBytes)))
-	r = c.do(exchange{name: "too large", method: "PUT", base: o, path: "/v1/anime/1500", body: huge, want: 413})
+	huge := jsonBody(t, with(base, "overview", strings.Repeat("o", events.MaxRecordBytes)))
+	r := c.do(exchange{name: "too large", method: "PUT", base: o, path: "/v1/anime/1500", body: huge, want: 413})
 	if r.Code == 413 && !strings.Contains(string(r.Body), `"field":"body"`) {
 		t.Errorf("413: %s", r.Body)
 	}
@@ -303,7 +333,11 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	if len(after) != len(before) {
 		t.Errorf("refused writes changed the table: %d rows, then %d", len(before), len(after))
 	}
+}
 
+// checkUnservedMethods produces the 405 of every path on node o.
+func checkUnservedMethods(t *testing.T, c *apiCheck, o string) {
+	t.Helper()
 	// Methods a path does not serve.
 	for _, p := range []struct {
 		path    string
@@ -322,18 +356,23 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 			}
 		}
 	}
+}
 
+// checkBearerTokens produces the 401 and 403 of the secured node sec and
+// checks tmdb:1429 still has the version written.
+func checkBearerTokens(t *testing.T, c *apiCheck, s *System, sec string, written int64) {
+	t.Helper()
 	// Bearer tokens: 401 without a valid one, 403 for a read token on a write.
 	for _, e := range []exchange{
 		{name: "get without a token", method: "GET", path: "/v1/anime/1429", want: 401},
 		{name: "get with an unknown token", method: "GET", path: "/v1/anime/1429", token: "not-a-configured-token-0123", want: 401},
-		{name: "put without a token", method: "PUT", path: "/v1/anime/1429", body: rec(anime(1429, "x")), want: 401},
+		{name: "put without a token", method: "PUT", path: "/v1/anime/1429", body: jsonBody(t, anime(1429, "x")), want: 401},
 		{name: "delete without a token", method: "DELETE", path: "/v1/anime/1429", want: 401},
 		{name: "status without a token", method: "GET", path: "/v1/status", want: 401},
-		{name: "put with a read token", method: "PUT", path: "/v1/anime/1429", body: rec(anime(1429, "x")), token: reader, want: 403},
-		{name: "delete with a read token", method: "DELETE", path: "/v1/anime/1429", token: reader, want: 403},
-		{name: "get with a read token", method: "GET", path: "/v1/anime/1429", token: reader, want: 200},
-		{name: "status with a read token", method: "GET", path: "/v1/status", token: reader, want: 200},
+		{name: "put with a read token", method: "PUT", path: "/v1/anime/1429", body: jsonBody(t, anime(1429, "x")), token: openAPIReader, want: 403},
+		{name: "delete with a read token", method: "DELETE", path: "/v1/anime/1429", token: openAPIReader, want: 403},
+		{name: "get with a read token", method: "GET", path: "/v1/anime/1429", token: openAPIReader, want: 200},
+		{name: "status with a read token", method: "GET", path: "/v1/status", token: openAPIReader, want: 200},
 		{name: "probes stay open", method: "GET", path: "/readyz", want: 200},
 	} {
 		e.base = sec
@@ -342,24 +381,30 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 			t.Errorf("%s: 401 without WWW-Authenticate", e.name)
 		}
 	}
-	if v, err := s.Versions(); err != nil || v[1429].Version != wr.Version {
+	if v, err := s.Versions(); err != nil || v[1429].Version != written {
 		t.Errorf("refused writes changed tmdb:1429: %+v %v", v[1429], err)
 	}
+}
 
+// checkFullWriteSlot produces the 503 of a write while the secured
+// node's only write slot is taken.
+func checkFullWriteSlot(t *testing.T, c *apiCheck, secured *Node) {
+	t.Helper()
 	// MAX_CONCURRENT_WRITES=1: a write whose body never finishes holds the
 	// only slot; other writes are refused at once with 503 and Retry-After.
 	// A probe may win the slot before the slow write's headers are read
 	// (the slow write is then the one refused): start another slow write.
+	sec := secured.URL()
 	var hold *slowWrite
 	defer func() {
 		if hold != nil {
 			hold.close()
 		}
 	}()
-	slow := rec(anime(1600, "slow"))
+	slow := jsonBody(t, anime(1600, "slow"))
 	for _, e := range []exchange{
-		{name: "put while the write slot is taken", method: "PUT", path: "/v1/anime/1601", body: rec(anime(1601, "busy")), token: writer, want: 503},
-		{name: "delete while the write slot is taken", method: "DELETE", path: "/v1/anime/1601", token: writer, want: 503},
+		{name: "put while the write slot is taken", method: "PUT", path: "/v1/anime/1601", body: jsonBody(t, anime(1601, "busy")), token: openAPIWriter, want: 503},
+		{name: "delete while the write slot is taken", method: "DELETE", path: "/v1/anime/1601", token: openAPIWriter, want: 503},
 	} {
 		e.base = sec
 		if ok, verrs := c.v.ValidateHttpRequestSync(c.request(e)); !ok {
@@ -371,7 +416,7 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 					hold.close()
 				}
 				var err error
-				if hold, err = startSlowWrite(secured.Addr, "/v1/anime/1600", writer, slow); err != nil {
+				if hold, err = startSlowWrite(secured.Addr, "/v1/anime/1600", openAPIWriter, slow); err != nil {
 					return err
 				}
 			}
@@ -395,11 +440,17 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	}
 	hold.close() // the slow write fails and frees the slot
 	hold = nil
+}
 
+// checkCacheOnlyResponses puts the node open into cache-only mode and
+// produces its buffered writes, reads and status.
+func checkCacheOnlyResponses(t *testing.T, c *apiCheck, s *System, open *Node) {
+	t.Helper()
 	// Cache-only mode: writes are buffered (202); a record the change log
 	// never held cannot be read (503).
 	s.EnterMaintenance("openapi reference", open)
-	r = c.do(exchange{name: "put buffers", method: "PUT", base: o, path: "/v1/anime/1700", body: rec(anime(1700, "buffered")), want: 202})
+	o := open.URL()
+	r := c.do(exchange{name: "put buffers", method: "PUT", base: o, path: "/v1/anime/1700", body: jsonBody(t, anime(1700, "buffered")), want: 202})
 	if r.Code == 202 && (!strings.Contains(string(r.Body), `"status":"buffered"`) || r.Header.Get("X-AniVault-Mode") != "cache_only") {
 		t.Errorf("buffered put: %s %v", r.Body, r.Header)
 	}
@@ -413,7 +464,7 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	// The buffer figures are refreshed every NODE_STATUS_INTERVAL.
 	if err := procs.Eventually(10*time.Second, 50*time.Millisecond, func() error {
 		r := c.do(exchange{name: "status in cache-only mode", method: "GET", base: o, path: "/v1/status", want: 200})
-		st = events.SystemStatus{}
+		st := events.SystemStatus{}
 		if err := json.Unmarshal(r.Body, &st); err != nil {
 			return err
 		}
@@ -424,11 +475,17 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	}); err != nil {
 		t.Error(err)
 	}
+}
 
+// checkShutdownResponses sends SIGTERM to the secured node and produces
+// its responses while it shuts down.
+func checkShutdownResponses(t *testing.T, c *apiCheck, secured *Node) {
+	t.Helper()
 	// Shutdown: /readyz fails at once while the node still serves.
 	if err := syscall.Kill(secured.Pid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	sec := secured.URL()
 	e := exchange{name: "readiness while shutting down", method: "GET", base: sec, path: "/readyz", want: 503}
 	if err := procs.Eventually(15*time.Second, 20*time.Millisecond, func() error {
 		resp, err := client.Do(c.request(e))
@@ -445,9 +502,9 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	r = c.do(exchange{name: "status while shutting down", method: "GET", base: sec, path: "/v1/status", token: reader, want: 200})
+	r := c.do(exchange{name: "status while shutting down", method: "GET", base: sec, path: "/v1/status", token: openAPIReader, want: 200})
 	if r.Code == 200 {
-		st = events.SystemStatus{}
+		st := events.SystemStatus{}
 		r.JSON(t, &st)
 		if st.IsOperational {
 			t.Errorf("a node shutting down says it is operational: %s", r.Body)
@@ -457,8 +514,6 @@ func TestOpenAPIDocumentDescribesTheNode(t *testing.T) {
 	if err := json.Unmarshal(c.do(exchange{name: "liveness while shutting down", method: "GET", base: sec, path: "/healthz", want: 200}).Body, &body); err != nil {
 		t.Error(err)
 	}
-
-	c.coverage()
 }
 
 // slowWrite is a PUT whose body stops half-way, holding a write slot of the

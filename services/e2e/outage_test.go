@@ -161,20 +161,7 @@ func TestOutageLifecycle(t *testing.T) {
 	if epochRec != epochCacheOnly+1 {
 		t.Errorf("recovering epoch %d, cache-only epoch %d", epochRec, epochCacheOnly)
 	}
-	var replayed, stale int64
-	for _, id := range []string{"n1", "n2"} {
-		ev := s.Events.Wait(t, events.SubjectReplayCompleted, startAt, 60*time.Second, func(e Event) bool {
-			var rc events.ReplayCompleted
-			return json.Unmarshal(e.Data, &rc) == nil && rc.Source == id && rc.Epoch == epochRec
-		})
-		var rc events.ReplayCompleted
-		_ = json.Unmarshal(ev.Data, &rc)
-		replayed += rc.Replayed
-		stale += rc.SkippedStale
-		if rc.Failed != 0 {
-			t.Errorf("node %s failed %d writes", id, rc.Failed)
-		}
-	}
+	replayed, stale := waitReplayCompletedByEachNode(t, s, []string{"n1", "n2"}, startAt, epochRec)
 	normal := s.Events.Wait(t, events.SubjectModeNormal, startAt, 60*time.Second, nil)
 	t.Logf("timeline: db.recovered after %v, mode.recovering after %v, mode.normal after %v; replayed %d, skipped stale %d",
 		recovered.At.Sub(startAt).Round(time.Millisecond), recovering.At.Sub(startAt).Round(time.Millisecond),
@@ -191,6 +178,35 @@ func TestOutageLifecycle(t *testing.T) {
 	if len(got) != 2000 {
 		t.Errorf("table has %d rows, want 2000", len(got))
 	}
+	checkStatusAfterOneOutage(t, s, nodes)
+	checkOutageLifecycleLogged(t, ctx, s, n1)
+}
+
+// waitReplayCompletedByEachNode waits for the replay.completed of each node
+// in the recovery of epoch, fails on failed writes, and returns the
+// replayed and skipped-stale totals.
+func waitReplayCompletedByEachNode(t *testing.T, s *System, nodeIDs []string, startAt time.Time, epoch int64) (replayed, stale int64) {
+	t.Helper()
+	for _, id := range nodeIDs {
+		ev := s.Events.Wait(t, events.SubjectReplayCompleted, startAt, 60*time.Second, func(e Event) bool {
+			var rc events.ReplayCompleted
+			return json.Unmarshal(e.Data, &rc) == nil && rc.Source == id && rc.Epoch == epoch
+		})
+		var rc events.ReplayCompleted
+		_ = json.Unmarshal(ev.Data, &rc)
+		replayed += rc.Replayed
+		stale += rc.SkippedStale
+		if rc.Failed != 0 {
+			t.Errorf("node %s failed %d writes", id, rc.Failed)
+		}
+	}
+	return replayed, stale
+}
+
+// checkStatusAfterOneOutage checks the system's and every node's status
+// count one failure and one recovery, in normal mode with nothing buffered.
+func checkStatusAfterOneOutage(t *testing.T, s *System, nodes []*Node) {
+	t.Helper()
 	st, err := s.Status()
 	if err != nil {
 		t.Fatal(err)
@@ -216,6 +232,12 @@ func TestOutageLifecycle(t *testing.T) {
 				n.ID, ns.TotalFailures, ns.TotalRecoveries, ns.LastFailureTime, ns.LastRecoveryTime, ns.IsOperational, ns.CacheOnlyReason, ns.AutoRecoveryEnabled)
 		}
 	}
+}
+
+// checkOutageLifecycleLogged checks the manager logged every step of the
+// outage and n1 its replay.
+func checkOutageLifecycleLogged(t *testing.T, ctx context.Context, s *System, n1 *Node) {
+	t.Helper()
 	for _, phrase := range []string{"Cache-only mode enabled", "Recovery started", "Recovery completed", "Cache-only mode disabled"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.Manager.WaitOutput(ctx, phrase); err != nil {

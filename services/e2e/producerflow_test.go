@@ -228,33 +228,8 @@ func TestProducerBacklogDrainsThroughWriterLeaderLoss(t *testing.T) {
 	s.StartMonitor(nil)
 	s.StartManager(nil)
 	waitSchema(t, s)
-
-	// Sample the consumer throughout: the most writes delivered and not
-	// acknowledged at once, and the most redelivered.
-	var maxAckPending, maxRedelivered atomic.Int64
-	sampleStop := make(chan struct{})
-	var sampler sync.WaitGroup
-	sampler.Go(func() {
-		for {
-			select {
-			case <-sampleStop:
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			if ci, err := s.writerConsumer(); err == nil {
-				if v := int64(ci.NumAckPending); v > maxAckPending.Load() {
-					maxAckPending.Store(v)
-				}
-				if v := int64(ci.NumRedelivered); v > maxRedelivered.Load() {
-					maxRedelivered.Store(v)
-				}
-			}
-		}
-	})
-	defer func() {
-		close(sampleStop)
-		sampler.Wait()
-	}()
+	sampler := startWriterConsumerSampler(s)
+	defer sampler.stop()
 
 	ids := idRange(700_000, 1500)
 	p := newProducerLog(s)
@@ -265,48 +240,15 @@ func TestProducerBacklogDrainsThroughWriterLeaderLoss(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	waitAcked := func(n int64) {
-		t.Helper()
-		if err := procs.Eventually(time.Minute, 10*time.Millisecond, func() error {
-			if a := p.acked.Load(); a < n {
-				return fmt.Errorf("%d producer writes acknowledged, waiting for %d", a, n)
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	lose := func(what string, leader func() (string, error)) {
-		t.Helper()
-		var name string
-		if err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
-			var err error
-			name, err = leader()
-			if err == nil && name == "" {
-				err = errors.New("no leader")
-			}
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		srv := s.serverNamed(t, name)
-		srv.Shutdown()
-		t.Logf("%s leader %s lost with %d producer writes acknowledged", what, name, p.acked.Load())
-		waitAcked(p.acked.Load() + 100) // the others elect a leader and take writes
-		if err := srv.Restart(ctx); err != nil {
-			t.Fatal(err)
-		}
-		waitAcked(p.acked.Load() + 100)
-	}
-	waitAcked(int64(len(ids)) + 100)
-	lose("writer consumer", func() (string, error) {
+	waitProducerAcked(t, p, int64(len(ids))+100)
+	loseLeader(t, ctx, s, p, "writer consumer", func() (string, error) {
 		ci, err := s.writerConsumer()
 		if err != nil || ci.Cluster == nil {
 			return "", err
 		}
 		return ci.Cluster.Leader, nil
 	})
-	lose("metadata stream", func() (string, error) {
+	loseLeader(t, ctx, s, p, "metadata stream", func() (string, error) {
 		st, err := s.JS.Stream(ctx, s.streamName(events.StreamMetadata))
 		if err != nil {
 			return "", err
@@ -318,8 +260,90 @@ func TestProducerBacklogDrainsThroughWriterLeaderLoss(t *testing.T) {
 		return info.Cluster.Leader, nil
 	})
 	p.finish()
-	healed := time.Now()
+	checkBacklogDrained(t, s, p, sampler, time.Now(), ids, nodes)
+}
 
+// writerConsumerSampler samples the writer consumer every 200 ms: the most
+// writes delivered and not acknowledged at once, and the most redelivered.
+type writerConsumerSampler struct {
+	maxAckPending, maxRedelivered atomic.Int64
+	done                          chan struct{}
+	wg                            sync.WaitGroup
+}
+
+func startWriterConsumerSampler(s *System) *writerConsumerSampler {
+	w := &writerConsumerSampler{done: make(chan struct{})}
+	w.wg.Go(func() {
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			if ci, err := s.writerConsumer(); err == nil {
+				if v := int64(ci.NumAckPending); v > w.maxAckPending.Load() {
+					w.maxAckPending.Store(v)
+				}
+				if v := int64(ci.NumRedelivered); v > w.maxRedelivered.Load() {
+					w.maxRedelivered.Store(v)
+				}
+			}
+		}
+	})
+	return w
+}
+
+// stop ends the sampling and waits for it.
+func (w *writerConsumerSampler) stop() {
+	close(w.done)
+	w.wg.Wait()
+}
+
+// waitProducerAcked waits until at least n producer writes are acknowledged.
+func waitProducerAcked(t *testing.T, p *producerLog, n int64) {
+	t.Helper()
+	if err := procs.Eventually(time.Minute, 10*time.Millisecond, func() error {
+		if a := p.acked.Load(); a < n {
+			return fmt.Errorf("%d producer writes acknowledged, waiting for %d", a, n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loseLeader shuts down the server leader names (what it leads), waits for
+// 100 more producer writes to be acknowledged, restarts it and waits for
+// 100 more.
+func loseLeader(t *testing.T, ctx context.Context, s *System, p *producerLog, what string, leader func() (string, error)) {
+	t.Helper()
+	var name string
+	if err := procs.Eventually(30*time.Second, 100*time.Millisecond, func() error {
+		var err error
+		name, err = leader()
+		if err == nil && name == "" {
+			err = errors.New("no leader")
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := s.serverNamed(t, name)
+	srv.Shutdown()
+	t.Logf("%s leader %s lost with %d producer writes acknowledged", what, name, p.acked.Load())
+	waitProducerAcked(t, p, p.acked.Load()+100) // the others elect a leader and take writes
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitProducerAcked(t, p, p.acked.Load()+100)
+}
+
+// checkBacklogDrained waits for the writer consumer to drain after the
+// last publish (healed), and checks every acknowledged write is applied,
+// the drain took at most 30 s, the nodes held at most 200 writes at once
+// and none died.
+func checkBacklogDrained(t *testing.T, s *System, p *producerLog, sampler *writerConsumerSampler, healed time.Time, ids []int64, nodes []*Node) {
+	t.Helper()
 	var last *jetstream.ConsumerInfo
 	err := procs.Eventually(time.Minute, 100*time.Millisecond, func() error {
 		ci, err := s.writerConsumer()
@@ -334,7 +358,7 @@ func TestProducerBacklogDrainsThroughWriterLeaderLoss(t *testing.T) {
 	})
 	drained := time.Since(healed)
 	t.Logf("producer writes: %d acknowledged, %d unknown outcome; writer consumer drained %v after the last publish (max ack pending %d, max redelivered at once %d)",
-		p.acked.Load(), p.unknown.Load(), drained.Round(time.Millisecond), maxAckPending.Load(), maxRedelivered.Load())
+		p.acked.Load(), p.unknown.Load(), drained.Round(time.Millisecond), sampler.maxAckPending.Load(), sampler.maxRedelivered.Load())
 	if err != nil {
 		t.Fatalf("not drained a minute after the last fault: %v (%+v)", err, last)
 	}
@@ -346,7 +370,7 @@ func TestProducerBacklogDrainsThroughWriterLeaderLoss(t *testing.T) {
 	if drained > 30*time.Second {
 		t.Errorf("the writer consumer drained %v after the last publish; want within 30 s (ack wait 10 s)", drained.Round(time.Millisecond))
 	}
-	if m := maxAckPending.Load(); m > 200 {
+	if m := sampler.maxAckPending.Load(); m > 200 {
 		t.Errorf("up to %d producer writes were delivered and not acknowledged at once; the 3 nodes apply at most 48 at once", m)
 	}
 	for _, n := range nodes {

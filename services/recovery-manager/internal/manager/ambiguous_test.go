@@ -51,9 +51,28 @@ func TestModeWriteWithLostReplyIsAnnounced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(proxy.Close)
+	m := startReadyManager(t, "nats://"+proxy.Addr())
+	waitCtx, waitCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer waitCancel()
+	waitUntilReady(t, waitCtx, m)
 
+	enterCacheOnlyLosingTheReply(t, waitCtx, m, proxy)
+
+	js := jetStreamOf(t, srv.URL())
+	inKV := modeInKV(t, waitCtx, js)
+	if inKV.Mode != events.ModeCacheOnly || inKV.Source != m.cfg.NodeID {
+		t.Fatalf("KV holds %+v, want the manager's cache_only: the update was not applied", inKV)
+	}
+	waitForCacheOnlyAnnouncement(t, waitCtx, js, inKV.Epoch)
+}
+
+// startReadyManager runs a manager on natsURL (with an unreachable
+// database) until the test ends, and fails the test if it stops with an
+// error.
+func startReadyManager(t *testing.T, natsURL string) *Manager {
+	t.Helper()
 	cfg := Config{
-		NATS:                  natsconn.Config{URL: "nats://" + proxy.Addr()},
+		NATS:                  natsconn.Config{URL: natsURL},
 		DatabaseURL:           "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
 		AutoRecovery:          false,
 		RecoveryCheckInterval: time.Hour,
@@ -76,25 +95,35 @@ func TestModeWriteWithLostReplyIsAnnounced(t *testing.T) {
 			t.Errorf("manager stopped with %v", err)
 		}
 	})
-	waitCtx, waitCancel := context.WithTimeout(ctx, 30*time.Second)
-	defer waitCancel()
+	return m
+}
+
+// waitUntilReady polls the manager's readiness until ctx is done.
+func waitUntilReady(t *testing.T, ctx context.Context, m *Manager) {
+	t.Helper()
 	for !m.ready.Load() {
 		select {
-		case <-waitCtx.Done():
+		case <-ctx.Done():
 			t.Fatal("the manager did not become ready")
 		case <-time.After(20 * time.Millisecond): // poll under the deadline
 		}
 	}
+}
 
+// enterCacheOnlyLosingTheReply makes the manager enter cache_only while
+// the proxy loses the reply to its KV update, and checks the fault
+// happened.
+func enterCacheOnlyLosingTheReply(t *testing.T, ctx context.Context, m *Manager, proxy *faultproxy.Proxy) {
+	t.Helper()
 	lossy := &replyLossKV{proxy: proxy, done: make(chan error, 1)}
-	if _, err := m.submit(waitCtx, func(context.Context) (any, error) {
+	if _, err := m.submit(ctx, func(context.Context) (any, error) {
 		lossy.KeyValue = m.kv
 		m.kv = lossy
 		return nil, nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	next, terr := m.submit(waitCtx, func(ctx context.Context) (any, error) {
+	next, terr := m.submit(ctx, func(ctx context.Context) (any, error) {
 		return m.transition(ctx, func(c events.ModeChanged) (events.ModeChanged, bool) {
 			return OnUnhealthy(c, "test: lost reply", time.Now())
 		})
@@ -103,21 +132,32 @@ func TestModeWriteWithLostReplyIsAnnounced(t *testing.T) {
 		t.Fatalf("the mode update got %v, want no reply (context deadline exceeded): the fault did not happen", uerr)
 	}
 	t.Logf("transition returned %v, %v", next, terr)
+}
 
-	nc, err := nats.Connect(srv.URL())
+// jetStreamOf connects to url directly (not through the proxy) for the
+// rest of the test.
+func jetStreamOf(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.KeyValue(waitCtx, events.BucketName)
+	return js
+}
+
+// modeInKV reads the mode key of the bucket.
+func modeInKV(t *testing.T, ctx context.Context, js jetstream.JetStream) events.ModeChanged {
+	t.Helper()
+	kv, err := js.KeyValue(ctx, events.BucketName)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(waitCtx, events.KeyMode)
+	e, err := kv.Get(ctx, events.KeyMode)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,27 +165,32 @@ func TestModeWriteWithLostReplyIsAnnounced(t *testing.T) {
 	if err := json.Unmarshal(e.Value(), &inKV); err != nil {
 		t.Fatal(err)
 	}
-	if inKV.Mode != events.ModeCacheOnly || inKV.Source != cfg.NodeID {
-		t.Fatalf("KV holds %+v, want the manager's cache_only: the update was not applied", inKV)
-	}
-	stream, err := js.Stream(waitCtx, events.StreamEvents)
+	return inKV
+}
+
+// waitForCacheOnlyAnnouncement polls the events stream until the last
+// cache_only event carries epoch, and fails the test when ctx is done
+// first.
+func waitForCacheOnlyAnnouncement(t *testing.T, ctx context.Context, js jetstream.JetStream, epoch int64) {
+	t.Helper()
+	stream, err := js.Stream(ctx, events.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for {
-		msg, err := stream.GetLastMsgForSubject(waitCtx, events.ModeCacheOnly.Subject())
+		msg, err := stream.GetLastMsgForSubject(ctx, events.ModeCacheOnly.Subject())
 		if err == nil {
 			var ann events.ModeChanged
 			if err := json.Unmarshal(msg.Data, &ann); err != nil {
 				t.Fatal(err)
 			}
-			if ann.Epoch == inKV.Epoch {
+			if ann.Epoch == epoch {
 				return
 			}
 		}
 		select {
-		case <-waitCtx.Done():
-			t.Fatalf("epoch %d (cache_only) is in KV but was never announced on %s: %v", inKV.Epoch, events.ModeCacheOnly.Subject(), err)
+		case <-ctx.Done():
+			t.Fatalf("epoch %d (cache_only) is in KV but was never announced on %s: %v", epoch, events.ModeCacheOnly.Subject(), err)
 		case <-time.After(50 * time.Millisecond): // poll under the deadline
 		}
 	}

@@ -168,27 +168,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			return true, ""
 		}, m.log)
 	})
-	top, err := topology.New(m.js, m.subj)
-	if err != nil {
-		return err
-	}
-	top.Replicas = m.cfg.Buffer.Replicas
-	top.CheckOnly = m.cfg.NoProvision
-	if top.CheckOnly {
-		m.log.Info("NATS_PROVISION=false: creating no stream, bucket or consumer, waiting for the ones the provision command makes")
-	}
-	m.top = top
-	if err := svckit.RetryUntil(ctx, m.log, top.Step(), func(ctx context.Context) error {
-		kv, err := top.EnsureEvents(ctx)
-		if err != nil {
-			return err
-		}
-		m.kv = kv
-		if err := top.EnsureWritesIfMissing(ctx, m.cfg.Buffer); err != nil {
-			return err
-		}
-		return top.EnsureManagerConsumers(ctx)
-	}); err != nil {
+	if err := m.provision(ctx); err != nil {
 		return err
 	}
 	m.wmLog = wmnats.Logger(m.log)
@@ -196,20 +176,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if cur, rev, err := m.readMode(ctx); err == nil {
-		if rev == 0 {
-			// First start of the system: write the initial mode so that
-			// `nats kv get anivault mode` and every node see it at once.
-			if err := m.initMode(ctx, cur); err != nil {
-				m.log.Warn("writing the initial mode failed", "error", err)
-			}
-		} else {
-			m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
-			if cur.Epoch > 0 {
-				m.bg.Go(func() { m.reannounce(runCtx, cur) })
-			}
-		}
-	}
+	m.resumeFromKV(ctx, runCtx)
 	m.seedHealth(ctx)
 	router, err := m.newRouter(ctx)
 	if err != nil {
@@ -236,6 +203,57 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	return nil
+}
+
+// provision builds the topology and, retrying until ctx is done, makes
+// sure the events stream and KV bucket, the writes stream (when missing)
+// and the manager's consumers exist (or, with NATS_PROVISION=false, waits
+// for them). It sets m.top and m.kv.
+func (m *Manager) provision(ctx context.Context) error {
+	top, err := topology.New(m.js, m.subj)
+	if err != nil {
+		return err
+	}
+	top.Replicas = m.cfg.Buffer.Replicas
+	top.CheckOnly = m.cfg.NoProvision
+	if top.CheckOnly {
+		m.log.Info("NATS_PROVISION=false: creating no stream, bucket or consumer, waiting for the ones the provision command makes")
+	}
+	m.top = top
+	return svckit.RetryUntil(ctx, m.log, top.Step(), func(ctx context.Context) error {
+		kv, err := top.EnsureEvents(ctx)
+		if err != nil {
+			return err
+		}
+		m.kv = kv
+		if err := top.EnsureWritesIfMissing(ctx, m.cfg.Buffer); err != nil {
+			return err
+		}
+		return top.EnsureManagerConsumers(ctx)
+	})
+}
+
+// resumeFromKV reads the mode in KV: on the system's first start it writes
+// the initial mode; otherwise it resumes from the stored one and, past
+// epoch 0, announces it again in the background (until bgCtx ends). A
+// failed read is left to the loop.
+func (m *Manager) resumeFromKV(ctx, bgCtx context.Context) {
+	cur, rev, err := m.readMode(ctx)
+	if err != nil {
+		return
+	}
+	if rev == 0 {
+		// First start of the system: write the initial mode so that
+		// `nats kv get anivault mode` and every node see it at once.
+		if err := m.initMode(ctx, cur); err != nil {
+			m.log.Warn("writing the initial mode failed", "error", err)
+		}
+		return
+	}
+	m.log.Info("resuming from KV", "mode", cur.Mode, "epoch", cur.Epoch)
+	if cur.Epoch > 0 {
+		m.bg.Go(func() { m.reannounce(bgCtx, cur) })
+	}
 }
 
 // submit runs do on the loop goroutine and waits for its result.
