@@ -116,6 +116,11 @@ func (b *buffer) run(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				b.drainRefuse()
+				// Wait for the batches in flight: their writers get their
+				// verdict before the connection goes.
+				for range flushers {
+					sem <- struct{}{}
+				}
 				return
 			case first = <-b.reqs:
 			}

@@ -276,12 +276,33 @@ func (n *Node) statusLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		n.refreshBufferStatus(ctx)
-		go n.backgroundDrain(ctx)
-		go n.sweepWriteOrphans(ctx)
 		ns := n.nodeStatus()
 		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), ns); err != nil {
 			n.log.Debug("publish node.status failed", "error", err)
 		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// drainLoop drains, at every status interval, what the fast path buffered
+// (see backgroundDrain).
+func (n *Node) drainLoop(ctx context.Context) { n.every(ctx, n.backgroundDrain) }
+
+// sweepLoop sweeps, at every status interval, the producers' write stream
+// for orphans (see sweepWriteOrphans).
+func (n *Node) sweepLoop(ctx context.Context) { n.every(ctx, n.sweepWriteOrphans) }
+
+// every runs f at once and then at every status interval until ctx is done;
+// a run that takes longer delays the next one.
+func (n *Node) every(ctx context.Context, f func(context.Context)) {
+	t := time.NewTicker(n.cfg.StatusInterval)
+	defer t.Stop()
+	for {
+		f(ctx)
 		select {
 		case <-ctx.Done():
 			return

@@ -20,6 +20,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 	"golang.org/x/sync/errgroup"
@@ -153,8 +154,8 @@ type Node struct {
 	migrateTried atomic.Bool
 	mode         modeState
 	// replayer drains the write buffer into the database (set up in Run).
-	replayer *replayer
-	bufStatus    atomic.Pointer[events.BufferStatus]
+	replayer  *replayer
+	bufStatus atomic.Pointer[events.BufferStatus]
 	// health is the monitor\'s latest db.health, shown in /v1/status.
 	health atomic.Pointer[healthReport]
 	// committer groups committed writes (nil with DB_GROUP_COMMIT_MAX=1).
@@ -225,41 +226,85 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	return n, nil
 }
 
-// Run connects, provisions, serves and blocks until ctx is done, then shuts down in order.
+// Run connects, provisions, serves and blocks until ctx is done, then shuts
+// down in order. It builds the node's parts in the order they depend on each
+// other:
+//
+//  1. the database pool and the store (openDatabase);
+//  2. the NATS connection, the topology and the change log (connectNATS);
+//  3. the write parts: the buffer, the replayer, the group committer
+//     (buildWriteParts);
+//  4. the transports: the NATS router and micro endpoints, the HTTP
+//     listener (buildTransports);
+//
+// then runs every loop of every part in one errgroup (serve). Shutdown is
+// serve's last step (shutdown): readiness fails, the transports drain, the
+// loops stop, and only then do the NATS connection and the database pool
+// close, in the reverse order of their opening.
 func (n *Node) Run(ctx context.Context) error {
-	var err error
+	closeDB, err := n.openDatabase()
+	if err != nil {
+		return err
+	}
+	defer closeDB()
+	if err := n.connectNATS(ctx); err != nil {
+		return err
+	}
+	defer n.nc.Close()
+	if err := n.buildWriteParts(); err != nil {
+		return err
+	}
+	t, err := n.buildTransports(ctx)
+	if err != nil {
+		return err
+	}
+	err = n.serve(ctx, t)
+	_ = n.nc.Drain()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// openDatabase opens the pool and the store; the schema is migrated later,
+// in the background, since the database may be down at start.
+func (n *Node) openDatabase() (closeDB func(), err error) {
 	n.db, err = pgdb.Open(pgdb.Config{
 		DSN: n.cfg.DatabaseURL, AppName: "anivault-cache-node",
 		DialTimeout: min(n.cfg.DBTimeout, 2*time.Second), ReadTimeout: n.cfg.DBTimeout, WriteTimeout: n.cfg.DBTimeout,
 		MaxOpenConns: n.cfg.DBMaxConns,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer func() { _ = n.db.Close() }()
-	n.store, err = metastore.New(n.db)
-	if err != nil {
-		return err
+	if n.store, err = metastore.New(n.db); err != nil {
+		_ = n.db.Close()
+		return nil, err
 	}
+	return func() { _ = n.db.Close() }, nil
+}
 
+// connectNATS connects, provisions the streams, bucket and consumers, and
+// attaches the change log; the caller closes n.nc.
+func (n *Node) connectNATS(ctx context.Context) error {
+	var err error
 	n.nc, err = natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-"+n.cfg.NodeID, n.log)
 	if err != nil {
 		return err
 	}
-	defer n.nc.Close()
-	n.js, err = jetstream.New(n.nc)
-	if err != nil {
+	if n.js, err = jetstream.New(n.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	if err := n.provision(ctx); err != nil {
 		return err
 	}
-	if err := n.changes.attach(ctx, n.js); err != nil {
-		return err
-	}
-	// The database may be down at start: migrate in the background until it works.
-	go n.migrateLoop(ctx)
+	return n.changes.attach(ctx, n.js)
+}
 
+// buildWriteParts makes the write buffer, the replayer and (with
+// DB_GROUP_COMMIT_MAX above 1) the group committer, and registers their metrics.
+func (n *Node) buildWriteParts() error {
+	var err error
 	n.buffer, err = newBuffer(n.js, n.subj.Of(events.SubjectBufferWrites), n.cfg.GroupCommitWindow, n.cfg.GroupCommitMax, n.cfg.BufferTimeout)
 	if err != nil {
 		return err
@@ -286,91 +331,103 @@ func (n *Node) Run(ctx context.Context) error {
 				func() float64 { return float64(n.committer.grouped.Load()) }),
 		)
 	}
+	return nil
+}
+
+// transports are the node's ways in: NATS (the watermill router and the
+// micro endpoints) and HTTP.
+type transports struct {
+	router *message.Router
+	svc    micro.Service
+	srv    *http.Server
+	ln     net.Listener
+}
+
+// buildTransports makes the publishers, the NATS router and micro
+// endpoints, and listens for HTTP.
+func (n *Node) buildTransports(ctx context.Context) (transports, error) {
+	var (
+		t   transports
+		err error
+	)
 	n.wmLog = wmnats.Logger(n.log)
-	n.corePub, err = wmnats.NewCorePublisher(n.nc, n.wmLog)
-	if err != nil {
-		return err
+	if n.corePub, err = wmnats.NewCorePublisher(n.nc, n.wmLog); err != nil {
+		return t, err
 	}
-
-	router, err := n.newRouter(ctx)
-	if err != nil {
-		return err
+	if t.router, err = n.newRouter(ctx); err != nil {
+		return t, err
 	}
-	svc, err := n.addMicroService()
-	if err != nil {
-		return err
+	if t.svc, err = n.addMicroService(); err != nil {
+		return t, err
 	}
-
-	ln, err := net.Listen("tcp", n.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("listen %s: %w", n.cfg.HTTPAddr, err)
+	if t.ln, err = net.Listen("tcp", n.cfg.HTTPAddr); err != nil {
+		return t, fmt.Errorf("listen %s: %w", n.cfg.HTTPAddr, err)
 	}
-	srv := &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+	t.srv = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
 		ReadTimeout: n.cfg.HTTPReadTimeout, WriteTimeout: n.cfg.HTTPWriteTimeout}
-	n.log.Info("HTTP listening", "addr", ln.Addr().String())
+	n.log.Info("HTTP listening", "addr", t.ln.Addr().String())
+	return t, nil
+}
 
-	// Everything but the HTTP server runs until the server has drained: a
-	// write in flight when SIGTERM comes still finds its buffer, its
-	// database pool and its change log.
+// serve runs every loop of every part in one errgroup until ctx is done and
+// the shutdown finished. Everything but the HTTP server runs until the
+// server has drained: a write in flight when SIGTERM comes still finds its
+// buffer, its database pool and its change log.
+func (n *Node) serve(ctx context.Context, t transports) error {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error { return router.Run(gctx) })
+	g.Go(func() error { return t.router.Run(gctx) })
 	g.Go(func() error {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := t.srv.Serve(t.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil
 	})
-	g.Go(func() error { n.buffer.run(gctx); return nil })
+	loops := []func(context.Context){
+		n.migrateLoop, n.buffer.run, n.watchMode, n.statusLoop, n.drainLoop, n.sweepLoop,
+		n.changes.run, n.logBatch.run, n.relogLoop, n.syncLog, n.expireLoop,
+	}
 	if n.committer != nil {
-		g.Go(func() error { n.committer.run(gctx); return nil })
+		loops = append(loops, n.committer.run)
 	}
-	g.Go(func() error { n.watchMode(gctx); return nil })
-	g.Go(func() error { n.statusLoop(gctx); return nil })
-	g.Go(func() error { n.changes.run(gctx); return nil })
-	g.Go(func() error { n.logBatch.run(gctx); return nil })
-	g.Go(func() error { n.relogLoop(gctx); return nil })
-	g.Go(func() error { n.syncLog(gctx); return nil })
-	g.Go(func() error { n.expireLoop(gctx); return nil })
-	g.Go(func() error {
-		// Shutdown in order: readiness fails first, the node keeps serving
-		// for SHUTDOWN_DELAY so that load balancers stop sending to it,
-		// metadata.get moves to the other nodes, the HTTP server drains the
-		// requests in flight, and only then do the buffer, the consumers
-		// and the connections stop.
-		signalled := false
+	for _, loop := range loops {
+		g.Go(func() error { loop(gctx); return nil })
+	}
+	g.Go(func() error { n.shutdown(ctx, gctx, cancel, t); return nil })
+	return g.Wait()
+}
+
+// shutdown waits for ctx (a signal) or gctx (a part failed), then stops in
+// order: readiness fails first, the node keeps serving for SHUTDOWN_DELAY
+// so that load balancers stop sending to it, metadata.get moves to the
+// other nodes, the HTTP server drains the requests in flight, and only then
+// do the loops (stopAll), the consumers and the running replay stop.
+func (n *Node) shutdown(ctx, gctx context.Context, stopAll context.CancelFunc, t transports) {
+	signalled := false
+	select {
+	case <-ctx.Done():
+		signalled = true
+	case <-gctx.Done(): // a component failed
+	}
+	n.stopping.Store(true)
+	n.log.Info("shutting down: not ready, serving for the shutdown delay", "shutdown_delay", n.cfg.ShutdownDelay.String())
+	if signalled && n.cfg.ShutdownDelay > 0 {
 		select {
-		case <-ctx.Done():
-			signalled = true
-		case <-gctx.Done(): // a component failed
+		case <-gctx.Done():
+		case <-time.After(n.cfg.ShutdownDelay):
 		}
-		n.stopping.Store(true)
-		n.log.Info("shutting down: not ready, serving for the shutdown delay", "shutdown_delay", n.cfg.ShutdownDelay.String())
-		if signalled && n.cfg.ShutdownDelay > 0 {
-			select {
-			case <-gctx.Done():
-			case <-time.After(n.cfg.ShutdownDelay):
-			}
-		}
-		_ = svc.Stop()
-		sctx, scancel := context.WithTimeout(context.Background(), n.cfg.HTTPWriteTimeout)
-		defer scancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			n.log.Warn("HTTP server did not drain in time", "error", err)
-		}
-		n.log.Info("HTTP server drained: stopping the rest")
-		cancel()
-		_ = router.Close()
-		n.replayer.stop()
-		return nil
-	})
-	err = g.Wait()
-	_ = n.nc.Drain()
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
 	}
-	return nil
+	_ = t.svc.Stop()
+	sctx, scancel := context.WithTimeout(context.Background(), n.cfg.HTTPWriteTimeout)
+	defer scancel()
+	if err := t.srv.Shutdown(sctx); err != nil {
+		n.log.Warn("HTTP server did not drain in time", "error", err)
+	}
+	n.log.Info("HTTP server drained: stopping the rest")
+	stopAll()
+	_ = t.router.Close()
+	n.replayer.stop()
 }
 
 // provision makes the node's streams, bucket and consumers, retrying for up
