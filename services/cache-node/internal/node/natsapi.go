@@ -43,15 +43,11 @@ func (c Config) producerInFlight() int {
 const producerWriteTimeout = 30 * time.Second
 
 // newRouter wires the watermill router: producers' writes from the shared
-// durable consumer, and metadata.changed from every other node.
-func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
-	jsPub, err := wmnats.NewJetStreamPublisher(n.nc, n.wmLog)
-	if err != nil {
-		return nil, err
-	}
-	n.jsPub = jsPub
+// durable consumer, metadata.changed from every other node (on changedConn,
+// the no-echo connection n.changedPub publishes on), and db.health.
+func (n *Node) newRouter(ctx context.Context, changedConn *nats.Conn) (*message.Router, error) {
 	router, err := wmnats.NewRouter(wmnats.RouterConfig{
-		PoisonPublisher: jsPub, PoisonTopic: n.subj.Of(events.SubjectPoison),
+		PoisonPublisher: n.jsPub, PoisonTopic: n.subj.Of(events.SubjectPoison),
 		Retry: 3, RetryInitial: 200 * time.Millisecond, RetryMaxTimeout: 10 * time.Second,
 	}, n.wmLog)
 	if err != nil {
@@ -77,16 +73,6 @@ func (n *Node) newRouter(ctx context.Context) (*message.Router, error) {
 	}
 	router.AddConsumerHandler("metadata_writes", n.subj.Of("metadata.writes"), writes, n.handleProducerWrite)
 
-	// metadata.changed is published and received on one connection with
-	// no_echo: the server does not send a node its own events, which it would
-	// only skip (in a busy node that was a few µs of CPU per write).
-	changedConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-changed-"+n.cfg.NodeID, n.log, nats.NoEcho())
-	if err != nil {
-		return nil, err
-	}
-	if n.changedPub, err = wmnats.NewCorePublisher(changedConn, n.wmLog); err != nil {
-		return nil, err
-	}
 	changed, err := wmnats.NewCoreSubscriber(changedConn, n.wmLog)
 	if err != nil {
 		return nil, err

@@ -354,7 +354,20 @@ func (n *Node) buildTransports(ctx context.Context) (transports, error) {
 	if n.corePub, err = wmnats.NewCorePublisher(n.nc, n.wmLog); err != nil {
 		return t, err
 	}
-	if t.router, err = n.newRouter(ctx); err != nil {
+	if n.jsPub, err = wmnats.NewJetStreamPublisher(n.nc, n.wmLog); err != nil {
+		return t, err
+	}
+	// metadata.changed is published and received on one connection with
+	// no_echo: the server does not send a node its own events, which it would
+	// only skip (in a busy node that was a few µs of CPU per write).
+	changedConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-changed-"+n.cfg.NodeID, n.log, nats.NoEcho())
+	if err != nil {
+		return t, err
+	}
+	if n.changedPub, err = wmnats.NewCorePublisher(changedConn, n.wmLog); err != nil {
+		return t, err
+	}
+	if t.router, err = n.newRouter(ctx, changedConn); err != nil {
 		return t, err
 	}
 	if t.svc, err = n.addMicroService(); err != nil {

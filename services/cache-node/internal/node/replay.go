@@ -160,7 +160,7 @@ type replayCounts struct {
 	replayed, stale, failed int64
 }
 
-// replayLoop drains the buffer into PostgreSQL, retrying with backoff after a
+// loop drains the buffer into PostgreSQL, retrying with backoff after a
 // database failure for as long as the mode stays recovering at epoch. Buffer
 // messages are acknowledged only after their batch committed.
 func (r *replayer) loop(ctx context.Context, epoch int64) {
@@ -245,7 +245,7 @@ func (b fetchedBatch) nakAll() {
 	}
 }
 
-// replayDrain applies batches until the buffer is empty (done) or an error.
+// drain applies batches until the buffer is empty (done) or an error.
 // One fetcher fetches, one batch ahead of the appliers; the
 // first error stops them all, and the drain is retried whole (every batch
 // not committed is handed back).
@@ -306,7 +306,7 @@ func (r *replayer) drain(ctx context.Context, total *replayCounts) (bool, error)
 	return true, nil
 }
 
-// replayPause waits REPLAY_BATCH_INTERVAL after a batch, the pace that
+// pause waits REPLAY_BATCH_INTERVAL after a batch, the pace that
 // spares a database that just came back.
 func (r *replayer) pause(ctx context.Context) {
 	if r.cfg.BatchInterval <= 0 {
@@ -318,7 +318,7 @@ func (r *replayer) pause(ctx context.Context) {
 	}
 }
 
-// replayFetch fetches batches for the appliers until the buffer is empty
+// fetch fetches batches for the appliers until the buffer is empty
 // (nil) or an error.
 func (r *replayer) fetch(ctx context.Context, cons jetstream.Consumer, out chan<- fetchedBatch) error {
 	for ctx.Err() == nil {
@@ -381,7 +381,7 @@ func (r *replayer) fetchBuffered(cons jetstream.Consumer) ([]jetstream.Msg, erro
 	return msgs, nil
 }
 
-// replayBatch applies a fetched batch, copies what could not be decoded to
+// applyBatch applies a fetched batch, copies what could not be decoded to
 // the poison stream, and acknowledges the rest.
 func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replayCounts) error {
 	msgs := b.msgs
@@ -488,25 +488,7 @@ func (r *replayer) applyDecoded(ctx context.Context, writes []metastore.Write, b
 	return nil
 }
 
-// decodeBuffered decodes buffer messages into the writes they hold, and
-// reports for each message the error that made it undecodable (nil if none).
-func decodeBuffered(payloads [][]byte) ([]metastore.Write, []error) {
-	errs := make([]error, len(payloads))
-	var writes []metastore.Write
-	for i, p := range payloads {
-		bb, err := decodeBatch(p)
-		if err != nil {
-			errs[i] = err
-			continue
-		}
-		for _, w := range bb.Writes {
-			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
-		}
-	}
-	return writes, errs
-}
-
-// sweepBufferOrphans applies and removes buffer messages that a NATS restart
+// sweepOrphans applies and removes buffer messages that a NATS restart
 // left in the stream after the replay consumer saw them acknowledged (see
 // topology.SweepOrphans): the replay consumer will never deliver them, and
 // the system would otherwise wait for an empty buffer for ever.
@@ -585,7 +567,7 @@ const (
 	HeaderPoisonSequence = "AniVault-Buffer-Sequence"
 )
 
-// poisonBuffered copies an undecodable buffer message to the poison stream
+// poison copies an undecodable buffer message to the poison stream
 // (poison.buffer) with the reason it could not be applied and its buffer
 // sequence, and waits for JetStream's acknowledgement: a write an operator
 // may still recover is kept, never silently dropped.

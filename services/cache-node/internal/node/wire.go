@@ -11,6 +11,7 @@ import (
 	gojson "github.com/goccy/go-json"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/metastore"
 )
 
 // A write's record is encoded once (events.Marshal) and its bytes are reused
@@ -150,4 +151,22 @@ func encodeChanged(source string, at time.Time, id, version int64, deleted, buff
 		return nil, fmt.Errorf("encode metadata.changed: %w", err)
 	}
 	return withRecord(head, body)
+}
+
+// decodeBuffered decodes buffer messages into the writes they hold, and
+// reports for each message the error that made it undecodable (nil if none).
+func decodeBuffered(payloads [][]byte) ([]metastore.Write, []error) {
+	errs := make([]error, len(payloads))
+	var writes []metastore.Write
+	for i, p := range payloads {
+		bb, err := decodeBatch(p)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		for _, w := range bb.Writes {
+			writes = append(writes, metastore.Write{TMDBID: w.TMDBID, Version: w.Version, Deleted: w.Deleted, UpdatedAt: w.AcceptedAt, Record: w.Record})
+		}
+	}
+	return writes, errs
 }
