@@ -47,9 +47,6 @@ type Record struct {
 	UpdatedAt        *time.Time      `json:"updated_at,omitempty"`
 }
 
-// CacheKey returns the record's cache key, tmdb:<id>.
-func CacheKey(id int64) string { return fmt.Sprintf("tmdb:%d", id) }
-
 // ErrInvalid is wrapped by every *ValidationError.
 var ErrInvalid = errors.New("invalid record")
 
@@ -299,14 +296,4 @@ func checkString(field, s string) *ValidationError {
 		return invalid(field, "must not contain a NUL byte")
 	}
 	return nil
-}
-
-// EncodedSize returns the size in bytes of the record's JSON encoding, the
-// measure the cache's memory bound uses.
-func (r *Record) EncodedSize() int64 {
-	b, err := Marshal(r)
-	if err != nil {
-		return 0
-	}
-	return int64(len(b))
 }

@@ -14,6 +14,7 @@
 package wmnats
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -57,6 +58,21 @@ func NewJetStreamPublisher(nc *nats.Conn, log watermill.LoggerAdapter) (message.
 		return nil, fmt.Errorf("jetstream publisher: %w", err)
 	}
 	return p, nil
+}
+
+// PublishJetStream publishes msg as NewJetStreamPublisher would (the same
+// encoding, its UUID as the message id for the stream's dedupe) but within
+// ctx: watermill's Publish takes no context, so a caller with a deadline
+// uses this.
+func PublishJetStream(ctx context.Context, js jetstream.JetStream, subject string, msg *message.Message) error {
+	nm, err := (&wmn.NATSMarshaler{}).Marshal(subject, msg)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", subject, err)
+	}
+	if _, err := js.PublishMsg(ctx, nm, jetstream.WithMsgID(msg.UUID)); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
 }
 
 // NewCorePublisher publishes on core NATS (fire and forget).

@@ -246,16 +246,14 @@ func (n *Node) storedRecord(id, version int64, raw []byte) ([]byte, error) {
 	return events.Marshal(rec)
 }
 
-// publishEvent publishes a JetStream-backed event and waits for the stream's acknowledgement.
-func (n *Node) publishEvent(_ context.Context, subject string, v any) error {
+// publishEvent publishes a JetStream-backed event and waits, within ctx,
+// for the stream's acknowledgement.
+func (n *Node) publishEvent(ctx context.Context, subject string, v any) error {
 	b, err := events.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", subject, err)
 	}
-	if err := n.jsPub.Publish(subject, message.NewMessage(watermill.NewUUID(), b)); err != nil {
-		return fmt.Errorf("publish %s: %w", subject, err)
-	}
-	return nil
+	return wmnats.PublishJetStream(ctx, n.js, subject, message.NewMessage(watermill.NewUUID(), b))
 }
 
 // addMicroService answers metadata.get in the cache-nodes' queue group and
