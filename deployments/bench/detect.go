@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
 	"github.com/anivault/anivault/events"
 )
 
@@ -43,7 +43,7 @@ func (r *runner) phaseDetect(ctx context.Context) error {
 	if err := r.ensureNodeB(ctx); err != nil {
 		return err
 	}
-	nodes := []*stack.Node{r.nodeA, r.nodeB}
+	nodes := []*launch.Node{r.nodeA, r.nodeB}
 	res := &DetectResult{Bound: healthInterval * healthThreshold, KillToNode: map[string]time.Duration{}, UpToNormalNode: map[string]time.Duration{}, BufferedN: 10_000}
 	r.rep.Detect = res
 	for _, n := range nodes {
