@@ -56,7 +56,7 @@ type runner struct {
 }
 
 func (r *runner) say(format string, a ...any) {
-	fmt.Printf("%7.1fs  %s\n", time.Since(r.begin).Seconds(), fmt.Sprintf(format, a...))
+	launch.Say(os.Stdout, r.begin, format, a...)
 }
 
 func run(ctx context.Context, c config) (*Report, error) {

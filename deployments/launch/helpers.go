@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/anivault/anivault/events"
 )
@@ -52,4 +53,9 @@ func NodeStatus(ctx context.Context, c *http.Client, n *Node) (events.SystemStat
 		return st, fmt.Errorf("status of %s: %w", n.ID, err)
 	}
 	return st, nil
+}
+
+// Say prints one progress line to w: the seconds since begin, then the message.
+func Say(w io.Writer, begin time.Time, format string, a ...any) {
+	fmt.Fprintf(w, "%7.1fs  %s\n", time.Since(begin).Seconds(), fmt.Sprintf(format, a...))
 }

@@ -59,6 +59,9 @@ type Options struct {
 	NATSCluster int
 	// Env is added to every service's environment.
 	Env map[string]string
+	// OnProc, when set, is called with every process the System makes,
+	// before it starts (tests register their clean-up with it).
+	OnProc func(*procs.Proc)
 }
 
 // System is a running system.
@@ -192,7 +195,14 @@ func (s *System) LogPath(name string) string {
 func (s *System) Command(name, bin string, env map[string]string) *procs.Proc {
 	p := procs.New(name, s.Bins[bin], s.LogPath(name), env)
 	s.others = append(s.others, p)
+	s.made(p)
 	return p
+}
+
+func (s *System) made(p *procs.Proc) {
+	if s.opts.OnProc != nil {
+		s.opts.OnProc(p)
+	}
 }
 
 // NewProc prepares the process name running binary bin with the common
@@ -204,39 +214,39 @@ func (s *System) NewProc(name, bin string, env map[string]string) *procs.Proc {
 // NewMonitor prepares a health-monitor named name, its admin endpoints on a
 // free port and NODE_ID "health-monitor" unless env sets them.
 func (s *System) NewMonitor(name string, env map[string]string) (*procs.Proc, error) {
-	admin, err := FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	s.Monitor = s.NewProc(name, "health-monitor", MergeEnv(map[string]string{"NODE_ID": "health-monitor", "ADMIN_ADDR": admin}, env))
-	return s.Monitor, nil
+	return s.newAdmin(name, "health-monitor", env, &s.Monitor)
 }
 
 // StartMonitor starts the health-monitor, its admin endpoints on a free
 // port unless env sets ADMIN_ADDR.
 func (s *System) StartMonitor(env map[string]string) error {
-	p, err := s.NewMonitor("health-monitor", env)
-	if err != nil {
-		return err
-	}
-	return p.Start()
+	return start(s.NewMonitor("health-monitor", env))
 }
 
 // NewManager prepares a recovery-manager named name, its admin endpoints on
 // a free port and NODE_ID "recovery-manager" unless env sets them.
 func (s *System) NewManager(name string, env map[string]string) (*procs.Proc, error) {
-	admin, err := FreeAddr()
-	if err != nil {
-		return nil, err
-	}
-	s.Manager = s.NewProc(name, "recovery-manager", MergeEnv(map[string]string{"NODE_ID": "recovery-manager", "ADMIN_ADDR": admin}, env))
-	return s.Manager, nil
+	return s.newAdmin(name, "recovery-manager", env, &s.Manager)
 }
 
 // StartManager starts the recovery-manager, its admin endpoints on a free
 // port unless env sets ADMIN_ADDR.
 func (s *System) StartManager(env map[string]string) error {
-	p, err := s.NewManager("recovery-manager", env)
+	return start(s.NewManager("recovery-manager", env))
+}
+
+// newAdmin prepares a service bin with admin endpoints (ADMIN_ADDR) on a
+// free port and NODE_ID bin, unless env sets them, and keeps it in *last.
+func (s *System) newAdmin(name, bin string, env map[string]string, last **procs.Proc) (*procs.Proc, error) {
+	admin, err := FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	*last = s.NewProc(name, bin, MergeEnv(map[string]string{"NODE_ID": bin, "ADMIN_ADDR": admin}, env))
+	return *last, nil
+}
+
+func start(p *procs.Proc, err error) error {
 	if err != nil {
 		return err
 	}
@@ -257,6 +267,7 @@ func (s *System) NewNode(id, addr string, env map[string]string) (*Node, error) 
 	name := "cache-node-" + id
 	n.Proc = procs.New(name, s.Bins["cache-node"], s.LogPath(name), s.Env(MergeEnv(map[string]string{"NODE_ID": id, "HTTP_ADDR": addr}, env)))
 	s.Nodes = append(s.Nodes, n)
+	s.made(n.Proc)
 	return n, nil
 }
 

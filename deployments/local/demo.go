@@ -63,9 +63,7 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	}
 	_ = os.RemoveAll(dir)
 	begin := time.Now()
-	say := func(format string, a ...any) {
-		fmt.Fprintf(out, "%7.1fs  %s\n", time.Since(begin).Seconds(), fmt.Sprintf(format, a...))
-	}
+	say := func(format string, a ...any) { launch.Say(out, begin, format, a...) }
 	say("building the services and starting NATS (JetStream, fsync on every ack) and PostgreSQL ...")
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	st, err := launch.Start(sctx, launch.Options{Dir: dir, ModuleDir: ".", DatabaseURL: os.Getenv("DATABASE_URL")})
