@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 )
 
@@ -104,7 +105,7 @@ func (r *runner) phaseDetect(ctx context.Context) error {
 				body, _ := events.Marshal(&rec)
 				node := nodes[g%len(nodes)]
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, node.URL()+"/v1/anime/"+strconv.FormatInt(rec.TMDBID, 10), bytes.NewReader(body))
-				code, b, err := doHTTP(client, req)
+				code, b, err := load.Do(client, req)
 				if err == nil && code == 202 {
 					ok202.Add(1)
 				} else {

@@ -70,7 +70,7 @@ func (r *runner) phaseReads(ctx context.Context) error {
 	ids := make([]int64, 0, len(r.records))
 	total := 0
 	for _, rec := range r.records {
-		code, b, err := doHTTP(r.http, mustReq(http.MethodGet, fmt.Sprintf("%s/v1/anime/%d", r.nodeA.URL(), rec.TMDBID), nil))
+		code, b, err := load.Do(r.http, mustReq(http.MethodGet, fmt.Sprintf("%s/v1/anime/%d", r.nodeA.URL(), rec.TMDBID), nil))
 		if err != nil || code != 200 {
 			return fmt.Errorf("read back %d: %d %v", rec.TMDBID, code, err)
 		}
