@@ -59,6 +59,9 @@ type Options struct {
 	NATSCluster int
 	// Env is added to every service's environment.
 	Env map[string]string
+	// NodeReadyTimeout bounds StartNode's wait for a node's readiness (0:
+	// as long as its context allows).
+	NodeReadyTimeout time.Duration
 	// OnProc, when set, is called with every process the System makes,
 	// before it starts (tests register their clean-up with it).
 	OnProc func(*procs.Proc)
@@ -280,7 +283,42 @@ func (s *System) StartNode(ctx context.Context, id, addr string, env map[string]
 	if err := n.Start(); err != nil {
 		return nil, err
 	}
+	if s.opts.NodeReadyTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.NodeReadyTimeout)
+		defer cancel()
+	}
 	return n, WaitReady(ctx, n)
+}
+
+// StartServices starts the health-monitor, the recovery-manager and a
+// cache-node for every id, one after the other (each node ready before the
+// next starts), all with env, and returns the nodes.
+func (s *System) StartServices(ctx context.Context, env map[string]string, ids ...string) ([]*Node, error) {
+	if err := s.StartMonitor(env); err != nil {
+		return nil, err
+	}
+	if err := s.StartManager(env); err != nil {
+		return nil, err
+	}
+	nodes := make([]*Node, 0, len(ids))
+	for _, id := range ids {
+		n, err := s.StartNode(ctx, id, "", env)
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes, nil
+}
+
+// URLs returns the nodes' base URLs.
+func URLs(nodes []*Node) []string {
+	urls := make([]string, len(nodes))
+	for i, n := range nodes {
+		urls[i] = n.URL()
+	}
+	return urls
 }
 
 // WaitReady polls the node's /readyz until 200.

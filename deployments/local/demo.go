@@ -96,20 +96,15 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		"RECOVERY_CHECK_INTERVAL": "5s", "NODE_STATUS_INTERVAL": "500ms", "NODE_TIMEOUT": "3s",
 		"DB_TIMEOUT": "1s", "BREAKER_OPEN_TIMEOUT": "1s", "CACHE_MAX_SIZE": "10000",
 	}
-	if err := st.StartMonitor(common); err != nil {
+	ids := make([]string, f.nodes)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("node-%d", i+1)
+	}
+	nodes, err := st.StartServices(ctx, common, ids...)
+	if err != nil {
 		return err
 	}
-	if err := st.StartManager(common); err != nil {
-		return err
-	}
-	var urls []string
-	for i := range f.nodes {
-		n, err := st.StartNode(ctx, fmt.Sprintf("node-%d", i+1), "", common)
-		if err != nil {
-			return err
-		}
-		urls = append(urls, n.URL())
-	}
+	urls := launch.URLs(nodes)
 	say("NATS %s, %d cache-nodes: %s", st.NATS.URL(), f.nodes, strings.Join(urls, " "))
 
 	nc, err := nats.Connect(st.NATS.URL(), nats.MaxReconnects(-1))

@@ -207,7 +207,7 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 		r.say("starting NATS (JetStream, fsync on every ack), PostgreSQL and the services")
 	}
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	st, err := launch.Start(sctx, launch.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv(), NATSCluster: cfg.clusterSize()})
+	st, err := launch.Start(sctx, launch.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv(), NATSCluster: cfg.clusterSize(), NodeReadyTimeout: time.Minute})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start stack: %w", err)
@@ -236,24 +236,14 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 		return err
 	}
 	defer r.proxy.Close()
-	extra := map[string]string{"DATABASE_URL": dsn}
-	if err := st.StartMonitor(extra); err != nil {
+	ids := make([]string, cfg.Nodes)
+	for i := range ids {
+		ids[i] = NodeID(i)
+	}
+	if r.nodes, err = st.StartServices(ctx, map[string]string{"DATABASE_URL": dsn}, ids...); err != nil {
 		return err
 	}
-	if err := st.StartManager(extra); err != nil {
-		return err
-	}
-	var urls []string
-	for i := range cfg.Nodes {
-		nctx, cancel := context.WithTimeout(ctx, time.Minute)
-		n, err := st.StartNode(nctx, NodeID(i), "", extra)
-		cancel()
-		if err != nil {
-			return err
-		}
-		r.nodes = append(r.nodes, n)
-		urls = append(urls, n.URL())
-	}
+	urls := launch.URLs(r.nodes)
 	r.nc, err = nats.Connect(st.NATSURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
 		nats.ReconnectBufSize(64<<20), nats.Name("anivault-chaos"))
 	if err != nil {
