@@ -1,6 +1,12 @@
 // Package load drives realistic traffic against cache-nodes over HTTP and
 // keeps a ledger of every acknowledged write, so that a run can prove that no
 // acknowledged write was lost.
+//
+// It is the one load generator of the repository: the demo and the bench run
+// its Generator; the chaos workload, which keeps a ledger of every request
+// with its own classification, and the bench's fixed-duration runs send
+// their requests with its Write, Read and Do, so that every load reads a
+// cache-node's answers the same way.
 package load
 
 import (
