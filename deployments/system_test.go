@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,11 +15,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/launch/launchtest"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/anivault"
 	"github.com/anivault/anivault/pkg/modefollow"
 	"github.com/anivault/anivault/pkg/procs"
-	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
 
 // TestServicesRunUnderRolePermissions runs the real services as in the
@@ -41,16 +40,11 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	binDir := t.TempDir()
-	bins, err := procs.Build(ctx, "..", binDir, "./services/cache-node", "./services/health-monitor", "./services/recovery-manager", "./services/provision")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv, srvLog := startServer(t, singleConf, nil)
 	url := srv.ClientURL()
 	users := natsUsers(t)
-	pg := pgtest.NewInstance(t)
-	logDir := t.TempDir()
+	sys := launchtest.Start(t, launch.Options{Dir: t.TempDir(), ModuleDir: "..", Packages: []string{"./services/provision"}, NATSURL: url}, 40)
+	pg := sys.PG
 	t.Cleanup(func() {
 		if v := srvLog.filter("violation"); t.Failed() && len(v) > 0 {
 			t.Logf("the NATS server refused:\n%s", strings.Join(v, "\n"))
@@ -59,31 +53,25 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 
 	var all []*procs.Proc
 	start := func(name, svc string, extra map[string]string) *procs.Proc {
-		env := map[string]string{
-			"NATS_URL": url, "NATS_USER": svc, "NATS_PASSWORD": users[svc],
+		p := sys.NewProc(name, svc, launch.MergeEnv(map[string]string{
+			"NATS_USER": svc, "NATS_PASSWORD": users[svc],
 			"NATS_PROVISION": "false", "NATS_INBOX_PREFIX": inboxPrefix(svc),
-			"DATABASE_URL": pg.DSN(), "NODE_ID": name, "LOG_LEVEL": "debug",
+			"NODE_ID": name, "LOG_LEVEL": "debug",
 			"HEALTH_CHECK_INTERVAL": "200ms", "HEALTH_CHECK_TIMEOUT": "1s",
-		}
-		for k, v := range extra {
-			env[k] = v
-		}
-		p := procs.New(name, bins[svc], filepath.Join(logDir, name+".log"), env)
+		}, extra))
 		if err := p.Start(); err != nil {
 			t.Fatal(err)
 		}
 		all = append(all, p)
-		t.Cleanup(func() {
-			_ = p.Stop(10 * time.Second)
-			if t.Failed() {
-				t.Logf("---- %s (tail) ----\n%s", name, tail(p.Output(), 40))
-			}
-		})
 		return p
 	}
 	nodeAddr := map[string]string{}
 	for _, id := range []string{"cache-node-a", "cache-node-b"} {
-		nodeAddr[id] = freeAddr(t)
+		addr, err := launch.FreeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodeAddr[id] = addr
 		start(id, "cache-node", map[string]string{
 			"HTTP_ADDR": nodeAddr[id], "NODE_STATUS_INTERVAL": "200ms", "DB_TIMEOUT": "1500ms",
 			"BREAKER_OPEN_TIMEOUT": "500ms", "RETRY_BASE_DELAY": "20ms", "RETRY_MAX_DELAY": "200ms",
@@ -102,7 +90,7 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 		err := p.WaitOutput(wctx, "JetStream topology not provisioned")
 		wcancel()
 		if err != nil {
-			t.Fatalf("%s does not say it waits for the provision step: %v\n%s", p.Name, err, tail(p.Output(), 20))
+			t.Fatalf("%s does not say it waits for the provision step: %v\n%s", p.Name, err, launch.Tail(p.Output(), 20))
 		}
 	}
 	if code, _ := httpDo(http.MethodGet, "http://"+nodeAddr["cache-node-a"]+"/readyz", ""); code == http.StatusOK {
@@ -112,7 +100,7 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 	// provision as a service's role is refused, clearly, and makes nothing;
 	// as the admin it makes everything.
 	runProvision := func(name, role string) *procs.Proc {
-		p := procs.New(name, bins["provision"], filepath.Join(logDir, name+".log"), map[string]string{
+		p := sys.Command(name, "provision", map[string]string{
 			"NATS_URL": url, "NATS_USER": role, "NATS_PASSWORD": users[role], "NATS_INBOX_PREFIX": inboxPrefix(role),
 			"PROVISION_TIMEOUT": "30s", "LOG_FORMAT": "text",
 		})
@@ -128,11 +116,11 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 		return p
 	}
 	if p := runProvision("provision-as-cache-node", "cache-node"); p.ExitErr() == nil || !strings.Contains(p.Output(), "may not publish to $JS.API.STREAM.CREATE.") {
-		t.Fatalf("provision as the cache-node role: exit %v, want a failure naming the refused API subject:\n%s", p.ExitErr(), tail(p.Output(), 10))
+		t.Fatalf("provision as the cache-node role: exit %v, want a failure naming the refused API subject:\n%s", p.ExitErr(), launch.Tail(p.Output(), 10))
 	}
 	srvLog.reset() // the refusals just provoked, on purpose
 	if p := runProvision("provision", "admin"); p.ExitErr() != nil || !strings.Contains(p.Output(), "JetStream topology provisioned") {
-		t.Fatalf("provision as the admin: exit %v:\n%s", p.ExitErr(), tail(p.Output(), 20))
+		t.Fatalf("provision as the admin: exit %v:\n%s", p.ExitErr(), launch.Tail(p.Output(), 20))
 	}
 	for id, addr := range nodeAddr {
 		waitHTTP(t, id, "http://"+addr+"/readyz", 200, 30*time.Second)
@@ -383,24 +371,6 @@ func httpDo(method, url, body string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func grepLines(s, sub string) string {

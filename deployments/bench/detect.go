@@ -10,7 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 )
 
@@ -43,7 +44,7 @@ func (r *runner) phaseDetect(ctx context.Context) error {
 	if err := r.ensureNodeB(ctx); err != nil {
 		return err
 	}
-	nodes := []*stack.Node{r.nodeA, r.nodeB}
+	nodes := []*launch.Node{r.nodeA, r.nodeB}
 	res := &DetectResult{Bound: healthInterval * healthThreshold, KillToNode: map[string]time.Duration{}, UpToNormalNode: map[string]time.Duration{}, BufferedN: 10_000}
 	r.rep.Detect = res
 	for _, n := range nodes {
@@ -104,7 +105,7 @@ func (r *runner) phaseDetect(ctx context.Context) error {
 				body, _ := events.Marshal(&rec)
 				node := nodes[g%len(nodes)]
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, node.URL()+"/v1/anime/"+strconv.FormatInt(rec.TMDBID, 10), bytes.NewReader(body))
-				code, b, err := doHTTP(client, req)
+				code, b, err := load.Do(client, req)
 				if err == nil && code == 202 {
 					ok202.Add(1)
 				} else {

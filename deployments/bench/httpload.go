@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -150,15 +149,4 @@ func newLoadClient(conns int) *http.Client {
 	return &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
 		MaxIdleConns: conns * 2, MaxIdleConnsPerHost: conns, IdleConnTimeout: time.Minute, DisableCompression: true,
 	}}
-}
-
-// doHTTP sends req and drains the body so the connection is reused.
-func doHTTP(c *http.Client, req *http.Request) (int, []byte, error) {
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
 }

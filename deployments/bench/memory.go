@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
 	"github.com/anivault/anivault/events"
 )
 
@@ -72,9 +72,9 @@ func (r *runner) phaseMemory(ctx context.Context) error {
 		{"default: cache bound and Go memory limit derived from CACHE_MAX_MEMORY_MB", "", "memtest1"},
 		{"GOMEMLIMIT=max: no memory limit, GOGC=100 alone (for comparison)", "9223372036854775807", "memtest2"},
 	}
-	var nodes []*stack.Node
+	var nodes []*launch.Node
 	for i, c := range cfgs {
-		env := stack.MergeEnv(r.common, map[string]string{"CACHE_MAX_MEMORY_MB": "100", "CACHE_MAX_SIZE": "1000000", "SUBJECT_PREFIX": c.prefix})
+		env := launch.MergeEnv(r.common, map[string]string{"CACHE_MAX_MEMORY_MB": "100", "CACHE_MAX_SIZE": "1000000", "SUBJECT_PREFIX": c.prefix})
 		label := "CACHE_MAX_MEMORY_MB=100 CACHE_MAX_SIZE=1000000 SUBJECT_PREFIX=" + c.prefix
 		if c.gomemlimit != "" {
 			env["GOMEMLIMIT"] = c.gomemlimit
@@ -199,7 +199,7 @@ func procStatus(pid int, field string) (int64, error) {
 }
 
 // metrics reads a node's Prometheus metrics without labels.
-func (r *runner) metrics(n *stack.Node) map[string]float64 {
+func (r *runner) metrics(n *launch.Node) map[string]float64 {
 	out := map[string]float64{}
 	resp, err := r.http.Get(n.URL() + "/metrics")
 	if err != nil {

@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/load"
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 )
 
@@ -70,7 +70,7 @@ func (r *runner) phaseReads(ctx context.Context) error {
 	ids := make([]int64, 0, len(r.records))
 	total := 0
 	for _, rec := range r.records {
-		code, b, err := doHTTP(r.http, mustReq(http.MethodGet, fmt.Sprintf("%s/v1/anime/%d", r.nodeA.URL(), rec.TMDBID), nil))
+		code, b, err := load.Do(r.http, mustReq(http.MethodGet, fmt.Sprintf("%s/v1/anime/%d", r.nodeA.URL(), rec.TMDBID), nil))
 		if err != nil || code != 200 {
 			return fmt.Errorf("read back %d: %d %v", rec.TMDBID, code, err)
 		}
@@ -92,7 +92,7 @@ func (r *runner) phaseReads(ctx context.Context) error {
 	res.WrkCommand = wrk.CommandLine("http://<node>", r.cfg.readDur)
 
 	// (a) the ceiling: a bare net/http handler in its own process, same bytes.
-	addr, err := stack.FreeAddr()
+	addr, err := launch.FreeAddr()
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func (r *runner) phaseReads(ctx context.Context) error {
 	// (b) the same cache-node with its cache disabled: every read from
 	// PostgreSQL in normal mode, and (c) every read from the change log in
 	// cache-only mode (the cache is never usable, so every read is a miss).
-	env := stack.MergeEnv(r.common, map[string]string{"CACHE_DISABLED": "true"})
+	env := launch.MergeEnv(r.common, map[string]string{"CACHE_DISABLED": "true"})
 	nodeDB, err := r.st.StartNode(ctx, "node-nocache", "", env)
 	if err != nil {
 		return err
@@ -218,7 +218,7 @@ func (r *runner) phaseReads(ctx context.Context) error {
 // replicaRound puts the system in cache-only mode, checks a few replica reads
 // of node one by one, measures replica reads with wrk and takes the system
 // back to normal mode, whatever happened in between.
-func (r *runner) replicaRound(ctx context.Context, res *ReadsResult, wrk *wrkLoad, node *stack.Node, round int, sampleIDs []int64, bodies map[int64][]byte) (s runStats, err error) {
+func (r *runner) replicaRound(ctx context.Context, res *ReadsResult, wrk *wrkLoad, node *launch.Node, round int, sampleIDs []int64, bodies map[int64][]byte) (s runStats, err error) {
 	s.Name = fmt.Sprintf("cache-node GET, CACHE_DISABLED=true, cache-only mode: change log direct get (round %d)", round)
 	t0 := time.Now()
 	if _, err := r.request(events.SubjectCacheOnlyEnter, fmt.Sprintf(`{"reason":"benchmark: replica reads, round %d"}`, round)); err != nil {
@@ -252,7 +252,7 @@ func (r *runner) replicaRound(ctx context.Context, res *ReadsResult, wrk *wrkLoa
 
 // sampleReads reads ids from node one by one and checks that each is a 200
 // from the source want holding the version the cache-hit path served.
-func (r *runner) sampleReads(res *ReadsResult, node *stack.Node, want string, ids []int64, bodies map[int64][]byte) error {
+func (r *runner) sampleReads(res *ReadsResult, node *launch.Node, want string, ids []int64, bodies map[int64][]byte) error {
 	var got []string
 	lastMode := ""
 	for _, id := range ids {

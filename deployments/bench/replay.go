@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun/driver/pgdriver"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
 )
@@ -444,7 +444,7 @@ func (r *runner) replayOnce(ctx context.Context, base int64, n, per, batchSize i
 // restartNodeA restarts the node under test with extra settings.
 func (r *runner) restartNodeA(ctx context.Context, extra map[string]string) error {
 	r.stopNode(r.nodeA)
-	n, err := r.st.StartNode(ctx, "node-1", r.nodeA.Addr, stack.MergeEnv(r.common, extra))
+	n, err := r.st.StartNode(ctx, "node-1", r.nodeA.Addr, launch.MergeEnv(r.common, extra))
 	if err != nil {
 		return err
 	}

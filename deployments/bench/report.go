@@ -457,7 +457,7 @@ func renderReport(rep *Report) string {
 	}
 	if t := rep.Timeline; t != nil {
 		p("## 6. Outage timeline\n\n![outage timeline](outage-timeline.svg)\n\n")
-		p("The demo's load generator (`deployments/local/load`, with its ledger): %d writers and %d readers (%v pause, one write in 25 a delete) on two cache-nodes over the 240 fixture keys, sampled every %v. PostgreSQL killed at +%s, started again at +%s (answering at +%s after crash recovery), every node normal at +%s, load stopped at +%s.\n\n",
+		p("The demo's load generator (`deployments/load`, with its ledger): %d writers and %d readers (%v pause, one write in 25 a delete) on two cache-nodes over the 240 fixture keys, sampled every %v. PostgreSQL killed at +%s, started again at +%s (answering at +%s after crash recovery), every node normal at +%s, load stopped at +%s.\n\n",
 			t.Writers, t.Readers, t.Pause, t.Step, secs(t.KillAt), secs(t.StartCalledAt), secs(t.UpAt), secs(t.NormalAt), secs(t.End))
 		c := t.Counters
 		p("| | |\n| --- | ---: |\n| writes acknowledged | %s (committed %s, buffered %s) |\n| **write errors** | **%d** |\n| reads served (200/404) | %s |\n| reads answered 503 (not cached while the database was down) | %s |\n| read errors | %d |\n| keys written / rows matching the ledger / newer / **lost** | %d / %d / %d / **%d** |\n| mean requests/s before the outage / while PostgreSQL was down | %s / %s |\n\n",

@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/anivault/anivault/deployments/launch"
 	"github.com/anivault/anivault/deployments/local/fixtures"
-	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/hlc"
 	"github.com/anivault/anivault/pkg/metastore"
@@ -36,7 +36,7 @@ const (
 type runner struct {
 	cfg     config
 	begin   time.Time
-	st      *stack.Stack
+	st      *launch.System
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	ev      *eventLog
@@ -49,7 +49,7 @@ type runner struct {
 	mainStore  *metastore.Store // the services' database
 	benchStore *metastore.Store // a second database on the same server, for the raw baselines
 
-	nodeA, nodeB *stack.Node // the node under test, the second node for the outage phases
+	nodeA, nodeB *launch.Node // the node under test, the second node for the outage phases
 	// writesPerMsg is the mean number of writes in one buffer message measured in the write phase.
 	writesPerMsg float64
 	// snapshots counts the read phase's snapshots of a node's counters (each is two GET requests).
@@ -57,7 +57,7 @@ type runner struct {
 }
 
 func (r *runner) say(format string, a ...any) {
-	fmt.Printf("%7.1fs  %s\n", time.Since(r.begin).Seconds(), fmt.Sprintf(format, a...))
+	launch.Say(os.Stdout, r.begin, format, a...)
 }
 
 func run(ctx context.Context, c config) (*Report, error) {
@@ -143,7 +143,7 @@ func (r *runner) startStack(ctx context.Context) error {
 	r.say("building the services, starting NATS (JetStream, SyncAlways) and a private PostgreSQL ...")
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	st, err := stack.Start(sctx, stack.Options{Dir: r.cfg.dir, ModuleDir: r.cfg.moduleDir})
+	st, err := launch.Start(sctx, launch.Options{Dir: r.cfg.dir, ModuleDir: r.cfg.moduleDir})
 	if err != nil {
 		return err
 	}
@@ -224,23 +224,13 @@ func openStore(ctx context.Context, dsn string, conns int) (*metastore.Store, er
 }
 
 // nodeStatus reads a node's GET /v1/status.
-func (r *runner) nodeStatus(n *stack.Node) (events.SystemStatus, error) {
-	var s events.SystemStatus
-	resp, err := r.http.Get(n.URL() + "/v1/status")
-	if err != nil {
-		return s, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return s, err
-	}
-	return s, json.Unmarshal(b, &s)
+func (r *runner) nodeStatus(n *launch.Node) (events.SystemStatus, error) {
+	return launch.NodeStatus(context.Background(), r.http, n) // bounded by r.http's timeout
 }
 
 // waitModes polls every node's status every 10 ms until each is in mode and
 // returns when each node was first seen in it.
-func (r *runner) waitModes(ctx context.Context, nodes []*stack.Node, mode events.Mode, timeout time.Duration) (map[string]time.Time, error) {
+func (r *runner) waitModes(ctx context.Context, nodes []*launch.Node, mode events.Mode, timeout time.Duration) (map[string]time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out := map[string]time.Time{}
@@ -355,7 +345,7 @@ func (r *runner) ensureNodeB(ctx context.Context) error {
 }
 
 // stopNode stops a node and drops it from the stack's list.
-func (r *runner) stopNode(n *stack.Node) {
+func (r *runner) stopNode(n *launch.Node) {
 	_ = n.Stop(10 * time.Second)
 	kept := r.st.Nodes[:0]
 	for _, m := range r.st.Nodes {

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/deployments/internal/timelinesvg"
-	"github.com/anivault/anivault/deployments/local/load"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 )
 

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/load"
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/pgdb"
@@ -48,7 +48,7 @@ func (r *runner) phaseTimeline(ctx context.Context) error {
 	if err := r.ensureNodeB(ctx); err != nil {
 		return err
 	}
-	nodes := []*stack.Node{r.nodeA, r.nodeB}
+	nodes := []*launch.Node{r.nodeA, r.nodeB}
 	res := &TimelineResult{Writers: 16, Readers: 16, Pause: 2 * time.Millisecond, Step: 100 * time.Millisecond}
 	r.rep.Timeline = res
 	if err := r.waitNormalEmpty(ctx, time.Minute); err != nil {

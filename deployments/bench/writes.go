@@ -12,7 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/metastore"
 	"github.com/anivault/anivault/pkg/pgdb"
@@ -84,12 +84,12 @@ func (r *runner) phaseWrites(ctx context.Context) error {
 	// Committed writes one by one and with group commit, each on a node of
 	// its own whatever the default (node-1 takes the buffered runs).
 	res.GroupCommitMax = benchGroupCommitMax
-	nodeOne, err := r.st.StartNode(ctx, "node-single", "", stack.MergeEnv(r.common, map[string]string{"DB_GROUP_COMMIT_MAX": "1"}))
+	nodeOne, err := r.st.StartNode(ctx, "node-single", "", launch.MergeEnv(r.common, map[string]string{"DB_GROUP_COMMIT_MAX": "1"}))
 	if err != nil {
 		return fmt.Errorf("start the node without group commit: %w", err)
 	}
 	defer r.stopNode(nodeOne)
-	nodeGC, err := r.st.StartNode(ctx, "node-gc", "", stack.MergeEnv(r.common, map[string]string{"DB_GROUP_COMMIT_MAX": strconv.Itoa(benchGroupCommitMax)}))
+	nodeGC, err := r.st.StartNode(ctx, "node-gc", "", launch.MergeEnv(r.common, map[string]string{"DB_GROUP_COMMIT_MAX": strconv.Itoa(benchGroupCommitMax)}))
 	if err != nil {
 		return fmt.Errorf("start the group-commit node: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
 )
 
 // The read runs are driven by wrk (Debian package wrk): a C load generator
@@ -168,7 +168,7 @@ type sourceCounts struct {
 	seq                      int64 // the runner's count of snapshots so far
 }
 
-func (r *runner) sourceCounts(n *stack.Node) sourceCounts {
+func (r *runner) sourceCounts(n *launch.Node) sourceCounts {
 	r.snapshots++
 	c := sourceCounts{GetCodes: map[int]int64{}, seq: r.snapshots}
 	if st, err := r.nodeStatus(n); err == nil {
@@ -226,7 +226,7 @@ func (r *runner) sourceCounts(n *stack.Node) sourceCounts {
 // quietCounts returns the node's counters once no request other than its own
 // probes is being answered (two snapshots apart by exactly probeGets GETs),
 // or after two seconds.
-func (r *runner) quietCounts(n *stack.Node) sourceCounts {
+func (r *runner) quietCounts(n *launch.Node) sourceCounts {
 	total := func(c sourceCounts) int64 {
 		var t int64
 		for _, v := range c.GetCodes {
@@ -255,7 +255,7 @@ type wrkRun struct {
 	name      string
 	base      string
 	pid       int // process whose CPU is the "server" column
-	node      *stack.Node
+	node      *launch.Node
 	want      string
 	warm, dur time.Duration
 }

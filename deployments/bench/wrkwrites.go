@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/anivault/anivault/deployments/local/stack"
+	"github.com/anivault/anivault/deployments/launch"
 )
 
 // The write runs are driven by wrk too: a PUT of one fixture-shaped record,
@@ -61,7 +61,7 @@ func newWrkPutLoad(dir string, ids []int64, bodies [][]byte, conns int) (*wrkLoa
 }
 
 // writeOutcomes reads a node's anivault_writes_total by outcome.
-func (r *runner) writeOutcomes(n *stack.Node) (map[string]int64, error) {
+func (r *runner) writeOutcomes(n *launch.Node) (map[string]int64, error) {
 	resp, err := r.http.Get(n.URL() + "/metrics")
 	if err != nil {
 		return nil, err
@@ -92,7 +92,7 @@ func (r *runner) writeOutcomes(n *stack.Node) (map[string]int64, error) {
 // counted), then dur. Ops are the writes the node counted with outcome want
 // (committed or buffered) during the measured run; every other outcome is
 // reported in the note, and the run is marked unverified if any appeared.
-func (w *wrkLoad) runPuts(ctx context.Context, r *runner, name string, node *stack.Node, want string, warm, dur time.Duration) (runStats, error) {
+func (w *wrkLoad) runPuts(ctx context.Context, r *runner, name string, node *launch.Node, want string, warm, dur time.Duration) (runStats, error) {
 	s := runStats{Name: name, Clients: w.conns, Codes: map[int]int64{}, Load: "wrk"}
 	if warm > 0 {
 		if _, _, _, err := w.exec(ctx, node.URL(), warm); err != nil {

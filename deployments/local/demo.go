@@ -16,9 +16,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/deployments/local/fixtures"
-	"github.com/anivault/anivault/deployments/local/load"
-	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/pgembed"
@@ -63,12 +63,10 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	}
 	_ = os.RemoveAll(dir)
 	begin := time.Now()
-	say := func(format string, a ...any) {
-		fmt.Fprintf(out, "%7.1fs  %s\n", time.Since(begin).Seconds(), fmt.Sprintf(format, a...))
-	}
+	say := func(format string, a ...any) { launch.Say(out, begin, format, a...) }
 	say("building the services and starting NATS (JetStream, fsync on every ack) and PostgreSQL ...")
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	st, err := stack.Start(sctx, stack.Options{Dir: dir, ModuleDir: ".", DatabaseURL: os.Getenv("DATABASE_URL")})
+	st, err := launch.Start(sctx, launch.Options{Dir: dir, ModuleDir: ".", DatabaseURL: os.Getenv("DATABASE_URL")})
 	cancel()
 	if errors.Is(err, pgembed.ErrNoBinaries) {
 		return fmt.Errorf("%w\nThe demo needs the PostgreSQL server binaries (initdb, pg_ctl, postgres): on Debian or Ubuntu run `apt-get install postgresql`, on macOS `brew install postgresql@15`; or set DATABASE_URL to a PostgreSQL you may use", err)
@@ -83,15 +81,10 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	dsn := st.DSN
 	var proxy *faultproxy.Proxy
 	if st.PG == nil {
-		host, err := hostPort(st.DSN)
-		if err != nil {
-			return err
-		}
-		if proxy, err = faultproxy.Start(host); err != nil {
+		if proxy, dsn, err = st.ProxyDatabase(); err != nil {
 			return err
 		}
 		defer proxy.Close()
-		dsn = strings.Replace(st.DSN, host, proxy.Addr(), 1)
 		say("using DATABASE_URL through a fault proxy at %s (the outage cuts connections)", proxy.Addr())
 	} else {
 		say("private PostgreSQL on port %d (data in %s)", st.PG.Port(), st.PG.DataDir())
@@ -103,20 +96,15 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 		"RECOVERY_CHECK_INTERVAL": "5s", "NODE_STATUS_INTERVAL": "500ms", "NODE_TIMEOUT": "3s",
 		"DB_TIMEOUT": "1s", "BREAKER_OPEN_TIMEOUT": "1s", "CACHE_MAX_SIZE": "10000",
 	}
-	if err := st.StartMonitor(common); err != nil {
+	ids := make([]string, f.nodes)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("node-%d", i+1)
+	}
+	nodes, err := st.StartServices(ctx, common, ids...)
+	if err != nil {
 		return err
 	}
-	if err := st.StartManager(common); err != nil {
-		return err
-	}
-	var urls []string
-	for i := range f.nodes {
-		n, err := st.StartNode(ctx, fmt.Sprintf("node-%d", i+1), "", common)
-		if err != nil {
-			return err
-		}
-		urls = append(urls, n.URL())
-	}
+	urls := launch.URLs(nodes)
 	say("NATS %s, %d cache-nodes: %s", st.NATS.URL(), f.nodes, strings.Join(urls, " "))
 
 	nc, err := nats.Connect(st.NATS.URL(), nats.MaxReconnects(-1))
@@ -256,18 +244,6 @@ func runDemo(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-func hostPort(dsn string) (string, error) {
-	at := strings.LastIndex(dsn, "@")
-	rest := dsn[at+1:]
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		rest = rest[:i]
-	}
-	if rest == "" || !strings.Contains(rest, ":") {
-		return "", fmt.Errorf("DATABASE_URL must name host:port, got %q", dsn)
-	}
-	return rest, nil
-}
-
 // waitHealed waits for mode normal in KV and an empty write buffer.
 func waitHealed(ctx context.Context, js jetstream.JetStream, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
@@ -313,7 +289,7 @@ func modeAndPending(ctx context.Context, js jetstream.JetStream) (events.ModeCha
 	return mc, s.CachedInfo().State.Msgs, nil
 }
 
-func printPoke(out io.Writer, st *stack.Stack, urls []string) {
+func printPoke(out io.Writer, st *launch.System, urls []string) {
 	s := "--server " + st.NATS.URL()
 	fmt.Fprintf(out, "\n==== the system stays up (Ctrl-C stops it) ====\n")
 	for _, u := range urls {

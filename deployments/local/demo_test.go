@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/deployments/internal/timelinesvg"
-	"github.com/anivault/anivault/deployments/local/load"
+	"github.com/anivault/anivault/deployments/load"
 )
 
 // TestDemoChart turns a fixed recording into the picture's chart: rates per

@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/deployments/internal/timelinesvg"
-	"github.com/anivault/anivault/deployments/local/load"
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 )
 

@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +17,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/anivault/anivault/deployments/launch"
+	"github.com/anivault/anivault/deployments/launch/launchtest"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/metastore"
@@ -26,7 +26,6 @@ import (
 	"github.com/anivault/anivault/pkg/pgdb"
 	"github.com/anivault/anivault/pkg/pgembed"
 	"github.com/anivault/anivault/pkg/procs"
-	"github.com/anivault/anivault/pkg/testutil/natstest"
 	"github.com/anivault/anivault/pkg/testutil/pgtest"
 )
 
@@ -52,6 +51,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// bins are the binaries TestMain built, for launch.Options.Bins.
+func bins() map[string]string {
+	out := map[string]string{}
+	for _, b := range []string{"cache-node", "health-monitor", "recovery-manager"} {
+		out[b] = filepath.Join(binDir, b)
+	}
+	return out
+}
+
 // Options shape a System.
 type Options struct {
 	// PrivatePG starts a private PostgreSQL instance the test may stop and kill.
@@ -71,17 +79,17 @@ type Options struct {
 	NATSCluster int
 }
 
-// System is one running AniVault: NATS, PostgreSQL and the service processes.
+// System is one running AniVault: NATS, PostgreSQL and the service
+// processes, started by the launcher (deployments/launch).
 type System struct {
 	t    *testing.T
 	opts Options
+	sys  *launch.System
 	NATS *natsembed.Server
 	// Cluster holds every server when Options.NATSCluster is set (NATS is the first).
 	Cluster []*natsembed.Server
-	natsURL string
 	PG      *pgembed.Instance
 	DSN     string
-	dir     string
 	Nodes   []*Node
 	Monitor *procs.Proc
 	Manager *procs.Proc
@@ -93,13 +101,8 @@ type System struct {
 
 // Node is one cache-node process.
 type Node struct {
-	*procs.Proc
-	ID   string
-	Addr string
+	*launch.Node
 }
-
-// URL returns the node's base URL.
-func (n *Node) URL() string { return "http://" + n.Addr }
 
 func NewSystem(t *testing.T, opts Options) *System {
 	t.Helper()
@@ -118,21 +121,13 @@ func NewSystem(t *testing.T, opts Options) *System {
 	if opts.RecoveryCheck == 0 {
 		opts.RecoveryCheck = time.Minute
 	}
-	s := &System{t: t, opts: opts, dir: t.TempDir()}
-	if opts.NATSCluster > 1 {
-		s.Cluster = natstest.StartCluster(t, opts.NATSCluster)
-		s.NATS, s.natsURL = s.Cluster[0], natsembed.ClusterURL(s.Cluster)
-	} else {
-		s.NATS = natstest.Start(t)
-		s.natsURL = s.NATS.URL()
+	lopts := launch.Options{Dir: t.TempDir(), Bins: bins(), NATSCluster: opts.NATSCluster, OnProc: func(p *procs.Proc) { keepLog(t, p) }}
+	if !opts.PrivatePG {
+		lopts.DatabaseURL = pgtest.NewDatabase(t)
 	}
-	if opts.PrivatePG {
-		s.PG = pgtest.NewInstance(t)
-		s.DSN = s.PG.DSN()
-	} else {
-		s.DSN = pgtest.NewDatabase(t)
-	}
-	nc, err := nats.Connect(s.natsURL, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	sys := launchtest.Start(t, lopts, 60)
+	s := &System{t: t, opts: opts, sys: sys, NATS: sys.NATS, Cluster: sys.Cluster, PG: sys.PG, DSN: sys.DSN}
+	nc, err := nats.Connect(sys.NATSURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +147,20 @@ func NewSystem(t *testing.T, opts Options) *System {
 	return s
 }
 
+// keepLog copies the output of p into $ANIVAULT_E2E_LOGS/<test>/ when the
+// test failed (after launchtest has stopped p).
+func keepLog(t *testing.T, p *procs.Proc) {
+	t.Cleanup(func() {
+		dir := os.Getenv("ANIVAULT_E2E_LOGS")
+		if !t.Failed() || dir == "" {
+			return
+		}
+		d := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+		_ = os.MkdirAll(d, 0o755)
+		_ = os.WriteFile(filepath.Join(d, p.Name+".log"), []byte(p.Output()), 0o644)
+	})
+}
+
 func (s *System) dbURL() string {
 	if s.opts.DatabaseURL != "" {
 		return s.opts.DatabaseURL
@@ -159,57 +168,28 @@ func (s *System) dbURL() string {
 	return s.DSN
 }
 
-func (s *System) env(extra map[string]string) map[string]string {
+// layers is the environment the tests add to the launcher's common one:
+// theirs, then Options.Env, then extra.
+func (s *System) layers(extra map[string]string) map[string]string {
 	e := map[string]string{
-		"NATS_URL":              s.natsURL,
 		"DATABASE_URL":          s.dbURL(),
 		"SUBJECT_PREFIX":        s.opts.Prefix,
 		"LOG_LEVEL":             "debug",
-		"LOG_FORMAT":            "json",
 		"HEALTH_CHECK_INTERVAL": s.opts.MonitorInterval.String(),
 		"HEALTH_CHECK_TIMEOUT":  s.opts.MonitorTimeout.String(),
 	}
-	for k, v := range s.opts.Env {
-		e[k] = v
-	}
-	for k, v := range extra {
-		e[k] = v
-	}
-	return e
+	return launch.MergeEnv(launch.MergeEnv(e, s.opts.Env), extra)
 }
 
-func (s *System) proc(name, bin string, env map[string]string) *procs.Proc {
-	p := procs.New(name, filepath.Join(binDir, bin), filepath.Join(s.dir, name+".log"), env)
-	s.t.Cleanup(func() {
-		_ = p.Stop(10 * time.Second)
-		if s.t.Failed() {
-			s.t.Logf("---- %s output (tail) ----\n%s", name, tail(p.Output(), 60))
-			if dir := os.Getenv("ANIVAULT_E2E_LOGS"); dir != "" {
-				d := filepath.Join(dir, strings.ReplaceAll(s.t.Name(), "/", "_"))
-				_ = os.MkdirAll(d, 0o755)
-				_ = os.WriteFile(filepath.Join(d, name+".log"), []byte(p.Output()), 0o644)
-			}
-		}
-	})
-	return p
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func tail(s string, n int) string { return launch.Tail(s, n) }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := launch.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // StartNode starts a cache-node and waits until it is ready.
@@ -227,16 +207,16 @@ func (s *System) StartNode(id string, extra map[string]string) *Node {
 func (s *System) NewNode(id string, extra map[string]string) *Node {
 	s.t.Helper()
 	addr := freeAddr(s.t)
-	env := s.env(map[string]string{
+	ln, err := s.sys.NewNode(id, addr, s.layers(launch.MergeEnv(map[string]string{
 		"NODE_ID": id, "HTTP_ADDR": addr, "NODE_STATUS_INTERVAL": "200ms",
 		"DB_TIMEOUT": "1500ms", "BREAKER_OPEN_TIMEOUT": "500ms", "BREAKER_FAILURE_THRESHOLD": "3",
 		"RETRY_BASE_DELAY": "20ms", "RETRY_MAX_DELAY": "200ms", "REPLAY_BATCH_INTERVAL": "0",
 		"CACHE_MAX_SIZE": "20000", "SHUTDOWN_DELAY": "0",
-	})
-	for k, v := range extra {
-		env[k] = v
+	}, extra)))
+	if err != nil {
+		s.t.Fatal(err)
 	}
-	n := &Node{Proc: s.proc("cache-node-"+id, "cache-node", env), ID: id, Addr: addr}
+	n := &Node{Node: ln}
 	s.Nodes = append(s.Nodes, n)
 	return n
 }
@@ -244,21 +224,9 @@ func (s *System) NewNode(id string, extra map[string]string) *Node {
 // WaitReady polls /readyz until 200.
 func (s *System) WaitReady(n *Node) {
 	s.t.Helper()
-	err := procs.Eventually(30*time.Second, 50*time.Millisecond, func() error {
-		if !n.Running() {
-			return fmt.Errorf("process exited: %v", n.ExitErr())
-		}
-		resp, err := http.Get(n.URL() + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("readyz %d", resp.StatusCode)
-		}
-		return nil
-	})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := launch.WaitReady(ctx, n.Node); err != nil {
 		s.t.Fatalf("node %s not ready: %v\n%s", n.ID, err, tail(n.Output(), 30))
 	}
 }
@@ -275,20 +243,20 @@ func (s *System) StartMonitor(extra map[string]string) *procs.Proc {
 // NewMonitor prepares the health-monitor process without starting it.
 func (s *System) NewMonitor(extra map[string]string) *procs.Proc {
 	s.t.Helper()
-	env := s.env(map[string]string{
-		"ADMIN_ADDR":                freeAddr(s.t),
-		"NODE_ID":                   "monitor",
-		"HEALTH_FAILURE_THRESHOLD":  fmt.Sprint(s.opts.FailureThreshold),
-		"HEALTH_RECOVERY_THRESHOLD": fmt.Sprint(s.opts.RecoveryThresh),
-	})
-	for k, v := range extra {
-		env[k] = v
-	}
 	name := "health-monitor"
 	if id := extra["NODE_ID"]; id != "" {
 		name += "-" + id
 	}
-	s.Monitor = s.proc(name, "health-monitor", env)
+	p, err := s.sys.NewMonitor(name, s.layers(launch.MergeEnv(map[string]string{
+		"ADMIN_ADDR":                freeAddr(s.t),
+		"NODE_ID":                   "monitor",
+		"HEALTH_FAILURE_THRESHOLD":  fmt.Sprint(s.opts.FailureThreshold),
+		"HEALTH_RECOVERY_THRESHOLD": fmt.Sprint(s.opts.RecoveryThresh),
+	}, extra)))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.Monitor = p
 	return s.Monitor
 }
 
@@ -305,20 +273,21 @@ func (s *System) StartManager(extra map[string]string) *procs.Proc {
 // NewManager prepares the recovery-manager process (once) without starting it.
 func (s *System) NewManager(extra map[string]string) *procs.Proc {
 	s.t.Helper()
-	env := s.env(map[string]string{
+	if s.Manager != nil {
+		return s.Manager
+	}
+	p, err := s.sys.NewManager("recovery-manager", s.layers(launch.MergeEnv(map[string]string{
 		"ADMIN_ADDR":              freeAddr(s.t),
 		"NODE_ID":                 "manager",
 		"AUTO_RECOVERY_ENABLED":   fmt.Sprint(s.opts.AutoRecovery),
 		"RECOVERY_CHECK_INTERVAL": s.opts.RecoveryCheck.String(),
 		"NODE_TIMEOUT":            "2s",
 		"MODE_EVAL_INTERVAL":      "100ms",
-	})
-	for k, v := range extra {
-		env[k] = v
+	}, extra)))
+	if err != nil {
+		s.t.Fatal(err)
 	}
-	if s.Manager == nil {
-		s.Manager = s.proc("recovery-manager", "recovery-manager", env)
-	}
+	s.Manager = p
 	return s.Manager
 }
 
@@ -562,15 +531,10 @@ func (s *System) ExitMaintenance() Event {
 // direct DSN.
 func (s *System) ProxyDatabase() (*faultproxy.Proxy, string) {
 	s.t.Helper()
-	proxy, err := faultproxy.Start(fmt.Sprintf("127.0.0.1:%d", s.PG.Port()))
+	proxy, dsn, err := s.sys.ProxyDatabase()
 	if err != nil {
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(proxy.Close)
-	u, err := url.Parse(s.DSN)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	u.Host = proxy.Addr()
-	return proxy, u.String()
+	return proxy, dsn
 }

@@ -18,8 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
 
+	"github.com/anivault/anivault/deployments/launch"
 	"github.com/anivault/anivault/deployments/local/fixtures"
-	"github.com/anivault/anivault/deployments/local/stack"
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/modefollow"
@@ -139,12 +139,12 @@ type runner struct {
 	out   io.Writer
 	begin time.Time // start of the load
 
-	st    *stack.Stack
+	st    *launch.System
 	proxy *faultproxy.Proxy
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	subj  events.Subjects
-	nodes []*stack.Node
+	nodes []*launch.Node
 	// streams are the JetStream streams at the start (cluster mode).
 	streams []string
 
@@ -208,7 +208,7 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 		r.say("starting NATS (JetStream, fsync on every ack), PostgreSQL and the services")
 	}
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	st, err := stack.Start(sctx, stack.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv(), NATSCluster: cfg.clusterSize()})
+	st, err := launch.Start(sctx, launch.Options{Dir: res.Dir, ModuleDir: cfg.ModuleDir, Env: cfg.ServiceEnv(), NATSCluster: cfg.clusterSize(), NodeReadyTimeout: time.Minute})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start stack: %w", err)
@@ -231,34 +231,20 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 			return err
 		}
 	}
-	host := fmt.Sprintf("127.0.0.1:%d", st.PG.Port())
-	r.proxy, err = faultproxy.Start(host)
+	var dsn string
+	r.proxy, dsn, err = st.ProxyDatabase()
 	if err != nil {
 		return err
 	}
 	defer r.proxy.Close()
-	dsn := strings.Replace(st.DSN, host, r.proxy.Addr(), 1)
-	if dsn == st.DSN {
-		return fmt.Errorf("cannot route %s through the proxy", st.DSN)
+	ids := make([]string, cfg.Nodes)
+	for i := range ids {
+		ids[i] = NodeID(i)
 	}
-	extra := map[string]string{"DATABASE_URL": dsn}
-	if err := st.StartMonitor(extra); err != nil {
+	if r.nodes, err = st.StartServices(ctx, map[string]string{"DATABASE_URL": dsn}, ids...); err != nil {
 		return err
 	}
-	if err := st.StartManager(extra); err != nil {
-		return err
-	}
-	var urls []string
-	for i := range cfg.Nodes {
-		nctx, cancel := context.WithTimeout(ctx, time.Minute)
-		n, err := st.StartNode(nctx, NodeID(i), "", extra)
-		cancel()
-		if err != nil {
-			return err
-		}
-		r.nodes = append(r.nodes, n)
-		urls = append(urls, n.URL())
-	}
+	urls := launch.URLs(r.nodes)
 	r.nc, err = nats.Connect(st.NATSURL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
 		nats.ReconnectBufSize(64<<20), nats.Name("anivault-chaos"))
 	if err != nil {
@@ -324,7 +310,7 @@ func (r *runner) run(ctx context.Context, res *ScheduleResult) error {
 	alive.Detail = "every service process runs after the schedule"
 	for _, p := range r.procs() {
 		if !p.Running() {
-			alive.fail("%s exited: %v; last output:\n%s", p.Name, p.ExitErr(), tail(p.Output(), 15))
+			alive.fail("%s exited: %v; last output:\n%s", p.Name, p.ExitErr(), indentedTail(p.Output(), 15))
 		}
 	}
 
@@ -489,12 +475,9 @@ func (r *runner) procs() []*procs.Proc {
 	return ps
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "    " + strings.Join(lines, "\n    ")
+// indentedTail is the last n lines of s, indented under a check's line.
+func indentedTail(s string, n int) string {
+	return "    " + strings.ReplaceAll(launch.Tail(s, n), "\n", "\n    ")
 }
 
 // follow prints the system's events as they happen (best effort: during a
@@ -594,7 +577,7 @@ func (r *runner) inject(ctx context.Context, f Fault) {
 			errs = append(errs, what+": "+err.Error())
 		}
 	}
-	node := func() *stack.Node {
+	node := func() *launch.Node {
 		for _, n := range r.nodes {
 			if n.ID == f.Target {
 				return n
@@ -667,7 +650,7 @@ func (r *runner) inject(ctx context.Context, f Fault) {
 					return err
 				}
 			}
-			return stack.WaitReady(rctx, node)
+			return launch.WaitReady(rctx, node)
 		}))
 	case NATSRestart:
 		for i, srv := range r.st.NATSServers() {
@@ -868,7 +851,7 @@ func (r *runner) heal(ctx context.Context) error {
 				return err
 			}
 		}
-		if err := stack.WaitReady(hctx, n); err != nil {
+		if err := launch.WaitReady(hctx, n); err != nil {
 			return err
 		}
 	}
@@ -914,7 +897,7 @@ func (r *runner) converged(ctx context.Context) (string, events.ModeChanged, boo
 	ok := mode.Mode == events.ModeNormal
 	parts = append(parts, fmt.Sprintf("kv %s epoch %d", mode.Mode, mode.Epoch))
 	for _, n := range r.nodes {
-		st, err := nodeStatus(ctx, n)
+		st, err := launch.NodeStatus(ctx, httpClient, n)
 		if err != nil {
 			ok = false
 			parts = append(parts, fmt.Sprintf("%s: %v", n.ID, err))
@@ -961,20 +944,6 @@ func (r *runner) kvMode(ctx context.Context) (events.ModeChanged, error) {
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
-
-func nodeStatus(ctx context.Context, n *stack.Node) (events.SystemStatus, error) {
-	var st events.SystemStatus
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/v1/status", nil)
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return st, fmt.Errorf("status %d", resp.StatusCode)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
-}
 
 func (r *runner) managerStatus(ctx context.Context, timeout time.Duration) (events.SystemStatus, error) {
 	var st events.SystemStatus
@@ -1027,7 +996,7 @@ func (r *runner) checkBuffer(ctx context.Context, res *ScheduleResult, hist Hist
 	_ = procs.Eventually(5*time.Second, 250*time.Millisecond, func() error {
 		acc, rep, stale, pending, perNode = 0, 0, 0, 0, nil
 		for _, n := range r.nodes {
-			st, err := nodeStatus(ctx, n)
+			st, err := launch.NodeStatus(ctx, httpClient, n)
 			if err != nil {
 				return err
 			}
@@ -1309,7 +1278,7 @@ func (r *runner) checkHealthView(st events.SystemStatus) *Check {
 }
 
 // setMaxConnections raises max_connections and restarts PostgreSQL.
-func setMaxConnections(ctx context.Context, st *stack.Stack, n int) error {
+func setMaxConnections(ctx context.Context, st *launch.System, n int) error {
 	db, err := pgdb.Open(pgdb.Config{DSN: st.DSN})
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/anivault/anivault/deployments/load"
 	"github.com/anivault/anivault/events"
 )
 
@@ -204,63 +204,51 @@ func (w *Workload) sleep() bool {
 }
 
 func (w *Workload) body(rng *rand.Rand, id int64) []byte {
-	rec := w.records[id]
-	votes := int64(rng.IntN(100000))
-	pop := float64(rng.IntN(1000000)) / 100
-	rec.VoteCount, rec.Popularity = &votes, &pop
-	b, _ := events.Marshal(&rec)
-	return b
+	return load.Vary(rng, w.records[id], 100000, 10000)
 }
 
+// httpWriter writes over HTTP until Stop. Its requests carry no deadline but
+// the client's: Stop lets each one finish, none is abandoned half way.
 func (w *Workload) httpWriter(rng *rand.Rand) {
 	for w.sleep() {
 		id := w.httpKeys[rng.IntN(len(w.httpKeys))]
 		node := w.nodes[rng.IntN(len(w.nodes))]
 		del := rng.IntN(w.deleteOne) == 0
-		url := fmt.Sprintf("%s/v1/anime/%d", node, id)
-		var req *http.Request
-		if del {
-			req, _ = http.NewRequest(http.MethodDelete, url, nil)
-		} else {
-			req, _ = http.NewRequest(http.MethodPut, url, bytes.NewReader(w.body(rng, id)))
+		var body []byte
+		if !del {
+			body = w.body(rng, id)
 		}
 		op := Op{Key: id, Delete: del, Node: node, Start: time.Now()}
-		resp, err := w.client.Do(req)
-		if err != nil {
-			op.End = time.Now()
-			if errors.Is(err, syscall.ECONNREFUSED) {
+		a := load.Write(context.Background(), w.client, node, id, body)
+		op.End = time.Now()
+		if a.Err != nil {
+			if errors.Is(a.Err, syscall.ECONNREFUSED) {
 				w.refused.Add(1) // the node is down: the request was never sent
 				continue
 			}
-			op.Indeterminate, op.Err = true, err.Error()
+			op.Indeterminate, op.Err = true, a.Err.Error()
 			w.httpIndet.Add(1)
 			w.record(op)
 			continue
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		op.End, op.Status = time.Now(), resp.StatusCode
-		var wr struct {
-			Status  string `json:"status"`
-			Version int64  `json:"version"`
-		}
+		op.Status = a.Status
 		switch {
-		case (resp.StatusCode == 200 || resp.StatusCode == 202) && json.Unmarshal(b, &wr) == nil && wr.Version > 0:
-			op.Acked, op.Version, op.Superseded = true, wr.Version, wr.Status == "superseded"
-			if resp.StatusCode == 200 {
+		case a.Acked():
+			op.Acked, op.Version, op.Superseded = true, a.Version, a.Superseded
+			if a.Status == 200 {
 				w.httpCommitted.Add(1)
 			} else {
 				w.httpBuffered.Add(1)
 			}
-		case resp.StatusCode == 400 || resp.StatusCode == 404 || resp.StatusCode == 413:
+		case a.Status == 400 || a.Status == 404 || a.Status == 413:
 			// A definite refusal: nothing was applied. Never expected from this workload.
-			op.Err = string(bytes.TrimSpace(b))
+			op.Err = a.Body
 			w.rejected.Add(1)
-			w.lastErr.Store(fmt.Sprintf("%s %s: %d %s", req.Method, url, resp.StatusCode, op.Err))
+			w.lastErr.Store(a.String())
 		default:
-			op.Indeterminate, op.Err = true, string(bytes.TrimSpace(b))
+			op.Indeterminate, op.Err = true, a.Body
 			w.httpIndet.Add(1)
-			w.lastErr.Store(fmt.Sprintf("%s %s: %d %s", req.Method, url, resp.StatusCode, op.Err))
+			w.lastErr.Store(a.String())
 		}
 		w.record(op)
 	}
@@ -314,43 +302,32 @@ func (w *Workload) reader(rng *rand.Rand, first int) {
 		id := w.allKeys[rng.IntN(len(w.allKeys))]
 		node := w.nodes[k%len(w.nodes)]
 		rd := Read{Key: id, Node: node, Start: time.Now()}
-		resp, err := w.client.Get(fmt.Sprintf("%s/v1/anime/%d", node, id))
-		if err != nil {
-			rd.End = time.Now()
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				continue // the node is down: nothing was asked
-			}
-			rd.Err = err.Error()
-			w.readErrs.Add(1)
-			w.recordRead(rd)
-			continue
-		}
-		b, rerr := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		rd.End, rd.Status = time.Now(), resp.StatusCode
-		rd.Source, rd.Mode = resp.Header.Get("X-AniVault-Source"), resp.Header.Get("X-AniVault-Mode")
+		a := load.Read(context.Background(), w.client, node, id)
+		rd.End, rd.Status, rd.Source, rd.Mode = time.Now(), a.Status, a.Source, a.Mode
 		switch {
-		case rerr != nil:
-			rd.Status, rd.Err = 0, "read body: "+rerr.Error()
+		case a.Err != nil && errors.Is(a.Err, syscall.ECONNREFUSED):
+			continue // the node is down: nothing was asked
+		case a.Err != nil:
+			rd.Err = a.Err.Error()
 			w.readErrs.Add(1)
-		case resp.StatusCode == 200:
+		case a.Status == 200:
 			var v struct {
 				TMDBID  int64 `json:"tmdb_id"`
 				Version int64 `json:"version"`
 			}
-			if err := json.Unmarshal(b, &v); err != nil || v.Version <= 0 || v.TMDBID != id {
-				rd.Err = fmt.Sprintf("200 without a version of tmdb:%d: %s", id, truncate(string(b), 120))
+			if err := json.Unmarshal(a.Body, &v); err != nil || v.Version <= 0 || v.TMDBID != id {
+				rd.Err = fmt.Sprintf("200 without a version of tmdb:%d: %s", id, truncate(string(a.Body), 120))
 				w.readErrs.Add(1)
 				break
 			}
 			rd.Version = v.Version
 			w.reads.Add(1)
-		case resp.StatusCode == 404:
+		case a.Status == 404:
 			w.reads.Add(1)
-		case resp.StatusCode == 503:
+		case a.Status == 503:
 			w.readsUnavail.Add(1) // in neither the cache nor the change log while the database is away
 		default:
-			rd.Err = truncate(string(bytes.TrimSpace(b)), 120)
+			rd.Err = truncate(string(bytes.TrimSpace(a.Body)), 120)
 			w.readErrs.Add(1)
 		}
 		w.recordRead(rd)

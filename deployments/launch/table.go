@@ -1,4 +1,4 @@
-package stack
+package launch
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 // ReadTable reads the version of every row of the metadata table. It retries
 // for a few seconds, since it usually runs right after a fault healed and the
 // database may still be finishing crash recovery.
-func (s *Stack) ReadTable(ctx context.Context) (map[int64]metastore.Version, error) {
+func (s *System) ReadTable(ctx context.Context) (map[int64]metastore.Version, error) {
 	db, err := pgdb.Open(pgdb.Config{DSN: s.DSN})
 	if err != nil {
 		return nil, fmt.Errorf("read table: %w", err)

@@ -1,15 +1,17 @@
 // Package load drives realistic traffic against cache-nodes over HTTP and
 // keeps a ledger of every acknowledged write, so that a run can prove that no
 // acknowledged write was lost.
+//
+// It is the one load generator of the repository: the demo and the bench run
+// its Generator; the chaos workload, which keeps a ledger of every request
+// with its own classification, and the bench's fixed-duration runs send
+// their requests with its Write, Read and Do, so that every load reads a
+// cache-node's answers the same way.
 package load
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"sync"
@@ -137,47 +139,37 @@ func (g *Generator) writer(ctx context.Context, rng *rand.Rand) {
 		n++
 		rec := g.cfg.Records[rng.IntN(len(g.cfg.Records))]
 		node := g.cfg.Nodes[rng.IntN(len(g.cfg.Nodes))]
-		url := fmt.Sprintf("%s/v1/anime/%d", node, rec.TMDBID)
-		var req *http.Request
 		deleted := g.cfg.DeleteEvery > 0 && n%g.cfg.DeleteEvery == 0
-		if deleted {
-			req, _ = http.NewRequestWithContext(ctx, http.MethodDelete, url, nil)
-		} else {
-			votes := int64(rng.IntN(10000))
-			pop := float64(rng.IntN(100000)) / 100
-			rec.VoteCount, rec.Popularity = &votes, &pop
-			body, _ := events.Marshal(&rec)
-			req, _ = http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(body))
+		var body []byte
+		if !deleted {
+			body = Vary(rng, rec, 10000, 1000)
 		}
-		resp, err := g.client.Do(req)
-		if err != nil {
+		a := Write(ctx, g.client, node, rec.TMDBID, body)
+		switch {
+		case a.Err != nil:
 			if ctx.Err() == nil {
 				g.wErr.Add(1)
-				g.fail(err.Error())
+				g.fail(a.String())
 			}
-			continue
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		var wr struct {
-			Status  string `json:"status"`
-			Version int64  `json:"version"`
-		}
-		switch {
-		case (resp.StatusCode == 200 || resp.StatusCode == 202) && json.Unmarshal(b, &wr) == nil && wr.Version > 0:
-			g.ack(rec.TMDBID, wr.Version, deleted)
-			if resp.StatusCode == 200 {
-				g.committed.Add(1)
-			} else {
-				g.buffered.Add(1)
-			}
+		case a.Acked():
+			g.acked(rec.TMDBID, a, deleted)
 		default:
 			g.wErr.Add(1)
-			if resp.StatusCode == http.StatusServiceUnavailable {
+			if a.Status == http.StatusServiceUnavailable {
 				g.wUnavail.Add(1)
 			}
-			g.fail(fmt.Sprintf("%s %s: %d %s", req.Method, url, resp.StatusCode, bytes.TrimSpace(b)))
+			g.fail(a.String())
 		}
+	}
+}
+
+// acked records an acknowledged write in the ledger and the counters.
+func (g *Generator) acked(id int64, a WriteAnswer, deleted bool) {
+	g.ack(id, a.Version, deleted)
+	if a.Status == http.StatusOK {
+		g.committed.Add(1)
+	} else {
+		g.buffered.Add(1)
 	}
 }
 
@@ -185,20 +177,15 @@ func (g *Generator) reader(ctx context.Context, rng *rand.Rand) {
 	for g.pause(ctx) {
 		rec := g.cfg.Records[rng.IntN(len(g.cfg.Records))]
 		node := g.cfg.Nodes[rng.IntN(len(g.cfg.Nodes))]
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/anime/%d", node, rec.TMDBID), nil)
-		resp, err := g.client.Do(req)
-		if err != nil {
+		a := Read(ctx, g.client, node, rec.TMDBID)
+		switch {
+		case a.Err != nil:
 			if ctx.Err() == nil {
 				g.readErr.Add(1)
 			}
-			continue
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		switch resp.StatusCode {
-		case 200, 404:
+		case a.Status == http.StatusOK || a.Status == http.StatusNotFound:
 			g.reads.Add(1)
-		case 503:
+		case a.Status == http.StatusServiceUnavailable:
 			// Not cached while the database is down: an honest answer, not an error.
 			g.readUnavail.Add(1)
 		default:
@@ -246,27 +233,14 @@ func (g *Generator) WriteAll(ctx context.Context, n int) error {
 		wg.Go(func() {
 			for rec := range ch {
 				body, _ := events.Marshal(&rec)
-				url := fmt.Sprintf("%s/v1/anime/%d", g.cfg.Nodes[int(rec.TMDBID)%len(g.cfg.Nodes)], rec.TMDBID)
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, url, bytes.NewReader(body))
-				resp, err := g.client.Do(req)
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				var wr struct {
-					Version int64 `json:"version"`
-				}
-				if (resp.StatusCode != 200 && resp.StatusCode != 202) || json.Unmarshal(b, &wr) != nil {
-					firstErr.CompareAndSwap(nil, fmt.Errorf("PUT %s: %d %s", url, resp.StatusCode, b))
-					continue
-				}
-				g.ack(rec.TMDBID, wr.Version, false)
-				if resp.StatusCode == 200 {
-					g.committed.Add(1)
-				} else {
-					g.buffered.Add(1)
+				a := Write(ctx, g.client, g.cfg.Nodes[int(rec.TMDBID)%len(g.cfg.Nodes)], rec.TMDBID, body)
+				switch {
+				case a.Err != nil:
+					firstErr.CompareAndSwap(nil, a.Err)
+				case !a.Acked():
+					firstErr.CompareAndSwap(nil, errors.New(a.String()))
+				default:
+					g.acked(rec.TMDBID, a, false)
 				}
 			}
 		})
