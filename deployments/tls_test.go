@@ -138,6 +138,9 @@ func tlsConfWith(t *testing.T, p testPKI) string {
 // checks that the servers refuse plain clients, clients without a
 // certificate and plain routes.
 func TestTLSConfig(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the services over TLS: go tool task test runs it")
+	}
 	pki := newTestPKI(t)
 	conf := tlsConfWith(t, pki)
 	opts, err := server.ProcessConfigFile(conf)

@@ -118,6 +118,9 @@ func TestDemoChart(t *testing.T) {
 // and that the picture shows the outage: well-formed, titled, a cache_only
 // band, and markers for the kill, db.unhealthy and the return to normal.
 func TestDemoWritesTimeline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the demo's processes: go tool task test runs it")
+	}
 	t.Setenv("DATABASE_URL", "") // a private PostgreSQL: the demo kills it
 	dir := filepath.Join(t.TempDir(), "demo")
 	t.Chdir("../..") // the demo builds the services from the module root

@@ -289,6 +289,9 @@ func TestDurableSubscriberStopsCleanlyWhileMessagesFlow(t *testing.T) {
 // the servers are back, every message the stream acknowledged is handled and
 // the consumer ends with nothing pending: no subscription stays stopped.
 func TestDurableSubscriberSurvivesLeaderLoss(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a three-server cluster losing its leader: go tool task test runs it")
+	}
 	t.Parallel()
 	cluster := natstest.StartCluster(t, 3)
 	url := natsembed.ClusterURL(cluster)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -33,6 +34,14 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// The inner loop (go test -short ./...) leaves out the tests that
+		// build and run the services as processes; go tool task test and CI
+		// run them all.
+		fmt.Println("services/e2e: the end-to-end tests do not run with -short")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "anivault-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
