@@ -71,7 +71,9 @@ func (n *Node) newRouter(ctx context.Context, changedConn *nats.Conn) (*message.
 	if err != nil {
 		return nil, err
 	}
-	router.AddConsumerHandler("metadata_writes", n.subj.Of("metadata.writes"), writes, n.handleProducerWrite)
+	// A durable subscriber reads its consumer whatever the topic: the topic
+	// names the consumer, not a subject.
+	router.AddConsumerHandler("metadata_writes", n.subj.Name(events.ConsumerMetadataWriter), writes, n.handleProducerWrite)
 
 	changed, err := wmnats.NewCoreSubscriber(changedConn, n.wmLog)
 	if err != nil {

@@ -36,7 +36,9 @@ func (m *Manager) newRouter(ctx context.Context) (*message.Router, error) {
 		if err != nil {
 			return err
 		}
-		router.AddConsumerHandler(name, m.subj.Of(name), sub, h)
+		// A durable subscriber reads its consumer whatever the topic: the
+		// topic names the consumer, not a subject.
+		router.AddConsumerHandler(name, m.subj.Name(consumer), sub, h)
 		return nil
 	}
 	if err := durable("db_events", events.ConsumerManagerDB, m.handleDBEvent); err != nil {
