@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -253,7 +252,13 @@ func (r *runner) phaseReplay(ctx context.Context) error {
 // table and reading the log): a replay timed during that walk measures both.
 func (r *runner) waitBackfill(ctx context.Context, limit time.Duration) {
 	deadline := time.Now().Add(limit)
-	for !strings.Contains(r.nodeA.Output(), "change log backfill complete") {
+	// The node's status says so: a node restarted after the backfill (the
+	// ingest phase restarts it) finds it done and logs nothing.
+	done := func() bool {
+		st, err := r.nodeStatus(r.nodeA)
+		return err == nil && st.ChangeLog != nil && st.ChangeLog.BackfillDone
+	}
+	for !done() {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			r.say("replay: the node did not report its change log backfill complete within %v", limit)
 			return
