@@ -23,8 +23,8 @@ func closingNote(rep *Report) string {
 		srvH, _, benchH := r.Hits.CPUPerOp()
 		srvC, _, _ := r.Ceiling.CPUPerOp()
 		srvD, pgD, benchD := r.DB.CPUPerOp()
-		p("- **Reads.** Cache hits %s req/s (p50 %s, p99 %s) against %s req/s for the bare handler: **%.2f of the ceiling** (goal 0.7, %s). Against %s req/s with every read from PostgreSQL: **%.1f×** (goal 5×, %s).",
-			num(r.Hits.RPS()), ms(r.Hits.P50), ms(r.Hits.P99), num(r.Ceiling.RPS()), r.HitsOverCeiling, metWord(r.HitsOverCeiling >= readGoalRatio), num(r.DB.RPS()), r.HitsOverDB, metWord(r.HitsOverDB >= 5))
+		p("- **Reads.** Cache hits %s req/s (p50 %s, p99 %s) against %s req/s for the bare handler: **%.2f of the ceiling** (goal %.2f, %s). Against %s req/s with every read from PostgreSQL: **%.1f×** (goal 5×, %s).",
+			num(r.Hits.RPS()), ms(r.Hits.P50), ms(r.Hits.P99), num(r.Ceiling.RPS()), r.HitsOverCeiling, readGoalRatio, metWord(r.HitsOverCeiling >= readGoalRatio), num(r.DB.RPS()), r.HitsOverDB, metWord(r.HitsOverDB >= 5))
 		if srvH > 0 && srvD > 0 {
 			p(" Server-side CPU per request: %.0f µs in the node for a hit (the bare handler: %.0f µs), %.0f µs in the node plus %.0f µs in PostgreSQL for a database read, so the database path costs **%.1f×** the CPU of a hit.",
 				srvH, srvC, srvD, pgD, (srvD+pgD)/srvH)
@@ -89,6 +89,8 @@ func closingNote(rep *Report) string {
 		}
 		p("\n")
 	}
+	closeCommitted(p, rep)
+	closeIngest(p, rep)
 	if r := rep.Replay; r != nil && r.Default != nil {
 		p("- **Replay.** %s buffered writes (%d per message) replayed in %s (`recovering` → `normal`, %s rows/s), against %s for the set-based ceiling (%s rows/s; COPY of the same rows %s) and %s (extrapolated from %s rows) one row at a time: **%.2f of the ceiling** (goal ≥ %s rows/s and ≥ 0.5, %s).",
 			commas(int64(r.Writes)), r.WritesPerMsg, secs(r.Default.RecoveringToNormal), num(r.RowsPerSec()), secs(r.Ceiling), num(r.CeilingRowsPerSec()), secs(r.CopyCeiling), secs(r.NaiveExtrap), commas(int64(r.NaiveN)), r.Ratio,
@@ -127,6 +129,7 @@ func closingNote(rep *Report) string {
 					commas(int64(bg.Run.Writes)), bg.PerMsg, ms(bg.Run.RecoveringToNormal))
 			}
 		}
+		closeReplay(p, rep)
 		p("\n")
 	}
 	if d := rep.Detect; d != nil {
@@ -246,4 +249,70 @@ func allBenchOutput(rep *Report) string {
 		b.WriteString("\n" + p.Text)
 	}
 	return b.String()
+}
+
+// closeCommitted says what limits committed writes and what would close
+// their goal.
+func closeCommitted(p func(string, ...any), rep *Report) {
+	w := rep.Writes
+	if w == nil || w.CommittedGroup.RPS() == 0 {
+		return
+	}
+	g := w.CommittedGroup
+	srv, pg, _ := g.CPUPerOp()
+	busy := 0.0
+	if g.CPU != nil && g.CPU.Wall > 0 {
+		busy = g.CPU.Machine / g.CPU.Wall / float64(rep.Machine.Cores)
+	}
+	met := g.RPS() >= committedGoalPerSec && g.P99 <= committedGoalP99
+	p("- **Committed writes.** %s writes/s with group commit (`DB_GROUP_COMMIT_MAX=%d`, p50 %s, p99 %s) and %s one by one, against %s single-row upserts/s straight into PostgreSQL (goal ≥ %s/s with p99 ≤ %s, %s).",
+		num(g.RPS()), w.GroupCommitMax, ms(g.P50), ms(g.P99), num(w.Committed.RPS()), num(w.RawPostgres.RPS()), num(committedGoalPerSec), ms(committedGoalP99), metWord(met))
+	if met {
+		p("\n")
+		return
+	}
+	p(" Each write waits for two fsync'd stores one after the other: its group's statement commits in PostgreSQL, then its change-log entry's atomic batch is stored in JetStream, and only then is it answered; with %d clients a write took %s at the median, so %d clients cannot go past %s writes/s whatever the CPU. The machine was %.0f %% busy; the node spent %.0f µs and PostgreSQL %.0f µs of CPU per write.",
+		g.Clients, ms(g.P50), g.Clients, num(float64(g.Clients)/maxf(g.P50.Seconds(), 1e-9)), busy*100, srv, pg)
+	p(" What would close it: one durable store per write on the answer's path instead of two in a row, e.g. the change log as the write-ahead log of committed writes (a write answered once its entry is stored, the table brought up to date from the log in set-based statements, as the replay does, and a read of a key whose log is ahead of the table served from the log); %s writes/s with %d clients needs a write answered in %s.\n",
+		num(committedGoalPerSec), g.Clients, ms(time.Duration(float64(g.Clients)/committedGoalPerSec*float64(time.Second))))
+}
+
+// closeIngest says what limits producer ingest and what would close its goal.
+func closeIngest(p func(string, ...any), rep *Report) {
+	g := rep.Ingest
+	if g == nil || len(g.Runs) == 0 {
+		return
+	}
+	best := g.Runs[0]
+	for _, r := range g.Runs[1:] {
+		if r.RowsPerSec > best.RowsPerSec {
+			best = r
+		}
+	}
+	met := best.RowsPerSec >= ingestGoalPerSec && best.LastRounds == g.Keys
+	p("- **Producer ingest.** %s `metadata.upsert` records applied at %s records/s (%s), every key holding its last write: %d of %d (goal ≥ %s/s, %s).",
+		commas(int64(g.Records)), num(best.RowsPerSec), best.Label, best.LastRounds, g.Keys, num(ingestGoalPerSec), metWord(met))
+	if met || best.CPU.Wall == 0 {
+		p("\n")
+		return
+	}
+	n := float64(g.Records)
+	c := best.CPU
+	p(" CPU per record: %.0f µs in the node, %.0f µs in PostgreSQL, %.0f µs in the bench process (the NATS server: delivery, acknowledgement and the change log), %.0f µs on the whole machine; %s records/s on %d cores leaves at most %.0f µs of machine CPU per record.",
+		c.Server/n*1e6, c.Postgres/n*1e6, c.Bench/n*1e6, c.Machine/n*1e6, num(ingestGoalPerSec), rep.Machine.Cores, float64(rep.Machine.Cores)/ingestGoalPerSec*1e6)
+	p(" Each record is one message through the watermill router: delivered, handled and acknowledged one by one, its upsert grouped with others' only inside the node. What would close it: the writer consumer read in batches (a fetch of hundreds of messages, one set-based statement and one change-log batch for all of them, per key the newest version, then one acknowledgement of the whole fetch), as the replay reads the buffer.\n")
+}
+
+// closeReplay says what limits the replay and what would close its goal.
+func closeReplay(p func(string, ...any), rep *Report) {
+	r := rep.Replay
+	c := r.Default.CPU
+	if r.Ratio >= 0.5 && r.RowsPerSec() >= replayGoalRowsPerSec || c.Wall == 0 {
+		return
+	}
+	n := float64(r.Writes)
+	perRow := (c.Server + c.Postgres + c.Bench) / n * 1e6
+	bulk := (r.CopyCeiling + r.Ceiling).Seconds()
+	p(" What limits it: the node stages each chunk with COPY and merges it, so one connection cannot beat COPY plus upsert of the same rows (%s rows/s, %.2f of the upsert alone); the replay's two appliers reach %.2f of that. Node, PostgreSQL and NATS together spend %.0f µs of CPU per row, so these %d cores could not replay more than %s rows/s fully busy (they were %.0f %% busy). What would close it: less CPU per row (the merge without a staging copy, e.g. the rows as one binary array parameter; the buffer decoded without reflection), then a third applier for the idle share.",
+		num(n/maxf(bulk, 1e-9)), r.Ceiling.Seconds()/maxf(bulk, 1e-9), r.RowsPerSec()/maxf(n/maxf(bulk, 1e-9), 1e-9), perRow, rep.Machine.Cores, num(float64(rep.Machine.Cores)/perRow*1e6), c.Machine/c.Wall/float64(rep.Machine.Cores)*100)
 }
