@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -70,7 +71,7 @@ type commitResult struct {
 
 // committer runs the two stages of the group commit.
 type committer struct {
-	n     *Node
+	commitDeps
 	in    chan *commitReq
 	toLog chan []*commitReq
 	max   int
@@ -79,15 +80,60 @@ type committer struct {
 	// atomicOff is set once the change log refused atomic batches (a
 	// stream without AllowAtomicPublish, a server before 2.12).
 	atomicOff atomic.Bool
+	// stopped is closed when run returns: writes then go alone at once.
+	stopped chan struct{}
 }
 
-func newCommitter(n *Node, max int) *committer {
-	return &committer{n: n, in: make(chan *commitReq, max), toLog: make(chan []*commitReq, 1), max: max}
+var errCommitterStopped = errors.New("group commit stopped")
+
+// commitDeps is what the group commit uses of the rest of the node.
+type commitDeps struct {
+	Log *slog.Logger
+	// Apply runs one statement for the writes, within the database budget
+	// and through the breaker.
+	Apply func(ctx context.Context, writes []metastore.Write) (metastore.Result, error)
+	// LogBatch puts entries in the change log as one atomic batch.
+	LogBatch func(ctx context.Context, entries []logEntry) error
+	// Logged is told of each write committed and logged by a batch (it
+	// counts, caches and announces it) before its caller is answered.
+	Logged func(le logEntry)
+}
+
+// newCommitter makes a group commit of at most max writes a statement
+// (DB_GROUP_COMMIT_MAX).
+func newCommitter(max int, deps commitDeps) (*committer, error) {
+	if max < 2 || deps.Log == nil || deps.Apply == nil || deps.LogBatch == nil || deps.Logged == nil {
+		return nil, fmt.Errorf("committer: group of %d or a missing dependency", max)
+	}
+	return &committer{commitDeps: deps, in: make(chan *commitReq, max), toLog: make(chan []*commitReq, 1), max: max,
+		stopped: make(chan struct{})}, nil
+}
+
+// newCommitter makes the node's group commit, on its database (through the
+// breaker and retries) and its change log.
+func (n *Node) newCommitter() (*committer, error) {
+	return newCommitter(n.cfg.DBGroupCommitMax, commitDeps{
+		Log: n.log,
+		Apply: func(ctx context.Context, writes []metastore.Write) (res metastore.Result, err error) {
+			err = n.dbCall(ctx, opWrite, func(ctx context.Context) error {
+				res, err = n.store.ApplyBatch(ctx, writes)
+				return err
+			})
+			return res, err
+		},
+		LogBatch: n.changes.publishBatch,
+		Logged: func(le logEntry) {
+			n.metrics.writes.WithLabelValues(StatusCommitted).Inc()
+			n.applyLocal(le.id, le.version, le.body)
+			n.publishChanged(le.id, le.version, false, le.body)
+		},
+	})
 }
 
 // run runs both stages until ctx is done; requests still waiting are
 // answered notGrouped, so their callers write alone.
 func (c *committer) run(ctx context.Context) {
+	defer close(c.stopped)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -113,12 +159,22 @@ func (c *committer) submit(ctx context.Context, w metastore.Write, le logEntry) 
 	r := &commitReq{w: w, le: le, done: make(chan commitResult, 1)}
 	select {
 	case c.in <- r:
+	case <-c.stopped:
+		return notGrouped, errCommitterStopped
 	case <-ctx.Done():
 		return notGrouped, ctx.Err()
 	}
 	select {
 	case res := <-r.done:
 		return res.outcome, res.err
+	case <-c.stopped:
+		// Answered as run stopped, or not at all: either way not grouped.
+		select {
+		case res := <-r.done:
+			return res.outcome, res.err
+		default:
+			return notGrouped, errCommitterStopped
+		}
 	case <-ctx.Done():
 		return notGrouped, ctx.Err()
 	}
@@ -147,21 +203,15 @@ func (c *committer) abandon(rs []*commitReq, err error) {
 // commit runs one statement for batch and passes the writes it applied to
 // the log stage.
 func (c *committer) commit(ctx context.Context, batch []*commitReq) {
-	n := c.n
 	writes := make([]metastore.Write, len(batch))
 	for i, r := range batch {
 		writes[i] = r.w
 	}
-	var res metastore.Result
 	start := time.Now()
-	err := n.dbCall(ctx, opWrite, func(ctx context.Context) error {
-		var err error
-		res, err = n.store.ApplyBatch(ctx, writes)
-		return err
-	})
+	res, err := c.Apply(ctx, writes)
 	c.batches.Add(1)
 	c.grouped.Add(int64(len(batch)))
-	n.log.Debug("group commit statement", "writes", len(batch), "applied", res.Applied, "took", time.Since(start), "error", errString(err))
+	c.Log.Debug("group commit statement", "writes", len(batch), "applied", res.Applied, "took", time.Since(start), "error", errString(err))
 	if err != nil {
 		// Each write is tried alone: one bad row must not fail the others,
 		// and an unavailable database sends each to the buffer.
@@ -192,7 +242,6 @@ func (c *committer) commit(ctx context.Context, batch []*commitReq) {
 
 // logStage puts each committed batch in the change log as one atomic batch.
 func (c *committer) logStage(ctx context.Context) {
-	n := c.n
 	for batch := range c.toLog {
 		for len(batch) > 0 {
 			part := batch[:min(len(batch), maxLogBatch)]
@@ -206,10 +255,10 @@ func (c *committer) logStage(ctx context.Context) {
 				err = errAtomicOff
 			} else {
 				start := time.Now()
-				err = n.changes.publishBatch(ctx, entries)
-				n.log.Debug("group commit log batch", "entries", len(entries), "took", time.Since(start), "error", errString(err))
+				err = c.LogBatch(ctx, entries)
+				c.Log.Debug("group commit log batch", "entries", len(entries), "took", time.Since(start), "error", errString(err))
 				if isAtomicUnsupported(err) {
-					n.log.Warn("the change log takes no atomic batches: committed writes are logged one by one (provision the stream again with a NATS server of 2.12 or later)", "error", err)
+					c.Log.Warn("the change log takes no atomic batches: committed writes are logged one by one (provision the stream again with a NATS server of 2.12 or later)", "error", err)
 					c.atomicOff.Store(true)
 				}
 			}
@@ -220,9 +269,7 @@ func (c *committer) logStage(ctx context.Context) {
 				continue
 			}
 			for _, r := range part {
-				n.metrics.writes.WithLabelValues(StatusCommitted).Inc()
-				n.applyLocal(r.le.id, r.le.version, r.le.body)
-				n.publishChanged(r.le.id, r.le.version, false, r.le.body)
+				c.Logged(r.le)
 				r.done <- commitResult{outcome: committedLogged}
 			}
 		}

@@ -321,7 +321,9 @@ func (n *Node) buildWriteParts() error {
 			func() float64 { return float64(n.logBatch.batched.Load()) }),
 	)
 	if n.cfg.DBGroupCommitMax > 1 {
-		n.committer = newCommitter(n, n.cfg.DBGroupCommitMax)
+		if n.committer, err = n.newCommitter(); err != nil {
+			return err
+		}
 		n.metrics.registry.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_db_group_commits_total",
 				Help: "Statements of the group commit of committed writes (each carries one or more writes)."},
