@@ -80,19 +80,19 @@ func (t *tokens) role(r *http.Request) string {
 // authorize wraps h so that, when tokens are configured, it runs only for a
 // token of a role in allowed: 401 without a valid token, 403 for a token of
 // another role.
-func (n *Node) authorize(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
+func (a *httpAPI) authorize(h http.HandlerFunc, allowed ...string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !n.tokens.enabled() {
+		if !a.tokens.enabled() {
 			h(w, r)
 			return
 		}
-		switch role := n.tokens.role(r); {
+		switch role := a.tokens.role(r); {
 		case role == "":
-			n.metrics.unauthorized.WithLabelValues("missing_or_invalid").Inc()
+			a.metrics.unauthorized.WithLabelValues("missing_or_invalid").Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="anivault"`)
 			writeJSON(w, http.StatusUnauthorized, httpError{Error: "a valid bearer token is required", Field: "Authorization"})
 		case !slices.Contains(allowed, role):
-			n.metrics.unauthorized.WithLabelValues("forbidden").Inc()
+			a.metrics.unauthorized.WithLabelValues("forbidden").Inc()
 			writeJSON(w, http.StatusForbidden, httpError{Error: fmt.Sprintf("a %s token may not do this", role), Field: "Authorization"})
 		default:
 			h(w, r)

@@ -115,7 +115,7 @@ func BenchmarkReadPath(b *testing.B) {
 	for _, h := range []struct {
 		name string
 		h    http.Handler
-	}{{"bare", bare}, {"node", n.routes()}} {
+	}{{"bare", bare}, {"node", n.http.handler()}} {
 		b.Run(h.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {

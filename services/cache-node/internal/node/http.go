@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -17,32 +19,97 @@ import (
 // retryAfterSeconds is the Retry-After sent with 503.
 const retryAfterSeconds = "5"
 
-func (n *Node) routes() http.Handler {
+// httpAPI is the HTTP transport: the contract's routes, their
+// authorization, the bound on writes in flight, the mapping of errors to
+// status codes and the read path's headers, over the node's read and write
+// paths (httpDeps).
+type httpAPI struct {
+	cfg        httpConfig
+	deps       httpDeps
+	log        *slog.Logger
+	metrics    *metrics
+	tokens     *tokens
+	hdr        headerValues // the read responses' header values
+	writeSlots chan struct{}
+}
+
+// httpConfig is the HTTP transport's part of the node's configuration.
+type httpConfig struct {
+	// RequestTimeout bounds a request's work: the database budget plus the
+	// buffer's (DB_TIMEOUT + BUFFER_TIMEOUT), so that a request never hangs
+	// on a dead dependency.
+	RequestTimeout time.Duration
+	// MaxConcurrentWrites bounds the writes in flight (MAX_CONCURRENT_WRITES).
+	MaxConcurrentWrites int
+	// AuthTokensFile holds the bearer tokens (HTTP_AUTH_TOKENS_FILE; "" for none).
+	AuthTokensFile string
+}
+
+// httpDeps is what the HTTP transport uses of the rest of the node.
+type httpDeps struct {
+	Mode func() events.Mode
+	// ReadCached answers from the cache alone when it can (hit).
+	ReadCached func(id int64) (body []byte, src Source, err error, hit bool)
+	Read       func(ctx context.Context, id int64) ([]byte, Source, error)
+	Write      func(ctx context.Context, w Write) (WriteResult, error)
+	Status     func() events.SystemStatus
+	// Readiness tells whether the node takes traffic, and why not.
+	Readiness func() (ready bool, reason string)
+}
+
+func newHTTPAPI(cfg httpConfig, deps httpDeps, log *slog.Logger, m *metrics) (*httpAPI, error) {
+	if cfg.RequestTimeout <= 0 || cfg.MaxConcurrentWrites < 1 || log == nil || m == nil || deps.Mode == nil ||
+		deps.ReadCached == nil || deps.Read == nil || deps.Write == nil || deps.Status == nil || deps.Readiness == nil {
+		return nil, errors.New("http: invalid configuration or a missing dependency")
+	}
+	tokens, err := loadTokens(cfg.AuthTokensFile)
+	if err != nil {
+		return nil, err
+	}
+	return &httpAPI{cfg: cfg, deps: deps, log: log, metrics: m, tokens: tokens, hdr: newHeaderValues(),
+		writeSlots: make(chan struct{}, cfg.MaxConcurrentWrites)}, nil
+}
+
+// newHTTPAPI makes the node's HTTP transport over its read and write paths.
+func (n *Node) newHTTPAPI() (*httpAPI, error) {
+	return newHTTPAPI(httpConfig{RequestTimeout: n.cfg.DBTimeout + n.cfg.BufferTimeout,
+		MaxConcurrentWrites: n.cfg.MaxConcurrentWrites, AuthTokensFile: n.cfg.AuthTokensFile}, httpDeps{
+		Mode: n.currentMode, ReadCached: n.readCached, Read: n.read, Write: n.write, Status: n.status,
+		Readiness: func() (bool, string) {
+			switch {
+			case n.stopping.Load():
+				return false, "shutting down"
+			case !n.ready.Load() || !n.migrateTried.Load():
+				return false, "mode or database schema not known yet"
+			}
+			return true, ""
+		},
+	}, n.log, n.metrics)
+}
+
+// handler routes the contract's HTTP API, the probes and /metrics.
+func (a *httpAPI) handler() http.Handler {
 	mux := http.NewServeMux()
-	route := n.metrics.route
-	mux.Handle("GET /v1/anime/{tmdb_id}", route(routeAnime, n.authorize(n.handleHTTPGet, roleRead, roleWrite)))
-	mux.Handle("PUT /v1/anime/{tmdb_id}", route(routeAnime, n.authorize(n.handleHTTPPut, roleWrite)))
-	mux.Handle("DELETE /v1/anime/{tmdb_id}", route(routeAnime, n.authorize(n.handleHTTPDelete, roleWrite)))
-	mux.Handle("GET /v1/status", route(routeStatus, n.authorize(func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, n.status())
+	route := a.metrics.route
+	mux.Handle("GET /v1/anime/{tmdb_id}", route(routeAnime, a.authorize(a.handleGet, roleRead, roleWrite)))
+	mux.Handle("PUT /v1/anime/{tmdb_id}", route(routeAnime, a.authorize(a.handlePut, roleWrite)))
+	mux.Handle("DELETE /v1/anime/{tmdb_id}", route(routeAnime, a.authorize(a.handleDelete, roleWrite)))
+	mux.Handle("GET /v1/status", route(routeStatus, a.authorize(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, a.deps.Status())
 	}, roleRead, roleWrite)))
 	// Probes and scrapes are left out of the HTTP metrics (route "").
 	mux.Handle("GET /healthz", route("", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})))
 	mux.Handle("GET /readyz", route("", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if n.stopping.Load() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "shutting down"})
+		if ready, reason := a.deps.Readiness(); !ready {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": reason})
 			return
 		}
-		if !n.ready.Load() || !n.migrateTried.Load() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready", "reason": "mode or database schema not known yet"})
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "mode": string(n.currentMode())})
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready", "mode": string(a.deps.Mode())})
 	})))
-	mux.Handle("GET /metrics", route("", promhttp.HandlerFor(n.metrics.registry, promhttp.HandlerOpts{})))
-	return n.metrics.instrument(mux)
+	mux.Handle("GET /metrics", route("", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{})))
+	return a.metrics.instrument(mux)
 }
 
 type httpError struct {
@@ -56,14 +123,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func (n *Node) fail(w http.ResponseWriter, err error) {
+func (a *httpAPI) fail(w http.ResponseWriter, err error) {
 	var ve *events.ValidationError
 	switch {
 	case errors.Is(err, events.ErrTooLarge):
-		n.metrics.invalid.WithLabelValues("http").Inc()
+		a.metrics.invalid.WithLabelValues("http").Inc()
 		writeJSON(w, http.StatusRequestEntityTooLarge, httpError{Error: err.Error(), Field: "body"})
 	case errors.As(err, &ve):
-		n.metrics.invalid.WithLabelValues("http").Inc()
+		a.metrics.invalid.WithLabelValues("http").Inc()
 		field := ve.Field
 		if field == "" {
 			field = "body"
@@ -75,7 +142,7 @@ func (n *Node) fail(w http.ResponseWriter, err error) {
 		w.Header().Set("Retry-After", retryAfterSeconds)
 		writeJSON(w, http.StatusServiceUnavailable, httpError{Error: err.Error()})
 	default:
-		n.log.Error("request failed", "error", err)
+		a.log.Error("request failed", "error", err)
 		writeJSON(w, http.StatusInternalServerError, httpError{Error: err.Error()})
 	}
 }
@@ -91,9 +158,8 @@ func pathID(r *http.Request) (int64, error) {
 	return id, nil
 }
 
-func (n *Node) requestCtx(r *http.Request) (context.Context, context.CancelFunc) {
-	// The database budget plus the buffer's: a request never hangs on a dead dependency.
-	return context.WithTimeout(r.Context(), n.cfg.DBTimeout+n.cfg.BufferTimeout)
+func (a *httpAPI) requestCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), a.cfg.RequestTimeout)
 }
 
 // The response headers of a read, by their canonical names: set straight
@@ -140,78 +206,78 @@ func (h headerValues) setSource(hdr http.Header, s Source) {
 	hdr.Set(headerSource, string(s))
 }
 
-func (n *Node) handleHTTPGet(w http.ResponseWriter, r *http.Request) {
+func (a *httpAPI) handleGet(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
-	n.hdr.setMode(hdr, n.currentMode())
+	a.hdr.setMode(hdr, a.deps.Mode())
 	id, err := pathID(r)
 	if err != nil {
-		n.fail(w, err)
+		a.fail(w, err)
 		return
 	}
 	// A cache hit needs no deadline: it waits on nothing.
-	body, src, err, hit := n.readCached(id)
+	body, src, err, hit := a.deps.ReadCached(id)
 	if !hit {
-		ctx, cancel := n.requestCtx(r)
+		ctx, cancel := a.requestCtx(r)
 		defer cancel()
-		body, src, err = n.read(ctx, id)
+		body, src, err = a.deps.Read(ctx, id)
 	}
-	n.hdr.setSource(hdr, src)
+	a.hdr.setSource(hdr, src)
 	if err != nil {
-		n.fail(w, err)
+		a.fail(w, err)
 		return
 	}
-	hdr[headerContentType] = n.hdr.json
+	hdr[headerContentType] = a.hdr.json
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
 }
 
 // writeSlot takes one of the node's write slots, or answers 503 when all
 // are in use; release must be called when it returns true.
-func (n *Node) writeSlot(w http.ResponseWriter) (release func(), ok bool) {
+func (a *httpAPI) writeSlot(w http.ResponseWriter) (release func(), ok bool) {
 	select {
-	case n.writeSlots <- struct{}{}:
-		return func() { <-n.writeSlots }, true
+	case a.writeSlots <- struct{}{}:
+		return func() { <-a.writeSlots }, true
 	default:
-		n.metrics.writes.WithLabelValues("refused_busy").Inc()
+		a.metrics.writes.WithLabelValues("refused_busy").Inc()
 		// The body is not read: the connection closes after the answer,
 		// which is flushed at once rather than after the server gave up
 		// discarding a body that may never end.
 		w.Header().Set("Connection", "close")
-		n.fail(w, fmt.Errorf("%w: %d writes in flight, the node's limit (MAX_CONCURRENT_WRITES)", ErrUnavailable, cap(n.writeSlots)))
+		a.fail(w, fmt.Errorf("%w: %d writes in flight, the node's limit (MAX_CONCURRENT_WRITES)", ErrUnavailable, cap(a.writeSlots)))
 		_ = http.NewResponseController(w).Flush()
 		return nil, false
 	}
 }
 
-func (n *Node) handleHTTPPut(w http.ResponseWriter, r *http.Request) {
-	n.hdr.setMode(w.Header(), n.currentMode())
+func (a *httpAPI) handlePut(w http.ResponseWriter, r *http.Request) {
+	a.hdr.setMode(w.Header(), a.deps.Mode())
 	id, err := pathID(r)
 	if err != nil {
-		n.fail(w, err)
+		a.fail(w, err)
 		return
 	}
-	release, ok := n.writeSlot(w)
+	release, ok := a.writeSlot(w)
 	if !ok {
 		return
 	}
 	defer release()
 	body, err := readBody(r, events.MaxRecordBytes+1)
 	if err != nil {
-		n.fail(w, &events.ValidationError{Field: "body", Message: "could not read the request body: " + err.Error()})
+		a.fail(w, &events.ValidationError{Field: "body", Message: "could not read the request body: " + err.Error()})
 		return
 	}
 	rec, err := events.DecodeRecord(body)
 	if err != nil {
-		n.fail(w, err)
+		a.fail(w, err)
 		return
 	}
 	if rec.TMDBID != id {
-		n.fail(w, &events.ValidationError{Field: "tmdb_id", Message: fmt.Sprintf("%d in the body differs from %d in the path", rec.TMDBID, id)})
+		a.fail(w, &events.ValidationError{Field: "tmdb_id", Message: fmt.Sprintf("%d in the body differs from %d in the path", rec.TMDBID, id)})
 		return
 	}
-	ctx, cancel := n.requestCtx(r)
+	ctx, cancel := a.requestCtx(r)
 	defer cancel()
-	n.respondWrite(w, ctx, Write{TMDBID: id, Record: rec})
+	a.respondWrite(w, ctx, Write{TMDBID: id, Record: rec})
 }
 
 // readBody reads at most limit bytes of r's body, into a buffer sized by its
@@ -239,27 +305,27 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	}
 }
 
-func (n *Node) handleHTTPDelete(w http.ResponseWriter, r *http.Request) {
-	n.hdr.setMode(w.Header(), n.currentMode())
+func (a *httpAPI) handleDelete(w http.ResponseWriter, r *http.Request) {
+	a.hdr.setMode(w.Header(), a.deps.Mode())
 	id, err := pathID(r)
 	if err != nil {
-		n.fail(w, err)
+		a.fail(w, err)
 		return
 	}
-	release, ok := n.writeSlot(w)
+	release, ok := a.writeSlot(w)
 	if !ok {
 		return
 	}
 	defer release()
-	ctx, cancel := n.requestCtx(r)
+	ctx, cancel := a.requestCtx(r)
 	defer cancel()
-	n.respondWrite(w, ctx, Write{TMDBID: id})
+	a.respondWrite(w, ctx, Write{TMDBID: id})
 }
 
-func (n *Node) respondWrite(w http.ResponseWriter, ctx context.Context, wr Write) {
-	res, err := n.write(ctx, wr)
+func (a *httpAPI) respondWrite(w http.ResponseWriter, ctx context.Context, wr Write) {
+	res, err := a.deps.Write(ctx, wr)
 	if err != nil {
-		n.fail(w, err)
+		a.fail(w, err)
 		return
 	}
 	code := http.StatusOK

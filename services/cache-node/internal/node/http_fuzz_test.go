@@ -46,7 +46,7 @@ func FuzzHTTPHandlers(f *testing.F) {
 		f.Add(s.method, s.id, []byte(s.body))
 	}
 	n, _ := startTestNode(f, map[string]string{"NODE_ID": "fuzz"})
-	h := n.routes()
+	h := n.http.handler()
 	f.Fuzz(func(t *testing.T, method, id string, body []byte) {
 		switch method {
 		case "GET", "PUT", "DELETE":

@@ -122,7 +122,6 @@ type Node struct {
 	breaker *resilience.Breaker
 	retrier *resilience.Retrier
 	metrics *metrics
-	hdr     headerValues // the read responses' header values
 	// changes is the change log: the proof that the cache is current, the
 	// replica read during an outage.
 	changes *changeLog
@@ -163,10 +162,8 @@ type Node struct {
 
 	// sweepMu lets one orphan sweep of the producers' write stream run at a time.
 	sweepMu sync.Mutex
-	// writeSlots bounds the HTTP writes in flight (MAX_CONCURRENT_WRITES).
-	writeSlots chan struct{}
-	// tokens authenticate HTTP requests when HTTP_AUTH_TOKENS_FILE is set.
-	tokens *tokens
+	// http is the HTTP transport.
+	http *httpAPI
 
 	acceptedTotal atomic.Int64
 }
@@ -181,16 +178,11 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
 	n := &Node{
-		hdr:   newHeaderValues(),
 		cfg:   cfg,
 		log:   log,
 		subj:  events.NewSubjects(cfg.SubjectPrefix),
 		clock: hlc.New(cfg.NodeID, nil),
 		cache: c,
-	}
-	n.writeSlots = make(chan struct{}, cfg.MaxConcurrentWrites)
-	if n.tokens, err = loadTokens(cfg.AuthTokensFile); err != nil {
-		return nil, err
 	}
 	n.changes = newChangeLog(n.subj, cfg.NodeID, cfg.StalenessBound, log)
 	n.logBatch = newLogBatcher(n.changes)
@@ -207,6 +199,9 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	n.pendingLog.m = map[int64]logEntry{}
 	n.metrics = newMetrics(n)
+	if n.http, err = n.newHTTPAPI(); err != nil {
+		return nil, err
+	}
 	n.breaker, err = resilience.NewBreaker(resilience.BreakerConfig{
 		Name:             "postgres",
 		FailureThreshold: uint32(cfg.BreakerFailureThreshold),
@@ -378,7 +373,7 @@ func (n *Node) buildTransports(ctx context.Context) (transports, error) {
 	if t.ln, err = net.Listen("tcp", n.cfg.HTTPAddr); err != nil {
 		return t, fmt.Errorf("listen %s: %w", n.cfg.HTTPAddr, err)
 	}
-	t.srv = &http.Server{Handler: n.routes(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
+	t.srv = &http.Server{Handler: n.http.handler(), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 2 * time.Minute,
 		ReadTimeout: n.cfg.HTTPReadTimeout, WriteTimeout: n.cfg.HTTPWriteTimeout}
 	n.log.Info("HTTP listening", "addr", t.ln.Addr().String())
 	return t, nil
