@@ -9,9 +9,10 @@ import (
 
 // domainPkgs may import events: they are the anime-aware parts of pkg/.
 var domainPkgs = map[string]bool{
-	"github.com/anivault/anivault/pkg/metastore": true,
-	"github.com/anivault/anivault/pkg/topology":  true,
-	"github.com/anivault/anivault/pkg/anivault":  true,
+	"github.com/anivault/anivault/pkg/metastore":  true,
+	"github.com/anivault/anivault/pkg/topology":   true,
+	"github.com/anivault/anivault/pkg/anivault":   true,
+	"github.com/anivault/anivault/pkg/modefollow": true,
 }
 
 // TestLayering checks the README's rule with go list -deps: events imports
