@@ -93,14 +93,14 @@ func TestChangedEventsOfItsOwnAreSkippedUndecoded(t *testing.T) {
 	}
 	own := message.NewMessage(watermill.NewUUID(), payload)
 	own.Metadata = m.Metadata
-	if err := self.handleChanged(own); err != nil {
+	if err := self.nats.handleChanged(own); err != nil {
 		t.Fatal(err)
 	}
 	if self.cache.Len() != 0 {
 		t.Fatalf("node-a applied its own event: %d cached", self.cache.Len())
 	}
 	// The same event at another node: cached as published.
-	if err := other.handleChanged(m); err != nil {
+	if err := other.nats.handleChanged(m); err != nil {
 		t.Fatal(err)
 	}
 	e, ok := other.cache.Peek(1429)
@@ -109,7 +109,7 @@ func TestChangedEventsOfItsOwnAreSkippedUndecoded(t *testing.T) {
 	}
 	// Without the header (an older node), the payload's source still tells.
 	noHeader := message.NewMessage(watermill.NewUUID(), m.Payload)
-	if err := self.handleChanged(noHeader); err != nil {
+	if err := self.nats.handleChanged(noHeader); err != nil {
 		t.Fatal(err)
 	}
 	if self.cache.Len() != 0 {

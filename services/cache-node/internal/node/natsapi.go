@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -42,19 +44,94 @@ func (c Config) producerInFlight() int {
 // the consumer and delivered again.
 const producerWriteTimeout = 30 * time.Second
 
+// natsAPI is the NATS transport: producers' writes from the shared durable
+// consumer, metadata.changed from the other nodes and db.health from the
+// monitors (a watermill router), the orphan sweep of the producers' write
+// stream, and metadata.get (a micro endpoint). It decodes and checks what
+// arrives and hands it to the node (natsDeps).
+type natsAPI struct {
+	cfg     natsConfig
+	deps    natsDeps
+	subj    events.Subjects
+	log     *slog.Logger
+	metrics *metrics
+	// sweepMu lets one orphan sweep of the producers' write stream run at a time.
+	sweepMu sync.Mutex
+
+	// Set by attach once connected.
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	poison message.Publisher
+	wmLog  watermill.LoggerAdapter
+}
+
+// natsConfig is the NATS transport's part of the node's configuration.
+type natsConfig struct {
+	NATS   natsconn.Config
+	NodeID string
+	// InFlight is how many producers' writes the node applies (and pulls) at once.
+	InFlight int
+	// GetTimeout bounds one metadata.get (DB_TIMEOUT plus a second).
+	GetTimeout time.Duration
+}
+
+// natsDeps is what the NATS transport uses of the rest of the node.
+type natsDeps struct {
+	Mode  func() events.Mode
+	Write func(ctx context.Context, w Write) (WriteResult, error)
+	Read  func(ctx context.Context, id int64) ([]byte, Source, error)
+	// Changed applies another node's metadata.changed to the cache.
+	Changed func(ev changedEvent)
+	// Health keeps the monitors' latest db.health.
+	Health func(ev events.DBHealth)
+}
+
+// changedEvent is the part of metadata.changed a node acts on.
+type changedEvent struct {
+	Source  string          `json:"source"`
+	TMDBID  int64           `json:"tmdb_id"`
+	Version int64           `json:"version"`
+	Deleted bool            `json:"deleted"`
+	Record  json.RawMessage `json:"record"`
+}
+
+func newNATSAPI(cfg natsConfig, deps natsDeps, subj events.Subjects, log *slog.Logger, m *metrics) (*natsAPI, error) {
+	if cfg.NodeID == "" || cfg.InFlight < 1 || cfg.GetTimeout <= 0 || log == nil || m == nil ||
+		deps.Mode == nil || deps.Write == nil || deps.Read == nil || deps.Changed == nil || deps.Health == nil {
+		return nil, errors.New("nats transport: invalid configuration or a missing dependency")
+	}
+	return &natsAPI{cfg: cfg, deps: deps, subj: subj, log: log, metrics: m}, nil
+}
+
+// newNATSAPI makes the node's NATS transport over its read and write paths
+// and its cache.
+func (n *Node) newNATSAPI() (*natsAPI, error) {
+	return newNATSAPI(natsConfig{NATS: n.cfg.NATS, NodeID: n.cfg.NodeID, InFlight: n.cfg.producerInFlight(),
+		GetTimeout: n.cfg.DBTimeout + time.Second}, natsDeps{
+		Mode: n.currentMode, Write: n.write, Read: n.read, Changed: n.applyChanged,
+		Health: func(ev events.DBHealth) { n.health.Store(&healthReport{report: ev, at: time.Now()}) },
+	}, n.subj, n.log, n.metrics)
+}
+
+// attach gives the transport its connection, JetStream, the publisher of
+// the poison queue and watermill's logger.
+func (a *natsAPI) attach(nc *nats.Conn, js jetstream.JetStream, poison message.Publisher, wmLog watermill.LoggerAdapter) {
+	a.nc, a.js, a.poison, a.wmLog = nc, js, poison, wmLog
+}
+
 // newRouter wires the watermill router: producers' writes from the shared
 // durable consumer, metadata.changed from every other node (on changedConn,
-// the no-echo connection n.changedPub publishes on), and db.health.
-func (n *Node) newRouter(ctx context.Context, changedConn *nats.Conn) (*message.Router, error) {
+// the no-echo connection the node's changedPub publishes on), and db.health.
+func (a *natsAPI) router(ctx context.Context, changedConn *nats.Conn) (*message.Router, error) {
 	router, err := wmnats.NewRouter(wmnats.RouterConfig{
-		PoisonPublisher: n.jsPub, PoisonTopic: n.subj.Of(events.SubjectPoison),
+		PoisonPublisher: a.poison, PoisonTopic: a.subj.Of(events.SubjectPoison),
 		Retry: 3, RetryInitial: 200 * time.Millisecond, RetryMaxTimeout: 10 * time.Second,
-	}, n.wmLog)
+	}, a.wmLog)
 	if err != nil {
 		return nil, err
 	}
 	// Subscribers drain their connection on close, so each gets its own.
-	writerConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-writes-"+n.cfg.NodeID, n.log)
+	writerConn, err := natsconn.Connect(ctx, a.cfg.NATS, "anivault-cache-node-writes-"+a.cfg.NodeID, a.log)
 	if err != nil {
 		return nil, err
 	}
@@ -64,35 +141,35 @@ func (n *Node) newRouter(ctx context.Context, changedConn *nats.Conn) (*message.
 	// in the node's memory while JetStream, its ack wait over, delivers it to
 	// another node (chaos seeds 45 and 46).
 	writes, err := wmnats.NewDurable(writerConn, wmnats.DurableConfig{
-		Stream: n.subj.Name(events.StreamMetadata), Consumer: n.subj.Name(events.ConsumerMetadataWriter),
-		MaxInFlight: n.cfg.producerInFlight(), NakDelay: time.Second, HandleTimeout: producerWriteTimeout,
-		Logger: n.log.With("component", "producer-writes"),
+		Stream: a.subj.Name(events.StreamMetadata), Consumer: a.subj.Name(events.ConsumerMetadataWriter),
+		MaxInFlight: a.cfg.InFlight, NakDelay: time.Second, HandleTimeout: producerWriteTimeout,
+		Logger: a.log.With("component", "producer-writes"),
 	})
 	if err != nil {
 		return nil, err
 	}
 	// A durable subscriber reads its consumer whatever the topic: the topic
 	// names the consumer, not a subject.
-	router.AddConsumerHandler("metadata_writes", n.subj.Name(events.ConsumerMetadataWriter), writes, n.handleProducerWrite)
+	router.AddConsumerHandler("metadata_writes", a.subj.Name(events.ConsumerMetadataWriter), writes, a.handleProducerWrite)
 
-	changed, err := wmnats.NewCoreSubscriber(changedConn, n.wmLog)
+	changed, err := wmnats.NewCoreSubscriber(changedConn, a.wmLog)
 	if err != nil {
 		return nil, err
 	}
-	router.AddConsumerHandler("metadata_changed", n.subj.Of(events.SubjectMetadataChanged), changed, n.handleChanged)
+	router.AddConsumerHandler("metadata_changed", a.subj.Of(events.SubjectMetadataChanged), changed, a.handleChanged)
 
-	healthConn, err := natsconn.Connect(ctx, n.cfg.NATS, "anivault-cache-node-health-"+n.cfg.NodeID, n.log)
+	healthConn, err := natsconn.Connect(ctx, a.cfg.NATS, "anivault-cache-node-health-"+a.cfg.NodeID, a.log)
 	if err != nil {
 		return nil, err
 	}
-	health, err := wmnats.NewCoreSubscriber(healthConn, n.wmLog)
+	health, err := wmnats.NewCoreSubscriber(healthConn, a.wmLog)
 	if err != nil {
 		return nil, err
 	}
-	router.AddConsumerHandler("db_health", n.subj.Of(events.SubjectDBHealth), health, func(msg *message.Message) error {
+	router.AddConsumerHandler("db_health", a.subj.Of(events.SubjectDBHealth), health, func(msg *message.Message) error {
 		var ev events.DBHealth
 		if json.Unmarshal(msg.Payload, &ev) == nil && ev.Status != "" {
-			n.health.Store(&healthReport{report: ev, at: time.Now()})
+			a.deps.Health(ev)
 		}
 		return nil
 	})
@@ -102,8 +179,8 @@ func (n *Node) newRouter(ctx context.Context, changedConn *nats.Conn) (*message.
 // handleProducerWrite applies one metadata.upsert or metadata.delete. Its
 // version comes from the message's stream timestamp, so whichever node applies
 // it, and however often it is redelivered, writes keep their publish order per key.
-func (n *Node) handleProducerWrite(msg *message.Message) error {
-	subject := n.subj.Base(msg.Metadata.Get(wmnats.MetaSubject))
+func (a *natsAPI) handleProducerWrite(msg *message.Message) error {
+	subject := a.subj.Base(msg.Metadata.Get(wmnats.MetaSubject))
 	tsNanos, err := strconv.ParseInt(msg.Metadata.Get(wmnats.MetaTimestamp), 10, 64)
 	if err != nil {
 		return &wmnats.Permanent{Err: fmt.Errorf("message without stream timestamp: %w", err)}
@@ -114,23 +191,23 @@ func (n *Node) handleProducerWrite(msg *message.Message) error {
 	case events.SubjectMetadataUpsert:
 		rec, err := events.DecodeRecord(msg.Payload)
 		if err != nil {
-			n.metrics.invalid.WithLabelValues("nats").Inc()
-			n.log.Warn("invalid metadata.upsert sent to the poison queue", "error", err)
+			a.metrics.invalid.WithLabelValues("nats").Inc()
+			a.log.Warn("invalid metadata.upsert sent to the poison queue", "error", err)
 			return &wmnats.Permanent{Err: err}
 		}
 		w = Write{TMDBID: rec.TMDBID, Record: rec, Version: version}
 	case events.SubjectMetadataDelete:
 		d, err := events.DecodeDelete(msg.Payload)
 		if err != nil {
-			n.metrics.invalid.WithLabelValues("nats").Inc()
-			n.log.Warn("invalid metadata.delete sent to the poison queue", "error", err)
+			a.metrics.invalid.WithLabelValues("nats").Inc()
+			a.log.Warn("invalid metadata.delete sent to the poison queue", "error", err)
 			return &wmnats.Permanent{Err: err}
 		}
 		w = Write{TMDBID: d.TMDBID, Version: version}
 	default:
 		return &wmnats.Permanent{Err: fmt.Errorf("unexpected subject %q", subject)}
 	}
-	_, err = n.write(msg.Context(), w)
+	_, err = a.deps.Write(msg.Context(), w)
 	return err // an unavailable write is retried, then nacked and redelivered: never lost
 }
 
@@ -138,21 +215,21 @@ func (n *Node) handleProducerWrite(msg *message.Message) error {
 // left in the write stream after the writer consumer saw them acknowledged
 // (see topology.SweepOrphans). Each is handled as if delivered again: its
 // version is its stream timestamp, so a repeat is stale.
-func (n *Node) sweepWriteOrphans(ctx context.Context) {
-	if n.currentMode() != events.ModeNormal || !n.sweepMu.TryLock() {
+func (a *natsAPI) sweepWriteOrphans(ctx context.Context) {
+	if a.deps.Mode() != events.ModeNormal || !a.sweepMu.TryLock() {
 		return
 	}
-	defer n.sweepMu.Unlock()
+	defer a.sweepMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	removed, err := topology.SweepOrphans(ctx, n.js, n.subj.Name(events.StreamMetadata), n.subj.Name(events.ConsumerMetadataWriter), 500,
+	removed, err := topology.SweepOrphans(ctx, a.js, a.subj.Name(events.StreamMetadata), a.subj.Name(events.ConsumerMetadataWriter), 500,
 		func(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
 			for _, m := range msgs {
 				wm := message.NewMessage(fmt.Sprintf("%s-%d", events.StreamMetadata, m.Sequence), m.Data)
 				wm.Metadata.Set(wmnats.MetaSubject, m.Subject)
 				wm.Metadata.Set(wmnats.MetaTimestamp, strconv.FormatInt(m.Time.UnixNano(), 10))
 				wm.SetContext(ctx)
-				if err := n.handleProducerWrite(wm); err != nil && !wmnats.IsPermanent(err) {
+				if err := a.handleProducerWrite(wm); err != nil && !wmnats.IsPermanent(err) {
 					return err
 				}
 			}
@@ -160,43 +237,44 @@ func (n *Node) sweepWriteOrphans(ctx context.Context) {
 		})
 	if err != nil {
 		if ctx.Err() == nil {
-			n.log.Warn("orphan sweep of the producers' write stream failed", "error", err)
+			a.log.Warn("orphan sweep of the producers' write stream failed", "error", err)
 		}
 		return
 	}
 	if removed > 0 {
-		n.log.Warn("the producers' write stream held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
+		a.log.Warn("the producers' write stream held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
 	}
 }
 
 // handleChanged refreshes the cache from another node's committed or buffered write.
-func (n *Node) handleChanged(msg *message.Message) error {
+func (a *natsAPI) handleChanged(msg *message.Message) error {
 	// A node hears its own events too: skip them before decoding. An event
 	// without the header is told by its payload's source.
-	if msg.Metadata.Get(events.HeaderSource) == n.cfg.NodeID {
+	if msg.Metadata.Get(events.HeaderSource) == a.cfg.NodeID {
 		return nil
 	}
-	var ev struct {
-		Source  string          `json:"source"`
-		TMDBID  int64           `json:"tmdb_id"`
-		Version int64           `json:"version"`
-		Deleted bool            `json:"deleted"`
-		Record  json.RawMessage `json:"record"`
-	}
+	var ev changedEvent
 	if err := json.Unmarshal(msg.Payload, &ev); err != nil {
-		n.log.Warn("ignoring undecodable metadata.changed", "error", err)
+		a.log.Warn("ignoring undecodable metadata.changed", "error", err)
 		return nil
 	}
-	if ev.Source == n.cfg.NodeID || ev.TMDBID <= 0 || ev.Version <= 0 {
+	if ev.Source == a.cfg.NodeID || ev.TMDBID <= 0 || ev.Version <= 0 {
 		return nil
 	}
+	a.deps.Changed(ev)
+	return nil
+}
+
+// applyChanged refreshes the cache from another node's committed or
+// buffered write (metadata.changed, decoded and checked by the transport).
+func (n *Node) applyChanged(ev changedEvent) {
 	switch {
 	case n.changes.latest(ev.TMDBID) > ev.Version:
 		// The change log already holds a newer write.
 	case ev.Deleted:
 		if !n.clock.Observe(ev.Version) {
 			n.log.Warn("ignoring metadata.changed with a version beyond the clock's drift bound", "tmdb_id", ev.TMDBID, "version", ev.Version)
-			return nil
+			return
 		}
 		n.cacheSet(ev.TMDBID, entry{version: ev.Version, deleted: true})
 	case len(ev.Record) > 0 && string(ev.Record) != "null":
@@ -204,7 +282,7 @@ func (n *Node) handleChanged(msg *message.Message) error {
 		if err != nil {
 			n.log.Warn("ignoring metadata.changed with an invalid record", "tmdb_id", ev.TMDBID, "source", ev.Source, "error", err)
 			n.metrics.invalid.WithLabelValues("event").Inc()
-			return nil
+			return
 		}
 		n.applyLocal(ev.TMDBID, ev.Version, body)
 	default:
@@ -213,7 +291,6 @@ func (n *Node) handleChanged(msg *message.Message) error {
 			n.cache.Remove(ev.TMDBID)
 		}
 	}
-	return nil
 }
 
 // storedRecord checks a record that another node encoded (in
@@ -260,41 +337,41 @@ func (n *Node) publishEvent(ctx context.Context, subject string, v any) error {
 
 // addMicroService answers metadata.get in the cache-nodes' queue group and
 // makes the node visible to `nats micro ls`.
-func (n *Node) addMicroService() (micro.Service, error) {
-	svc, err := micro.AddService(n.nc, micro.Config{
+func (a *natsAPI) microService() (micro.Service, error) {
+	svc, err := micro.AddService(a.nc, micro.Config{
 		Name:        events.ServiceCacheNode,
 		Version:     "1.0.0",
 		Description: "AniVault cache-node: anime metadata reads",
 		QueueGroup:  events.QueueMetadataGet,
-		Metadata:    map[string]string{"node_id": n.cfg.NodeID},
+		Metadata:    map[string]string{"node_id": a.cfg.NodeID},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("micro service: %w", err)
 	}
-	err = svc.AddEndpoint("get", micro.HandlerFunc(n.handleGet),
-		micro.WithEndpointSubject(n.subj.Of(events.SubjectMetadataGet)),
+	err = svc.AddEndpoint("get", micro.HandlerFunc(a.handleGet),
+		micro.WithEndpointSubject(a.subj.Of(events.SubjectMetadataGet)),
 		micro.WithEndpointQueueGroup(events.QueueMetadataGet))
 	if err != nil {
 		return nil, fmt.Errorf("micro endpoint: %w", err)
 	}
 	// AddService does not flush: make the subscription known to the server
 	// before the node reports ready.
-	if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
+	if err := a.nc.FlushTimeout(5 * time.Second); err != nil {
 		return nil, fmt.Errorf("micro flush: %w", err)
 	}
 	return svc, nil
 }
 
-func (n *Node) handleGet(req micro.Request) {
+func (a *natsAPI) handleGet(req micro.Request) {
 	g, err := events.DecodeGet(req.Data())
 	if err != nil {
-		n.metrics.invalid.WithLabelValues("nats").Inc()
+		a.metrics.invalid.WithLabelValues("nats").Inc()
 		respondError(req, 400, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.DBTimeout+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.GetTimeout)
 	defer cancel()
-	body, _, err := n.read(ctx, g.TMDBID)
+	body, _, err := a.deps.Read(ctx, g.TMDBID)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		respondError(req, 404, err)

@@ -160,8 +160,8 @@ type Node struct {
 	// committer groups committed writes (nil with DB_GROUP_COMMIT_MAX=1).
 	committer *committer
 
-	// sweepMu lets one orphan sweep of the producers' write stream run at a time.
-	sweepMu sync.Mutex
+	// nats is the NATS transport.
+	nats *natsAPI
 	// http is the HTTP transport.
 	http *httpAPI
 
@@ -200,6 +200,9 @@ func New(cfg Config, log *slog.Logger) (*Node, error) {
 	n.pendingLog.m = map[int64]logEntry{}
 	n.metrics = newMetrics(n)
 	if n.http, err = n.newHTTPAPI(); err != nil {
+		return nil, err
+	}
+	if n.nats, err = n.newNATSAPI(); err != nil {
 		return nil, err
 	}
 	n.breaker, err = resilience.NewBreaker(resilience.BreakerConfig{
@@ -364,10 +367,11 @@ func (n *Node) buildTransports(ctx context.Context) (transports, error) {
 	if n.changedPub, err = wmnats.NewCorePublisher(changedConn, n.wmLog); err != nil {
 		return t, err
 	}
-	if t.router, err = n.newRouter(ctx, changedConn); err != nil {
+	n.nats.attach(n.nc, n.js, n.jsPub, n.wmLog)
+	if t.router, err = n.nats.router(ctx, changedConn); err != nil {
 		return t, err
 	}
-	if t.svc, err = n.addMicroService(); err != nil {
+	if t.svc, err = n.nats.microService(); err != nil {
 		return t, err
 	}
 	if t.ln, err = net.Listen("tcp", n.cfg.HTTPAddr); err != nil {

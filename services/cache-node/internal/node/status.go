@@ -35,7 +35,7 @@ func (n *Node) drainLoop(ctx context.Context) { n.every(ctx, n.backgroundDrain) 
 
 // sweepLoop sweeps, at every status interval, the producers' write stream
 // for orphans (see sweepWriteOrphans).
-func (n *Node) sweepLoop(ctx context.Context) { n.every(ctx, n.sweepWriteOrphans) }
+func (n *Node) sweepLoop(ctx context.Context) { n.every(ctx, n.nats.sweepWriteOrphans) }
 
 // every runs f at once and then at every status interval until ctx is done;
 // a run that takes longer delays the next one.
