@@ -29,16 +29,8 @@ type env struct {
 func start(t *testing.T) *env {
 	t.Helper()
 	srv := natstest.Start(t)
-	nc, err := nats.Connect(srv.URL(), nats.MaxReconnects(-1),
+	_, js := natstest.Connect(t, srv.URL(), nats.MaxReconnects(-1),
 		nats.ReconnectWait(25*time.Millisecond), nats.ReconnectJitter(0, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	subj := events.NewSubjects("t")
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

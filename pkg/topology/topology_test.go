@@ -18,20 +18,6 @@ import (
 	"github.com/anivault/anivault/pkg/topology"
 )
 
-func connect(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc, js
-}
-
 func provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	top, err := topology.New(js, events.NewSubjects(""))
 	if err != nil {
@@ -52,7 +38,7 @@ func provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 func TestProvisioningSendsNoUpdateWhenNothingDiffers(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Start(t)
-	nc, js := connect(t, srv.URL())
+	nc, js := natstest.Connect(t, srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := provision(ctx, js, 1); err != nil {
@@ -104,7 +90,7 @@ func TestProvisioningOnAClusterNeverLowersReplicas(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 6)
 	for i := range 6 {
-		_, js := connect(t, natsembed.ClusterURL(servers[i%3:i%3+1]))
+		_, js := natstest.Connect(t, natsembed.ClusterURL(servers[i%3:i%3+1]))
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				if err := provision(ctx, js, 3); err == nil {
@@ -119,7 +105,7 @@ func TestProvisioningOnAClusterNeverLowersReplicas(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("concurrent provisioning: %v", err)
 	}
-	_, js := connect(t, natsembed.ClusterURL(servers))
+	_, js := natstest.Connect(t, natsembed.ClusterURL(servers))
 	if err := provision(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +125,7 @@ func TestProvisioningOnAClusterNeverLowersReplicas(t *testing.T) {
 func TestCheckOnlyCreatesNothing(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Start(t)
-	_, js := connect(t, srv.URL())
+	_, js := natstest.Connect(t, srv.URL())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	top, _ := topology.New(js, events.NewSubjects(""))

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/anivault/anivault/pkg/natsembed"
 )
 
@@ -43,4 +46,20 @@ func StartCluster(t testing.TB, n int) []*natsembed.Server {
 		}
 	})
 	return servers
+}
+
+// Connect connects to url with opts for the rest of the test (closed in
+// t.Cleanup) and returns the connection and its JetStream.
+func Connect(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("natstest: connect %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("natstest: jetstream: %v", err)
+	}
+	return nc, js
 }

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
@@ -114,16 +113,10 @@ func runNode(t testing.TB, n *Node) {
 // connect gives the test its own NATS connection, JetStream and mode bucket.
 func (c *compNode) connect(t testing.TB) {
 	t.Helper()
-	nc, err := nats.Connect(c.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	if c.js, err = jetstream.New(nc); err != nil {
-		t.Fatal(err)
-	}
+	_, c.js = natstest.Connect(t, c.natsURL)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var err error
 	if c.kv, err = c.js.KeyValue(ctx, c.subj.Name(events.BucketName)); err != nil {
 		t.Fatal(err)
 	}
@@ -251,12 +244,7 @@ func TestComponentFallbackAndReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.setMode(t, events.ModeChanged{Mode: events.ModeRecovering, Epoch: 1})
-	waitFor(t, func() error {
-		if e := c.replayer.completedEpoch(); e < 1 {
-			return fmt.Errorf("replayed epoch %d, want 1", e)
-		}
-		return nil
-	})
+	c.waitReplayed(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i, r := range res {
@@ -265,6 +253,17 @@ func TestComponentFallbackAndReplay(t *testing.T) {
 		}
 	}
 	assertBufferEmpty(t, c)
+}
+
+// waitReplayed waits until the node reported the replay of epoch done.
+func (c *compNode) waitReplayed(t *testing.T, epoch int64) {
+	t.Helper()
+	waitFor(t, func() error {
+		if e := c.replayer.completedEpoch(); e < epoch {
+			return fmt.Errorf("replayed epoch %d, want %d", e, epoch)
+		}
+		return nil
+	})
 }
 
 func assertBufferEmpty(t *testing.T, c *compNode) {
@@ -307,12 +306,7 @@ func TestComponentReplayDecisions(t *testing.T) {
 
 	staleBefore := c.replayer.stale.Load()
 	c.setMode(t, events.ModeChanged{Mode: events.ModeRecovering, Epoch: 2})
-	waitFor(t, func() error {
-		if e := c.replayer.completedEpoch(); e < 2 {
-			return fmt.Errorf("replayed epoch %d, want 2", e)
-		}
-		return nil
-	})
+	c.waitReplayed(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if v, _ := c.table(ctx, 3000); v != newer {
@@ -391,12 +385,7 @@ func TestComponentModeApplication(t *testing.T) {
 	}
 	c.setMode(t, events.ModeChanged{Mode: events.ModeNormal, Epoch: 4})
 	c.setMode(t, events.ModeChanged{Mode: events.ModeRecovering, Epoch: 6})
-	waitFor(t, func() error {
-		if e := c.replayer.completedEpoch(); e < 6 {
-			return fmt.Errorf("replayed epoch %d, want 6", e)
-		}
-		return nil
-	})
+	c.waitReplayed(t, 6)
 	// The older epoch 4 came between (the watcher delivers in order, so it
 	// was seen before 6) and was ignored: the node went from 5 to 6 and
 	// never to normal at 4.

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
@@ -58,7 +57,7 @@ func TestModeWriteWithLostReplyIsAnnounced(t *testing.T) {
 
 	enterCacheOnlyLosingTheReply(t, waitCtx, m, proxy)
 
-	js := jetStreamOf(t, srv.URL())
+	_, js := natstest.Connect(t, srv.URL())
 	inKV := modeInKV(t, waitCtx, js)
 	if inKV.Mode != events.ModeCacheOnly || inKV.Source != m.cfg.NodeID {
 		t.Fatalf("KV holds %+v, want the manager's cache_only: the update was not applied", inKV)
@@ -132,22 +131,6 @@ func enterCacheOnlyLosingTheReply(t *testing.T, ctx context.Context, m *Manager,
 		t.Fatalf("the mode update got %v, want no reply (context deadline exceeded): the fault did not happen", uerr)
 	}
 	t.Logf("transition returned %v, %v", next, terr)
-}
-
-// jetStreamOf connects to url directly (not through the proxy) for the
-// rest of the test.
-func jetStreamOf(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
 }
 
 // modeInKV reads the mode key of the bucket.
