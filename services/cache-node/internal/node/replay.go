@@ -341,14 +341,33 @@ func (r *replayer) fetch(ctx context.Context, cons jetstream.Consumer, out chan<
 		}
 		// Decoded by the applier: a decoded batch holds two to three times
 		// its bytes, and only the raw one waits here.
-		b := fetchedBatch{msgs: msgs}
-		select {
-		case out <- b:
-		case <-ctx.Done():
+		if b := (fetchedBatch{msgs: msgs}); !handOver(ctx, out, b) {
 			b.nakAll()
 		}
 	}
 	return ctx.Err()
+}
+
+// handOver waits until an applier takes b (true) or ctx ends (false). While
+// it waits behind busy appliers it tells JetStream every few seconds that
+// the batch is in progress: a batch must not outwait the consumer's ack
+// wait here and be delivered again, to another node, while this one still
+// holds it.
+func handOver(ctx context.Context, out chan<- fetchedBatch, b fetchedBatch) bool {
+	t := time.NewTicker(topology.WriteAckWait / 4)
+	defer t.Stop()
+	for {
+		select {
+		case out <- b:
+			return true
+		case <-t.C:
+			for _, m := range b.msgs {
+				_ = m.InProgress()
+			}
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // fetchBuffered fetches the next batch of buffer messages (none when the
@@ -430,7 +449,10 @@ func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replay
 			}
 			continue
 		}
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// The batch is committed: its acknowledgement must not be cancelled
+		// by another applier's failure stopping the drain (chaos seed 27:
+		// the message came back and was counted again as stale).
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		err := m.DoubleAck(actx)
 		cancel()
 		if err != nil {
