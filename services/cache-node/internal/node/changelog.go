@@ -268,6 +268,14 @@ func (l *changeLog) lastEntry(id int64) (version int64, seq uint64, known bool) 
 	return abs(e.version), e.seq, e.seq != 0
 }
 
+// batchable tells whether e may go in an atomic batch: the index knows the
+// sequence of its record's latest entry (or that it has none) and holds an
+// older version than e's.
+func (l *changeLog) batchable(e logEntry) bool {
+	v, _, known := l.lastEntry(e.id)
+	return known && v < e.version
+}
+
 // keys returns the number of records in the index.
 func (l *changeLog) keys() int {
 	l.mu.RLock()

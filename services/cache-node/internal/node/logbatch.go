@@ -74,7 +74,7 @@ func (b *logBatcher) run(ctx context.Context) {
 	defer close(b.stopped)
 	// What the batch would refuse goes back at once rather than sink it.
 	admit := func(r *logReq) bool {
-		if v, _, known := b.l.lastEntry(r.e.id); !known || v >= r.e.version {
+		if !b.l.batchable(r.e) {
 			r.done <- errNotBatched
 			return false
 		}
@@ -97,15 +97,7 @@ func (b *logBatcher) publishBatch(ctx context.Context, batch []*logReq) {
 	for i, r := range batch {
 		entries[i] = r.e
 	}
-	err := b.l.publishBatch(ctx, entries)
-	if isAtomicUnsupported(err) {
-		b.l.log.Warn("the change log takes no atomic batches: durable writes are logged one by one (provision the stream again with a NATS server of 2.12 or later)", "error", err)
-		b.off.Store(true)
-	}
-	if err == nil {
-		b.batches.Add(1)
-		b.batched.Add(int64(len(batch)))
-	}
+	err := b.store(ctx, entries)
 	for _, r := range batch {
 		if err != nil {
 			r.done <- errNotBatched
@@ -113,6 +105,21 @@ func (b *logBatcher) publishBatch(ctx context.Context, batch []*logReq) {
 		}
 		r.done <- nil
 	}
+}
+
+// store puts entries in the log as one atomic batch and counts it; a
+// stream that takes no atomic batches turns batching off.
+func (b *logBatcher) store(ctx context.Context, entries []logEntry) error {
+	err := b.l.publishBatch(ctx, entries)
+	if isAtomicUnsupported(err) {
+		b.l.log.Warn("the change log takes no atomic batches: durable writes are logged one by one (provision the stream again with a NATS server of 2.12 or later)", "error", err)
+		b.off.Store(true)
+	}
+	if err == nil {
+		b.batches.Add(1)
+		b.batched.Add(int64(len(entries)))
+	}
+	return err
 }
 
 func (b *logBatcher) drain() {

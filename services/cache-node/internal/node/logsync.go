@@ -109,7 +109,7 @@ func (n *Node) logInBatches(ctx context.Context, entries []logEntry) (done, rest
 		i := 0
 		for ; i < len(entries) && len(batch) < maxLogBatch; i++ {
 			le := entries[i]
-			if v, _, known := n.changes.lastEntry(le.id); !known || v >= le.version || inBatch[le.id] {
+			if !n.changes.batchable(le) || inBatch[le.id] {
 				rest = append(rest, le)
 				continue
 			}
@@ -120,17 +120,11 @@ func (n *Node) logInBatches(ctx context.Context, entries []logEntry) (done, rest
 		if len(batch) == 0 {
 			continue
 		}
-		err := n.changes.publishBatch(ctx, batch)
-		if isAtomicUnsupported(err) {
-			n.logBatch.off.Store(true)
-		}
-		if err != nil {
+		if err := n.logBatch.store(ctx, batch); err != nil {
 			n.log.Debug("change log batch refused: its entries go one by one", "entries", len(batch), "error", err)
 			rest = append(rest, batch...)
 			continue
 		}
-		n.logBatch.batches.Add(1)
-		n.logBatch.batched.Add(int64(len(batch)))
 		done = append(done, batch...)
 	}
 	return done, rest

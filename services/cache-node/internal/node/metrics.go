@@ -172,14 +172,18 @@ func (m *metrics) startAtZero() {
 	}
 }
 
+// gaugeFunc and counterFunc are metrics read from f at each scrape.
+func gaugeFunc(name, help string, f func() float64) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
+}
+
+func counterFunc(name, help string, f func() float64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+}
+
 // nodeCollectors are the metrics read from the node's parts at each scrape.
 func nodeCollectors(n *Node, m *metrics) []prometheus.Collector {
-	gauge := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
-	}
-	counter := func(name, help string, f func() float64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
-	}
+	gauge, counter := gaugeFunc, counterFunc
 	retryStat := func(f func(resilience.RetryStats) uint64) func() float64 {
 		return func() float64 {
 			if n.retrier == nil {
@@ -202,6 +206,10 @@ func nodeCollectors(n *Node, m *metrics) []prometheus.Collector {
 			defer n.pendingLog.mu.Unlock()
 			return float64(len(n.pendingLog.m))
 		}),
+		counter("anivault_changelog_batches_total", "Atomic batches of durable writes' change-log entries (group commit of the log).",
+			func() float64 { return float64(n.logBatch.batches.Load()) }),
+		counter("anivault_changelog_batched_entries_total", "Change-log entries stored by those batches (divided by anivault_changelog_batches_total: the mean batch size).",
+			func() float64 { return float64(n.logBatch.batched.Load()) }),
 		gauge("anivault_cache_entries", "Entries in the cache.", func() float64 { return float64(n.cache.Len()) }),
 		gauge("anivault_cache_bytes", "Bytes of encoded records in the cache.", func() float64 { return float64(n.cache.Bytes()) }),
 		counter("anivault_cache_hits_total", "Cache lookups that found the record.", func() float64 { return float64(n.cache.Stats().Hits) }),

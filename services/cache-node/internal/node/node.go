@@ -21,7 +21,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/uptrace/bun"
 	"golang.org/x/sync/errgroup"
 
@@ -310,24 +309,14 @@ func (n *Node) buildWriteParts() error {
 	if n.replayer, err = n.newReplayer(); err != nil {
 		return err
 	}
-	n.metrics.registry.MustRegister(
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_changelog_batches_total",
-			Help: "Atomic batches of durable writes' change-log entries (group commit of the log)."},
-			func() float64 { return float64(n.logBatch.batches.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_changelog_batched_entries_total",
-			Help: "Change-log entries stored by those batches (divided by anivault_changelog_batches_total: the mean batch size)."},
-			func() float64 { return float64(n.logBatch.batched.Load()) }),
-	)
 	if n.cfg.DBGroupCommitMax > 1 {
 		if n.committer, err = n.newCommitter(); err != nil {
 			return err
 		}
 		n.metrics.registry.MustRegister(
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_db_group_commits_total",
-				Help: "Statements of the group commit of committed writes (each carries one or more writes)."},
+			counterFunc("anivault_db_group_commits_total", "Statements of the group commit of committed writes (each carries one or more writes).",
 				func() float64 { return float64(n.committer.batches.Load()) }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "anivault_db_group_commit_writes_total",
-				Help: "Writes carried by group-commit statements (divided by anivault_db_group_commits_total: the mean group size)."},
+			counterFunc("anivault_db_group_commit_writes_total", "Writes carried by group-commit statements (divided by anivault_db_group_commits_total: the mean group size).",
 				func() float64 { return float64(n.committer.grouped.Load()) }),
 		)
 	}

@@ -238,6 +238,14 @@ type fetchedBatch struct {
 	bad    []error
 }
 
+// inProgress tells JetStream the batch is being worked on: its ack wait
+// starts again.
+func (b fetchedBatch) inProgress() {
+	for _, m := range b.msgs {
+		_ = m.InProgress()
+	}
+}
+
 // nakAll hands the batch back for redelivery.
 func (b fetchedBatch) nakAll() {
 	for _, m := range b.msgs {
@@ -361,9 +369,7 @@ func handOver(ctx context.Context, out chan<- fetchedBatch, b fetchedBatch) bool
 		case out <- b:
 			return true
 		case <-t.C:
-			for _, m := range b.msgs {
-				_ = m.InProgress()
-			}
+			b.inProgress()
 		case <-ctx.Done():
 			return false
 		}
@@ -411,12 +417,7 @@ func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replay
 	b.writes, b.bad = decodeBuffered(payloads)
 	// Every committed statement extends the messages' ack wait, so a slow but
 	// live replay keeps its batch and a dead node's batch returns soon.
-	progress := func() {
-		for _, m := range msgs {
-			_ = m.InProgress()
-		}
-	}
-	if err := r.applyDecoded(ctx, b.writes, b.bad, total, progress); err != nil {
+	if err := r.applyDecoded(ctx, b.writes, b.bad, total, b.inProgress); err != nil {
 		return err
 	}
 	bad := b.bad
