@@ -194,6 +194,22 @@ func TestServicesRunUnderRolePermissions(t *testing.T) {
 		}
 		return nil
 	})
+	// The cache-nodes trim the applied write from the producers' stream
+	// (a purge below the writer consumer's ack floor, under their role).
+	ajs, err := jetstream.New(connect(t, url, "admin", users))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the cache-nodes trim the producers' write stream", 20*time.Second, func() error {
+		info, err := ajs.Stream(ctx, events.StreamMetadata)
+		if err != nil {
+			return err
+		}
+		if st := info.CachedInfo().State; st.Msgs != 0 || st.LastSeq == 0 {
+			return fmt.Errorf("stream %s: %d messages, last seq %d", events.StreamMetadata, st.Msgs, st.LastSeq)
+		}
+		return nil
+	})
 
 	// Maintenance by the operator: cache_only, a write buffered (202), then
 	// out through recovering: the buffer is replayed into the database.

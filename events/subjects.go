@@ -84,7 +84,8 @@ const (
 const (
 	// StreamEvents holds db.*, mode.* and replay.* events so that subscribers that were away catch up.
 	StreamEvents = "ANIVAULT_EVENTS"
-	// StreamMetadata holds producers' metadata.upsert and metadata.delete (work queue).
+	// StreamMetadata holds producers' metadata.upsert and metadata.delete (limits
+	// retention, trimmed below the writer consumer's ack floor).
 	StreamMetadata = "ANIVAULT_METADATA"
 	// StreamBuffer is the durable write buffer filled in cache-only mode (work queue, DiscardNew).
 	StreamBuffer = "ANIVAULT_BUFFER"

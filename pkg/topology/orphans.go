@@ -88,3 +88,39 @@ func isNoMessageFound(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMessageNotFound
 }
+
+// ErrWorkQueue is returned by TrimAcknowledged for a work-queue stream,
+// whose acknowledged messages are deleted one by one as they are
+// acknowledged (SweepOrphans removes those a NATS restart left behind).
+var ErrWorkQueue = errors.New("the stream is a work queue")
+
+// TrimAcknowledged removes from a limits-retention stream every message at or
+// below consumer's ack floor: all of them were acknowledged, so applied (or
+// terminated as poison). One purge removes them all, one write to the store
+// where a work queue writes (and, syncing always, fsyncs) one deletion per
+// acknowledgement. It returns how many messages it removed.
+func TrimAcknowledged(ctx context.Context, js jetstream.JetStream, stream, consumer string) (uint64, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return 0, fmt.Errorf("trim: stream %s: %w", stream, err)
+	}
+	if s.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
+		return 0, fmt.Errorf("trim: stream %s: %w", stream, ErrWorkQueue)
+	}
+	st := s.CachedInfo().State
+	if st.Msgs == 0 {
+		return 0, nil
+	}
+	c, err := s.Consumer(ctx, consumer)
+	if err != nil {
+		return 0, fmt.Errorf("trim: consumer %s: %w", consumer, err)
+	}
+	floor := c.CachedInfo().AckFloor.Stream
+	if floor < st.FirstSeq {
+		return 0, nil
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSequence(floor+1)); err != nil {
+		return 0, fmt.Errorf("trim: purge %s below %d: %w", stream, floor+1, err)
+	}
+	return floor + 1 - st.FirstSeq, nil
+}

@@ -486,8 +486,9 @@ func checkBadWritesArePoisoned(t *testing.T, ctx context.Context, s *System, bad
 	}
 }
 
-// checkWorkQueueEmpty checks the work queue holds nothing: no bad message
-// waits for redelivery.
+// checkWorkQueueEmpty checks the producers' write stream comes to hold
+// nothing: no bad message waits for redelivery, and the nodes trimmed every
+// message the writer consumer saw acknowledged or terminated.
 func checkWorkQueueEmpty(t *testing.T, ctx context.Context, s *System) {
 	t.Helper()
 	ms, err := s.JS.Stream(ctx, events.NewSubjects(s.opts.Prefix).Name(events.StreamMetadata))

@@ -29,13 +29,7 @@ func TestProducerClientThroughNodeRestart(t *testing.T) {
 	defer cancel()
 	upsertWhileNodeRestarts(t, ctx, c, n1, total)
 	waitRowCount(t, s, total)
-	st, err := s.JS.Stream(ctx, events.StreamMetadata)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 0 {
-		t.Fatalf("metadata work queue not drained: %+v %v", info.State, err)
-	}
+	checkWorkQueueEmpty(t, ctx, s)
 	checkEveryRowInsertedOnce(t, ctx, s, total)
 }
 

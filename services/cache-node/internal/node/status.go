@@ -33,9 +33,9 @@ func (n *Node) statusLoop(ctx context.Context) {
 // (see backgroundDrain).
 func (n *Node) drainLoop(ctx context.Context) { n.every(ctx, n.backgroundDrain) }
 
-// sweepLoop sweeps, at every status interval, the producers' write stream
-// for orphans (see sweepWriteOrphans).
-func (n *Node) sweepLoop(ctx context.Context) { n.every(ctx, n.nats.sweepWriteOrphans) }
+// sweepLoop trims, at every status interval, the producers' write stream
+// of the writes applied (see trimWrites).
+func (n *Node) sweepLoop(ctx context.Context) { n.every(ctx, n.nats.trimWrites) }
 
 // every runs f at once and then at every status interval until ctx is done;
 // a run that takes longer delays the next one.
