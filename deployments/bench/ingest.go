@@ -18,6 +18,8 @@ type IngestResult struct {
 	PreloadRate           float64 // messages/s of the preload (async publish, fsync on every ack)
 	Runs                  []ingestRun
 	Profile               string // perf profile of the node during the last run
+	// Ceilings are the NATS server's own drain rates of such a stream.
+	Ceilings []drainCeiling
 }
 
 // ingestRun is one timed drain of the preloaded stream.
@@ -45,6 +47,11 @@ func (r *runner) phaseIngest(ctx context.Context) error {
 	res := &IngestResult{Records: r.cfg.ingestN, Rounds: 4}
 	res.Keys = res.Records / res.Rounds
 	r.rep.Ingest = res
+	ceilings, err := r.measureDrainCeilings(ctx)
+	if err != nil {
+		return err
+	}
+	res.Ceilings = ceilings
 	configs := []int{1, benchGroupCommitMax}
 	for i, gc := range configs {
 		if err := r.restartNodeA(ctx, map[string]string{"DB_GROUP_COMMIT_MAX": strconv.Itoa(gc)}); err != nil {
@@ -215,6 +222,13 @@ func renderIngest(p func(string, ...any), g *IngestResult) {
 		p("| %s | %s | %s | **%s** | %s of %s | %s | %.1f / %.1f / %.1f |\n", r.Label, commas(int64(g.Records)), secs(r.Applied), num(r.RowsPerSec), commas(int64(r.LastRounds)), commas(int64(g.Keys)), commas(r.Superseded), r.CPU.Server, r.CPU.Postgres, r.CPU.Machine)
 	}
 	p("\n")
+	if len(g.Ceilings) > 0 {
+		p("The NATS server's own ceiling (same run, same records, nothing applied): a consumer drains %s messages in fetches of 500, each acknowledged (pipelined, the last of a fetch confirmed).\n\n| stream retention | messages/s |\n| --- | ---: |\n", commas(drainMessages))
+		for _, c := range g.Ceilings {
+			p("| %s | %s |\n", c.Retention, num(c.PerSec))
+		}
+		p("\nIn a work queue every acknowledgement deletes its message, and with fsync on every write that is one fsync per message; `ANIVAULT_METADATA` has limits retention and the nodes trim it below the writer consumer's ack floor in one purge per status interval.\n\n")
+	}
 	if g.Profile != "" {
 		p("CPU profile of the cache-node during the last drain (perf):\n\n```\n%s\n```\n\n", g.Profile)
 	}
