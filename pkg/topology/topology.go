@@ -312,13 +312,13 @@ func (t *Topology) EnsureWrites(ctx context.Context, limits BufferLimits) error 
 	limits = limits.withDefaults()
 	streams := []jetstream.StreamConfig{
 		{
-			Name:        s.Name(events.StreamMetadata),
 			// Not a work queue: a work queue deletes each message as it is
 			// acknowledged, and syncing always that is one fsync per
 			// producer's write (3,600 acknowledgements/s at most here). The
 			// cache-nodes trim what the writer consumer acknowledged
 			// instead, in one purge (TrimAcknowledged). DiscardNew: a full
 			// stream refuses a producer's write, it never drops an unread one.
+			Name:        s.Name(events.StreamMetadata),
 			Description: "Producers' metadata.upsert and metadata.delete, applied once by the cache-nodes (trimmed below the writer consumer's ack floor)",
 			Subjects:    []string{s.Of(events.SubjectMetadataUpsert), s.Of(events.SubjectMetadataDelete)},
 			Retention:   jetstream.LimitsPolicy,
