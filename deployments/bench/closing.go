@@ -300,8 +300,12 @@ func closeIngest(p func(string, ...any), rep *Report) {
 	c := best.CPU
 	p(" CPU per record: %.0f µs in the node, %.0f µs in PostgreSQL, %.0f µs in the bench process (the NATS server: delivery, acknowledgement and the change log), %.0f µs on the whole machine; %s records/s on %d cores leaves at most %.0f µs of machine CPU per record.",
 		c.Server/n*1e6, c.Postgres/n*1e6, c.Bench/n*1e6, c.Machine/n*1e6, num(ingestGoalPerSec), rep.Machine.Cores, float64(rep.Machine.Cores)/ingestGoalPerSec*1e6)
-	for _, c := range g.Ceilings {
-		p(" The NATS server alone drains a %s stream of these records at %s messages/s.", c.Retention, num(c.PerSec))
+	if len(g.Ceilings) > 0 {
+		var parts []string
+		for _, c := range g.Ceilings {
+			parts = append(parts, fmt.Sprintf("%s messages/s from a %s stream", num(c.PerSec), c.Retention))
+		}
+		p(" The NATS server alone drains these records at %s.", strings.Join(parts, " and "))
 	}
 	p(" The stream is no longer the limit (a work queue would be: one fsync per acknowledgement); the CPU spent per record is. Each record is one message through the watermill router: delivered, strictly decoded, handled and acknowledged one by one, its upsert and change-log entry grouped with others' only inside the node (up to 256 at once). What would close it: the writer consumer read in batches without the router (a fetch of hundreds of messages decoded in one pass, one set-based statement and one change-log batch for all of them, per key the newest version, pipelined acknowledgements), as the replay reads the buffer, and a cheaper strict decoder (the profile above).\n")
 }
