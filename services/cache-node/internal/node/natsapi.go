@@ -239,8 +239,9 @@ func (a *natsAPI) trimWrites(ctx context.Context) {
 
 // sweepWriteOrphans applies and removes producers' writes that a NATS restart
 // left in a work-queue write stream (made by an earlier version) after the
-// writer consumer saw them acknowledged (see topology.SweepOrphans). Each is handled as if delivered again: its
-// version is its stream timestamp, so a repeat is stale.
+// writer consumer saw them acknowledged (see topology.SweepOrphans). Each is
+// handled as if delivered again: its version is its stream timestamp, so a
+// repeat is stale.
 func (a *natsAPI) sweepWriteOrphans(ctx context.Context) {
 	if a.deps.Mode() != events.ModeNormal {
 		return
