@@ -6,22 +6,16 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/pkg/envconfig"
-	"github.com/anivault/anivault/pkg/natsconn"
 	"github.com/anivault/anivault/pkg/svckit"
 	"github.com/anivault/anivault/pkg/topology"
 )
 
 // Config is the cache-node's configuration, read once from the environment.
 type Config struct {
-	NATS          natsconn.Config
-	DatabaseURL   string
-	HTTPAddr      string
-	NodeID        string
-	SubjectPrefix string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the node only waits for the ones the provision command makes
-	// as the admin role, for NATS roles that may not create them.
-	NoProvision bool
+	// Shared holds the settings every service reads: NATS, DATABASE_URL,
+	// NODE_ID, SUBJECT_PREFIX, NATS_PROVISION.
+	svckit.Shared
+	HTTPAddr string
 
 	// CacheMaxSize bounds the cache's entries (CACHE_MAX_SIZE); CacheMaxMemoryMB
 	// is the node's memory budget (CACHE_MAX_MEMORY_MB), three quarters of
@@ -123,14 +117,9 @@ func httpWriteTimeout(dbTimeout, bufferTimeout time.Duration) time.Duration {
 // DefaultConfig returns the cache-node's defaults: those of the contract's
 // configuration table and of the README.
 func DefaultConfig() Config {
-	s := svckit.DefaultShared()
 	c := Config{
-		NATS:          s.NATS,
-		DatabaseURL:   s.DatabaseURL,
-		HTTPAddr:      ":8080",
-		NodeID:        s.NodeID,
-		SubjectPrefix: s.SubjectPrefix,
-		NoProvision:   s.NoProvision,
+		Shared:   svckit.DefaultShared(),
+		HTTPAddr: ":8080",
 
 		CacheMaxSize:     1000,
 		CacheMaxMemoryMB: 100,
@@ -171,19 +160,15 @@ func DefaultConfig() Config {
 // finds it, is reported at once, each naming its variable.
 func LoadConfig(r *envconfig.Reader) (Config, error) {
 	def := DefaultConfig()
-	s := svckit.LoadShared(r)
+	shared := svckit.LoadShared(r)
 	// DB_TIMEOUT's default is HEALTH_CHECK_TIMEOUT, which the node reads for nothing else.
 	healthTimeout := r.Duration("HEALTH_CHECK_TIMEOUT", def.DBTimeout)
 	r.Positive("HEALTH_CHECK_TIMEOUT", healthTimeout)
 	// Integers are read whole and their ranges checked by Validate.
 	lo, hi := envconfig.IntMin, envconfig.IntMax
 	c := Config{
-		NATS:             s.NATS,
-		DatabaseURL:      s.DatabaseURL,
+		Shared:           shared,
 		HTTPAddr:         r.String("HTTP_ADDR", def.HTTPAddr),
-		NodeID:           s.NodeID,
-		SubjectPrefix:    s.SubjectPrefix,
-		NoProvision:      s.NoProvision,
 		CacheMaxSize:     int(r.Int("CACHE_MAX_SIZE", int64(def.CacheMaxSize), lo, hi)),
 		CacheMaxMemoryMB: int(r.Int("CACHE_MAX_MEMORY_MB", int64(def.CacheMaxMemoryMB), lo, hi)),
 		GoMemLimit:       r.String("GOMEMLIMIT", def.GoMemLimit),
@@ -236,10 +221,8 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 // SHUTDOWN_DELAY, and the retry delays and group commit window, which then
 // take their package's defaults or do not wait) is valid.
 func (c Config) Validate() error {
-	shared := svckit.Shared{NATS: c.NATS, DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
-		SubjectPrefix: c.SubjectPrefix, NoProvision: c.NoProvision}
 	errs := []error{
-		shared.Validate(),
+		c.Shared.Validate(),
 		envconfig.NotEmpty("HTTP_ADDR", c.HTTPAddr),
 		envconfig.InRange("CACHE_MAX_SIZE", c.CacheMaxSize, 1, 1<<31-1),
 		envconfig.InRange("CACHE_MAX_MEMORY_MB", c.CacheMaxMemoryMB, 1, 1<<20),

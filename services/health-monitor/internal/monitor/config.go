@@ -6,14 +6,14 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/pkg/envconfig"
-	"github.com/anivault/anivault/pkg/natsconn"
 	"github.com/anivault/anivault/pkg/svckit"
 )
 
 // Config is the health-monitor's configuration.
 type Config struct {
-	NATS        natsconn.Config
-	DatabaseURL string
+	// Shared holds the settings every service reads: NATS, DATABASE_URL,
+	// NODE_ID, SUBJECT_PREFIX, NATS_PROVISION.
+	svckit.Shared
 	// Interval is the time between two checks (HEALTH_CHECK_INTERVAL);
 	// Timeout bounds one check (HEALTH_CHECK_TIMEOUT).
 	Interval time.Duration
@@ -23,30 +23,19 @@ type Config struct {
 	// declare it recovered (HEALTH_RECOVERY_THRESHOLD).
 	FailureThreshold  int
 	RecoveryThreshold int
-	NodeID            string
-	SubjectPrefix     string
 	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
 	AdminAddr string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the process only waits for the ones the provision command
-	// makes as the admin role, for NATS roles that may not create them.
-	NoProvision bool
 }
 
 // DefaultConfig returns the health-monitor's defaults, the contract's.
 func DefaultConfig() Config {
-	s := svckit.DefaultShared()
 	return Config{
-		NATS:              s.NATS,
-		DatabaseURL:       s.DatabaseURL,
+		Shared:            svckit.DefaultShared(),
 		Interval:          30 * time.Second,
 		Timeout:           5 * time.Second,
 		FailureThreshold:  3,
 		RecoveryThreshold: 2,
-		NodeID:            s.NodeID,
-		SubjectPrefix:     s.SubjectPrefix,
 		AdminAddr:         svckit.DefaultAdminAddr,
-		NoProvision:       s.NoProvision,
 	}
 }
 
@@ -55,20 +44,15 @@ func DefaultConfig() Config {
 // finds it, is reported at once, each naming its variable.
 func LoadConfig(r *envconfig.Reader) (Config, error) {
 	def := DefaultConfig()
-	s := svckit.LoadShared(r)
 	// Integers are read whole and their ranges checked by Validate.
 	lo, hi := envconfig.IntMin, envconfig.IntMax
 	c := Config{
-		NATS:              s.NATS,
-		DatabaseURL:       s.DatabaseURL,
+		Shared:            svckit.LoadShared(r),
 		Interval:          r.Duration("HEALTH_CHECK_INTERVAL", def.Interval),
 		Timeout:           r.Duration("HEALTH_CHECK_TIMEOUT", def.Timeout),
 		FailureThreshold:  int(r.Int("HEALTH_FAILURE_THRESHOLD", int64(def.FailureThreshold), lo, hi)),
 		RecoveryThreshold: int(r.Int("HEALTH_RECOVERY_THRESHOLD", int64(def.RecoveryThreshold), lo, hi)),
-		NodeID:            s.NodeID,
-		SubjectPrefix:     s.SubjectPrefix,
 		AdminAddr:         r.String("ADMIN_ADDR", def.AdminAddr),
-		NoProvision:       s.NoProvision,
 	}
 	r.Check(c.Validate())
 	if err := r.Err(); err != nil {
@@ -80,10 +64,8 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 // Validate reports every setting out of its range, each naming its
 // variable, all at once. An empty AdminAddr is valid: it serves nothing.
 func (c Config) Validate() error {
-	shared := svckit.Shared{NATS: c.NATS, DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
-		SubjectPrefix: c.SubjectPrefix, NoProvision: c.NoProvision}
 	return errors.Join(
-		shared.Validate(),
+		c.Shared.Validate(),
 		envconfig.Positive("HEALTH_CHECK_INTERVAL", c.Interval),
 		envconfig.Positive("HEALTH_CHECK_TIMEOUT", c.Timeout),
 		envconfig.InRange("HEALTH_FAILURE_THRESHOLD", c.FailureThreshold, 1, 1000),

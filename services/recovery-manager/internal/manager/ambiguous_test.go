@@ -14,6 +14,7 @@ import (
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/faultproxy"
 	"github.com/anivault/anivault/pkg/natsconn"
+	"github.com/anivault/anivault/pkg/svckit"
 	"github.com/anivault/anivault/pkg/testutil/natstest"
 )
 
@@ -71,14 +72,13 @@ func TestModeWriteWithLostReplyIsAnnounced(t *testing.T) {
 func startReadyManager(t *testing.T, natsURL string) *Manager {
 	t.Helper()
 	cfg := Config{
-		NATS:                  natsconn.Config{URL: natsURL},
-		DatabaseURL:           "postgres://postgres@127.0.0.1:1/none?sslmode=disable",
+		Shared: svckit.Shared{NATS: natsconn.Config{URL: natsURL}, NodeID: "manager-under-test",
+			DatabaseURL: "postgres://postgres@127.0.0.1:1/none?sslmode=disable"},
 		AutoRecovery:          false,
 		RecoveryCheckInterval: time.Hour,
 		CheckTimeout:          time.Second,
 		NodeTimeout:           5 * time.Second,
 		EvalInterval:          100 * time.Millisecond,
-		NodeID:                "manager-under-test",
 	}
 	cfg.Buffer.MaxMsgs, cfg.Buffer.MaxBytes, cfg.Buffer.Replicas = 1000, 1<<20, 1
 	m, err := New(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))

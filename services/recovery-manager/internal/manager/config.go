@@ -6,15 +6,15 @@ import (
 	"time"
 
 	"github.com/anivault/anivault/pkg/envconfig"
-	"github.com/anivault/anivault/pkg/natsconn"
 	"github.com/anivault/anivault/pkg/svckit"
 	"github.com/anivault/anivault/pkg/topology"
 )
 
 // Config is the recovery-manager's configuration.
 type Config struct {
-	NATS        natsconn.Config
-	DatabaseURL string
+	// Shared holds the settings every service reads: NATS, DATABASE_URL,
+	// NODE_ID, SUBJECT_PREFIX, NATS_PROVISION.
+	svckit.Shared
 	// AutoRecovery (AUTO_RECOVERY_ENABLED) lets the manager leave an
 	// automatic cache-only mode by itself once the database is back.
 	AutoRecovery bool
@@ -28,36 +28,25 @@ type Config struct {
 	NodeTimeout time.Duration
 	// EvalInterval (MODE_EVAL_INTERVAL) is how often the manager weighs the
 	// monitors' verdicts and the nodes' replay.
-	EvalInterval  time.Duration
-	NodeID        string
-	SubjectPrefix string
+	EvalInterval time.Duration
 	// Buffer (BUFFER_MAX_MSGS, BUFFER_MAX_BYTES, BUFFER_REPLICAS) limits
 	// the write streams the manager makes when they are missing.
 	Buffer topology.BufferLimits
 	// AdminAddr (ADMIN_ADDR) serves /metrics, /healthz and /readyz; empty for none.
 	AdminAddr string
-	// NoProvision (NATS_PROVISION=false) creates no stream, bucket or
-	// consumer: the process only waits for the ones the provision command
-	// makes as the admin role, for NATS roles that may not create them.
-	NoProvision bool
 }
 
 // DefaultConfig returns the recovery-manager's defaults, the contract's.
 func DefaultConfig() Config {
-	s := svckit.DefaultShared()
 	return Config{
-		NATS:                  s.NATS,
-		DatabaseURL:           s.DatabaseURL,
+		Shared:                svckit.DefaultShared(),
 		AutoRecovery:          true,
 		RecoveryCheckInterval: 60 * time.Second,
 		CheckTimeout:          5 * time.Second,
 		NodeTimeout:           5 * time.Second,
 		EvalInterval:          250 * time.Millisecond,
-		NodeID:                s.NodeID,
-		SubjectPrefix:         s.SubjectPrefix,
 		Buffer:                topology.DefaultBufferLimits(),
 		AdminAddr:             svckit.DefaultAdminAddr,
-		NoProvision:           s.NoProvision,
 	}
 }
 
@@ -66,21 +55,16 @@ func DefaultConfig() Config {
 // finds it, is reported at once, each naming its variable.
 func LoadConfig(r *envconfig.Reader) (Config, error) {
 	def := DefaultConfig()
-	s := svckit.LoadShared(r)
 	// Integers are read whole and their ranges checked by Validate.
 	lo, hi := envconfig.IntMin, envconfig.IntMax
 	c := Config{
-		NATS:                  s.NATS,
-		DatabaseURL:           s.DatabaseURL,
+		Shared:                svckit.LoadShared(r),
 		AutoRecovery:          r.Bool("AUTO_RECOVERY_ENABLED", def.AutoRecovery),
 		RecoveryCheckInterval: r.Duration("RECOVERY_CHECK_INTERVAL", def.RecoveryCheckInterval),
 		CheckTimeout:          r.Duration("HEALTH_CHECK_TIMEOUT", def.CheckTimeout),
 		NodeTimeout:           r.Duration("NODE_TIMEOUT", def.NodeTimeout),
 		EvalInterval:          r.Duration("MODE_EVAL_INTERVAL", def.EvalInterval),
-		NodeID:                s.NodeID,
-		SubjectPrefix:         s.SubjectPrefix,
 		AdminAddr:             r.String("ADMIN_ADDR", def.AdminAddr),
-		NoProvision:           s.NoProvision,
 		// BUFFER_* are read here, not in svckit: see svckit.Shared.
 		Buffer: topology.BufferLimits{
 			MaxMsgs:  r.Int("BUFFER_MAX_MSGS", def.Buffer.MaxMsgs, lo, hi),
@@ -98,10 +82,8 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 // Validate reports every setting out of its range, each naming its
 // variable, all at once. An empty AdminAddr is valid: it serves nothing.
 func (c Config) Validate() error {
-	shared := svckit.Shared{NATS: c.NATS, DatabaseURL: c.DatabaseURL, NodeID: c.NodeID,
-		SubjectPrefix: c.SubjectPrefix, NoProvision: c.NoProvision}
 	return errors.Join(
-		shared.Validate(),
+		c.Shared.Validate(),
 		envconfig.Positive("RECOVERY_CHECK_INTERVAL", c.RecoveryCheckInterval),
 		envconfig.Positive("HEALTH_CHECK_TIMEOUT", c.CheckTimeout),
 		envconfig.Positive("NODE_TIMEOUT", c.NodeTimeout),
