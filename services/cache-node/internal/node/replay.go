@@ -57,14 +57,8 @@ func (r *replayState) completedEpoch() int64 {
 // writes committed; one that can never be applied goes to the poison
 // stream.
 type replayer struct {
-	cfg      replayConfig
-	log      *slog.Logger
-	js       jetstream.JetStream
-	subj     events.Subjects
-	apply    func(ctx context.Context, chunk []metastore.Write) (metastore.Result, error)
-	logged   func(ctx context.Context, chunk []metastore.Write, applied map[int64]int64)
-	announce func(ctx context.Context, ev events.ReplayCompleted) error
-	metrics  replayMetrics
+	replayDeps
+	cfg replayConfig
 
 	run replayState // the replay of the current recovering epoch
 	// drainMu lets one drain of the buffer run at a time in this node.
@@ -131,8 +125,7 @@ func newReplayerOf(cfg replayConfig, deps replayDeps) (*replayer, error) {
 		deps.Metrics.Applied == nil || deps.Metrics.Stale == nil || deps.Metrics.Duration == nil:
 		return nil, errors.New("replayer: missing dependency")
 	}
-	return &replayer{cfg: cfg, log: deps.Log, js: deps.JS, subj: deps.Subjects, apply: deps.Apply,
-		logged: deps.Logged, announce: deps.Announce, metrics: deps.Metrics}, nil
+	return &replayer{replayDeps: deps, cfg: cfg}, nil
 }
 
 // start drains the shared buffer for epoch in the background, after
@@ -165,7 +158,7 @@ type replayCounts struct {
 // messages are acknowledged only after their batch committed.
 func (r *replayer) loop(ctx context.Context, epoch int64) {
 	start := time.Now()
-	r.log.Info("Recovery started: replaying buffered writes", "epoch", epoch)
+	r.Log.Info("Recovery started: replaying buffered writes", "epoch", epoch)
 	var total replayCounts
 	backoff := 250 * time.Millisecond
 	for ctx.Err() == nil {
@@ -179,7 +172,7 @@ func (r *replayer) loop(ctx context.Context, epoch int64) {
 			if ctx.Err() != nil {
 				return
 			}
-			r.log.Warn("replay stopped by an error, will retry", "epoch", epoch, "error", err, "replayed", total.replayed)
+			r.Log.Warn("replay stopped by an error, will retry", "epoch", epoch, "error", err, "replayed", total.replayed)
 			select {
 			case <-ctx.Done():
 				return
@@ -196,17 +189,17 @@ func (r *replayer) loop(ctx context.Context, epoch int64) {
 		Epoch:    epoch, Replayed: total.replayed, SkippedStale: total.stale, Failed: total.failed,
 		DurationMS: time.Since(start).Milliseconds(),
 	}
-	r.metrics.Duration.Observe(float64(ev.DurationMS) / 1000)
+	r.Metrics.Duration.Observe(float64(ev.DurationMS) / 1000)
 	// The buffer was drained: report it even if the mode moves on meanwhile
 	// (the manager may already have announced normal), within a bound of its own.
 	pctx, pcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer pcancel()
 	for {
-		err := r.announce(pctx, ev)
+		err := r.Announce(pctx, ev)
 		if err == nil {
 			break
 		}
-		r.log.Warn("publish replay.completed failed, retrying", "error", err)
+		r.Log.Warn("publish replay.completed failed, retrying", "error", err)
 		select {
 		case <-pctx.Done():
 			return
@@ -218,7 +211,7 @@ func (r *replayer) loop(ctx context.Context, epoch int64) {
 		r.run.completed = epoch
 	}
 	r.run.mu.Unlock()
-	r.log.Info("Replay completed", "epoch", epoch, "replayed", total.replayed, "skipped_stale", total.stale,
+	r.Log.Info("Replay completed", "epoch", epoch, "replayed", total.replayed, "skipped_stale", total.stale,
 		"failed", total.failed, "duration_ms", ev.DurationMS)
 }
 
@@ -258,7 +251,7 @@ func (b fetchedBatch) nakAll() {
 // first error stops them all, and the drain is retried whole (every batch
 // not committed is handed back).
 func (r *replayer) drain(ctx context.Context, total *replayCounts) (bool, error) {
-	cons, err := r.js.Consumer(ctx, r.subj.Name(events.StreamBuffer), r.subj.Name(events.ConsumerReplay))
+	cons, err := r.JS.Consumer(ctx, r.Subjects.Name(events.StreamBuffer), r.Subjects.Name(events.ConsumerReplay))
 	if err != nil {
 		return false, err
 	}
@@ -432,7 +425,7 @@ func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replay
 				seq = meta.Sequence.Stream
 			}
 			if err := r.poison(ctx, m.Data(), seq, bad[i]); err != nil {
-				r.log.Warn("undecodable buffer message kept: it could not be copied to the poison stream", "sequence", seq, "error", err)
+				r.Log.Warn("undecodable buffer message kept: it could not be copied to the poison stream", "sequence", seq, "error", err)
 				_ = m.NakWithDelay(5 * time.Second)
 				continue
 			}
@@ -446,7 +439,7 @@ func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replay
 	for i, m := range good {
 		if i < len(good)-1 {
 			if err := m.Ack(); err != nil {
-				r.log.Warn("ack of replayed buffer message failed", "error", err)
+				r.Log.Warn("ack of replayed buffer message failed", "error", err)
 			}
 			continue
 		}
@@ -458,7 +451,7 @@ func (r *replayer) applyBatch(ctx context.Context, b fetchedBatch, total *replay
 		cancel()
 		if err != nil {
 			// The batch is committed; a redelivery is harmless (versions make it stale).
-			r.log.Warn("ack of replayed buffer message failed", "error", err)
+			r.Log.Warn("ack of replayed buffer message failed", "error", err)
 		}
 	}
 	return nil
@@ -478,7 +471,7 @@ func (r *replayer) applyBuffered(ctx context.Context, payloads [][]byte, total *
 func (r *replayer) applyDecoded(ctx context.Context, writes []metastore.Write, bad []error, total *replayCounts, progress func()) error {
 	for _, err := range bad {
 		if err != nil {
-			r.log.Error("undecodable buffer message", "error", err)
+			r.Log.Error("undecodable buffer message", "error", err)
 			total.failed++
 		}
 	}
@@ -491,13 +484,13 @@ func (r *replayer) applyDecoded(ctx context.Context, writes []metastore.Write, b
 	var applied, stale int64
 	for start := 0; start < len(writes); start += replayChunkRows {
 		chunk := writes[start:min(start+replayChunkRows, len(writes))]
-		res, err := r.apply(ctx, chunk)
+		res, err := r.Apply(ctx, chunk)
 		if err != nil {
 			return err
 		}
 		applied += int64(res.Applied)
 		stale += int64(res.Stale)
-		r.logged(ctx, chunk, res.AppliedKeys)
+		r.Logged(ctx, chunk, res.AppliedKeys)
 		if progress != nil && start+replayChunkRows < len(writes) {
 			progress()
 		}
@@ -506,8 +499,8 @@ func (r *replayer) applyDecoded(ctx context.Context, writes []metastore.Write, b
 	total.stale += stale
 	r.replayed.Add(applied)
 	r.stale.Add(stale)
-	r.metrics.Applied.Add(float64(applied))
-	r.metrics.Stale.Add(float64(stale))
+	r.Metrics.Applied.Add(float64(applied))
+	r.Metrics.Stale.Add(float64(stale))
 	return nil
 }
 
@@ -517,7 +510,7 @@ func (r *replayer) applyDecoded(ctx context.Context, writes []metastore.Write, b
 // the system would otherwise wait for an empty buffer for ever.
 func (r *replayer) sweepOrphans(ctx context.Context, total *replayCounts) error {
 	for {
-		removed, err := topology.SweepOrphans(ctx, r.js, r.subj.Name(events.StreamBuffer), r.subj.Name(events.ConsumerReplay), 500,
+		removed, err := topology.SweepOrphans(ctx, r.JS, r.Subjects.Name(events.StreamBuffer), r.Subjects.Name(events.ConsumerReplay), 500,
 			func(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
 				payloads := make([][]byte, len(msgs))
 				for i, m := range msgs {
@@ -544,7 +537,7 @@ func (r *replayer) sweepOrphans(ctx context.Context, total *replayCounts) error 
 		if removed == 0 {
 			return nil
 		}
-		r.log.Warn("the write buffer held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
+		r.Log.Warn("the write buffer held acknowledged messages after a NATS restart: applied them again (versions make repeats stale) and removed them", "messages", removed)
 	}
 }
 
@@ -577,10 +570,10 @@ func (r *replayer) drainInBackground(ctx context.Context) {
 	defer cancel()
 	var total replayCounts
 	if _, err := r.drain(ctx, &total); err != nil && ctx.Err() == nil {
-		r.log.Warn("background drain of the write buffer stopped", "error", err)
+		r.Log.Warn("background drain of the write buffer stopped", "error", err)
 	}
 	if total.replayed+total.stale > 0 {
-		r.log.Info("drained writes buffered in normal mode", "replayed", total.replayed, "skipped_stale", total.stale)
+		r.Log.Info("drained writes buffered in normal mode", "replayed", total.replayed, "skipped_stale", total.stale)
 	}
 }
 
@@ -595,16 +588,16 @@ const (
 // sequence, and waits for JetStream's acknowledgement: a write an operator
 // may still recover is kept, never silently dropped.
 func (r *replayer) poison(ctx context.Context, data []byte, seq uint64, reason error) error {
-	msg := nats.NewMsg(r.subj.Of(events.SubjectPoisonBuffer))
+	msg := nats.NewMsg(r.Subjects.Of(events.SubjectPoisonBuffer))
 	msg.Data = data
 	msg.Header.Set(HeaderPoisonReason, reason.Error())
 	msg.Header.Set(HeaderPoisonSequence, strconv.FormatUint(seq, 10))
 	msg.Header.Set(events.HeaderSource, r.cfg.NodeID)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := r.js.PublishMsg(pctx, msg, jetstream.WithMsgID(fmt.Sprintf("buffer-poison-%d", seq))); err != nil {
+	if _, err := r.JS.PublishMsg(pctx, msg, jetstream.WithMsgID(fmt.Sprintf("buffer-poison-%d", seq))); err != nil {
 		return fmt.Errorf("copy buffer message %d to the poison stream: %w", seq, err)
 	}
-	r.log.Error("undecodable buffer message copied to the poison stream", "sequence", seq, "reason", reason)
+	r.Log.Error("undecodable buffer message copied to the poison stream", "sequence", seq, "reason", reason)
 	return nil
 }
