@@ -331,7 +331,7 @@ func TestBadInputNATS(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		checkBadWritesArePoisoned(t, ctx, s, bad)
-		checkWorkQueueEmpty(t, ctx, s)
+		checkWriteStreamEmpty(t, ctx, s)
 		checkOversizePublishRefused(t, s, n, want)
 	})
 }
@@ -486,10 +486,10 @@ func checkBadWritesArePoisoned(t *testing.T, ctx context.Context, s *System, bad
 	}
 }
 
-// checkWorkQueueEmpty checks the producers' write stream comes to hold
+// checkWriteStreamEmpty checks the producers' write stream comes to hold
 // nothing: no bad message waits for redelivery, and the nodes trimmed every
 // message the writer consumer saw acknowledged or terminated.
-func checkWorkQueueEmpty(t *testing.T, ctx context.Context, s *System) {
+func checkWriteStreamEmpty(t *testing.T, ctx context.Context, s *System) {
 	t.Helper()
 	ms, err := s.JS.Stream(ctx, events.NewSubjects(s.opts.Prefix).Name(events.StreamMetadata))
 	if err != nil {
