@@ -388,7 +388,7 @@ func (n *Node) serve(ctx context.Context, t transports) error {
 		return nil
 	})
 	loops := []func(context.Context){
-		n.migrateLoop, n.buffer.run, n.watchMode, n.statusLoop, n.drainLoop, n.sweepLoop,
+		n.migrateLoop, n.buffer.run, n.watchMode, n.statusLoop, n.drainLoop, n.trimLoop,
 		n.changes.run, n.logBatch.run, n.relogLoop, n.syncLog, n.expireLoop,
 	}
 	if n.committer != nil {

@@ -2,7 +2,7 @@ package node
 
 // The node's reports: node.status on NATS at every status interval (and at
 // once after a mode change), /v1/status and the loops that run at the same
-// pace (the background drain, the orphan sweep).
+// pace (the background drain, the trim of the producers' write stream).
 
 import (
 	"context"
@@ -11,31 +11,24 @@ import (
 	"github.com/anivault/anivault/events"
 )
 
-// statusLoop publishes this node's report on node.status and refreshes the buffer figures.
+// statusLoop refreshes the buffer figures and publishes this node's report
+// on node.status, at every status interval.
 func (n *Node) statusLoop(ctx context.Context) {
-	t := time.NewTicker(n.cfg.StatusInterval)
-	defer t.Stop()
-	for {
+	n.every(ctx, func(ctx context.Context) {
 		n.refreshBufferStatus(ctx)
-		ns := n.nodeStatus()
-		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), ns); err != nil {
+		if err := n.publishCore(n.subj.Of(events.SubjectNodeStatus), n.nodeStatus()); err != nil {
 			n.log.Debug("publish node.status failed", "error", err)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	})
 }
 
 // drainLoop drains, at every status interval, what the fast path buffered
 // (see backgroundDrain).
 func (n *Node) drainLoop(ctx context.Context) { n.every(ctx, n.backgroundDrain) }
 
-// sweepLoop trims, at every status interval, the producers' write stream
-// of the writes applied (see trimWrites).
-func (n *Node) sweepLoop(ctx context.Context) { n.every(ctx, n.nats.trimWrites) }
+// trimLoop trims, at every status interval, the producers' write stream of
+// the writes applied (see trimWrites).
+func (n *Node) trimLoop(ctx context.Context) { n.every(ctx, n.nats.trimWrites) }
 
 // every runs f at once and then at every status interval until ctx is done;
 // a run that takes longer delays the next one.
