@@ -57,27 +57,13 @@ func (r *runner) drainOnce(ctx context.Context, ret jetstream.RetentionPolicy) (
 		_ = r.js.DeleteStream(dctx, drainStream)
 		dcancel()
 	}()
-	for i := range drainMessages {
+	err = r.publishAll(ctx, drainMessages, func(i int) (string, []byte, error) {
 		rec := r.record(i, int64(ingestKeyBase+i))
 		b, err := events.Marshal(&rec)
-		if err != nil {
-			return d, err
-		}
-		if _, err := r.js.PublishAsync(fmt.Sprintf("benchdrain.%d", i%1000), b); err != nil {
-			return d, fmt.Errorf("drain ceiling: %w", err)
-		}
-		if i%1000 == 999 {
-			select {
-			case <-r.js.PublishAsyncComplete():
-			case <-ctx.Done():
-				return d, ctx.Err()
-			}
-		}
-	}
-	select {
-	case <-r.js.PublishAsyncComplete():
-	case <-ctx.Done():
-		return d, ctx.Err()
+		return fmt.Sprintf("benchdrain.%d", i%1000), b, err
+	})
+	if err != nil {
+		return d, fmt.Errorf("drain ceiling: %w", err)
 	}
 	cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "drain", AckPolicy: jetstream.AckExplicitPolicy,
 		AckWait: time.Minute, MaxAckPending: 4096})

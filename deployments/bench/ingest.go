@@ -87,52 +87,20 @@ func (r *runner) ingestOnce(ctx context.Context, res *IngestResult, base int64, 
 		}
 	}()
 
-	// Preload: every key once per round, rounds in order, async publishes
-	// on one connection (stored in publish order), in windows of 1,000 so
-	// that the client never stalls on too many unacknowledged publishes.
+	// Preload: every key once per round, rounds in order.
 	t0 := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	const window = 1000
-	futures := make([]jetstream.PubAckFuture, 0, window)
-	flush := func() error {
-		select {
-		case <-r.js.PublishAsyncComplete():
-		case <-wctx.Done():
-			return fmt.Errorf("preload: %w", wctx.Err())
-		}
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				return fmt.Errorf("preload: %w", err)
-			}
-		}
-		futures = futures[:0]
-		return nil
-	}
-	for round := range res.Rounds {
-		for k := range res.Keys {
-			rec := r.record(k, base+int64(k))
-			vc := int64(round)
-			rec.VoteCount = &vc
-			b, err := events.Marshal(&rec)
-			if err != nil {
-				return run, err
-			}
-			f, err := r.js.PublishAsync(events.SubjectMetadataUpsert, b)
-			if err != nil {
-				return run, fmt.Errorf("preload: %w", err)
-			}
-			if futures = append(futures, f); len(futures) == window {
-				if err := flush(); err != nil {
-					return run, err
-				}
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		return run, err
+	err = r.publishAll(wctx, res.Keys*res.Rounds, func(i int) (string, []byte, error) {
+		round, k := i/res.Keys, i%res.Keys
+		rec := r.record(k, base+int64(k))
+		vc := int64(round)
+		rec.VoteCount = &vc
+		b, err := events.Marshal(&rec)
+		return events.SubjectMetadataUpsert, b, err
+	})
+	if err != nil {
+		return run, fmt.Errorf("preload: %w", err)
 	}
 	res.PreloadRate = float64(res.Records) / time.Since(t0).Seconds()
 
@@ -232,4 +200,45 @@ func renderIngest(p func(string, ...any), g *IngestResult) {
 	if g.Profile != "" {
 		p("CPU profile of the cache-node during the last drain (perf):\n\n```\n%s\n```\n\n", g.Profile)
 	}
+}
+
+// publishAll publishes n messages, the i-th from msg(i), asynchronously on
+// one connection (stored in publish order), in windows of 1,000 so that the
+// client never stalls on too many unacknowledged publishes, and fails on
+// the first one the stream did not store.
+func (r *runner) publishAll(ctx context.Context, n int, msg func(i int) (string, []byte, error)) error {
+	const window = 1000
+	futures := make([]jetstream.PubAckFuture, 0, window)
+	flush := func() error {
+		select {
+		case <-r.js.PublishAsyncComplete():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return err
+			}
+		}
+		futures = futures[:0]
+		return nil
+	}
+	for i := range n {
+		subject, b, err := msg(i)
+		if err != nil {
+			return err
+		}
+		f, err := r.js.PublishAsync(subject, b)
+		if err != nil {
+			return err
+		}
+		if futures = append(futures, f); len(futures) == window {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
 }
