@@ -58,7 +58,7 @@ type entry[V any] struct {
 // them.
 type Cache[K comparable, V any] struct {
 	maxEntries int
-	maxBytes   int64
+	maxBytes   int64 // guarded by mu: SetMaxBytes changes it
 
 	mu        sync.Mutex
 	lru       *simplelru.LRU[K, entry[V]]
@@ -163,6 +163,26 @@ func (c *Cache[K, V]) setLocked(k K, v V, size int64) bool {
 		c.evictions++
 	}
 	return true
+}
+
+// SetMaxBytes changes the byte bound (>= 1) and evicts least recently used
+// entries until the stored bytes fit it; the evictions are counted.
+func (c *Cache[K, V]) SetMaxBytes(n int64) error {
+	if n < 1 {
+		return fmt.Errorf("%w: MaxBytes %d < 1", ErrInvalidConfig, n)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxBytes = n
+	for c.bytes > c.maxBytes {
+		_, old, ok := c.lru.RemoveOldest()
+		if !ok {
+			break
+		}
+		c.bytes -= old.size
+		c.evictions++
+	}
+	return nil
 }
 
 // Remove deletes k and reports whether it was present.

@@ -102,6 +102,41 @@ func TestBoundByBytes(t *testing.T) {
 	}
 }
 
+// SetMaxBytes shrinks the bound at once (least recently used first, counted
+// as evictions) and later Sets respect it; growing it again evicts nothing.
+func TestSetMaxBytes(t *testing.T) {
+	c := newCache[int, string](t, cache.Config{MaxEntries: 100, MaxBytes: 1000})
+	for i := range 10 {
+		c.Set(i, "v", 100)
+	}
+	c.Get(0) // the most recently used now
+	if err := c.SetMaxBytes(450); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Keys(), []int{7, 8, 9, 0}; !slices.Equal(got, want) {
+		t.Fatalf("Keys = %v, want %v", got, want)
+	}
+	if st := c.Stats(); st.MemoryUsageBytes != 400 || st.Evictions != 6 || st.MaxBytes != 450 {
+		t.Fatalf("Stats = %+v, want 400 bytes, 6 evictions, max 450", st)
+	}
+	c.Set(10, "v", 100)
+	if got := c.Bytes(); got != 400 {
+		t.Fatalf("Bytes = %d after a Set under the new bound, want 400", got)
+	}
+	if c.Set(11, "v", 451) {
+		t.Fatal("an entry over the new bound was stored")
+	}
+	if err := c.SetMaxBytes(2000); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Stats(); st.CacheSize != 4 || st.Evictions != 7 {
+		t.Fatalf("Stats = %+v after growing the bound, want 4 entries and no more evictions", st)
+	}
+	if err := c.SetMaxBytes(0); !errors.Is(err, cache.ErrInvalidConfig) {
+		t.Fatalf("SetMaxBytes(0) = %v, want ErrInvalidConfig", err)
+	}
+}
+
 func TestGetUpdatesRecencyPeekDoesNot(t *testing.T) {
 	c := newCache[string, int](t, cache.Config{MaxEntries: 3, MaxBytes: 100})
 	c.Set("a", 1, 1)

@@ -19,7 +19,7 @@ type Config struct {
 
 	// CacheMaxSize bounds the cache's entries (CACHE_MAX_SIZE); CacheMaxMemoryMB
 	// is the node's memory budget (CACHE_MAX_MEMORY_MB), three quarters of
-	// which the cache may hold (see cacheBytes).
+	// which, less the change log's index, the cache may hold (see cacheBound).
 	CacheMaxSize     int
 	CacheMaxMemoryMB int
 	// GoMemLimit is GOMEMLIMIT as set, "" when unset. The Go runtime applies

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"runtime/debug"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/anivault/anivault/events"
 	"github.com/anivault/anivault/pkg/cache"
+	"github.com/anivault/anivault/pkg/procs"
 )
 
 // TestEntrySizeCoversHeap fills the node's cache with records encoded as the
@@ -77,6 +79,111 @@ func TestMemoryBudget(t *testing.T) {
 		if got := float64(memoryLimit(tc.budgetMB)) / (1 << 20); got != tc.limMiB {
 			t.Errorf("CACHE_MAX_MEMORY_MB=%d: memory limit %v MiB, want %v", tc.budgetMB, got, tc.limMiB)
 		}
+	}
+}
+
+// TestIndexEntrySizeCoversHeap fills a change log index as large as the
+// catalogues the budget is for and checks that indexEntryBytes covers what
+// each record costs the heap, at every load the map passes through, without
+// counting much more than the worst of them. Not parallel: it reads the
+// process's heap.
+func TestIndexEntrySizeCoversHeap(t *testing.T) {
+	worst := 0.0
+	// Counts just under and just over the map's doublings, and between.
+	for _, n := range []int{7_000, 15_300, 29_000, 57_000, 100_000, 340_000} {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		l := newChangeLog(events.NewSubjects(""), "test", time.Second, nil)
+		for i := range n {
+			l.observe(int64(i+1), int64(i+1), i%10 == 0, uint64(i+1))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		per := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+		worst = max(worst, per)
+		t.Logf("%d records: %.1f bytes of heap each (counted %d)", n, per, indexEntryBytes)
+		if per > indexEntryBytes {
+			t.Errorf("%d records of the index take %.1f bytes of heap each, indexEntryBytes counts %d", n, per, indexEntryBytes)
+		}
+		runtime.KeepAlive(l)
+	}
+	if indexEntryBytes > worst*1.25 {
+		t.Errorf("indexEntryBytes %d is over 25%% more than the worst measured, %.1f", indexEntryBytes, worst)
+	}
+}
+
+func TestCacheBound(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		budgetMB, indexed int
+		bound             int64
+		starved           bool
+	}{
+		{100, 0, 75 * mib, false},
+		{100, 100_000, 75*mib - 100_000*indexEntryBytes, false},
+		{100, 340_000, 75*mib - 340_000*indexEntryBytes, false},
+		// The index would leave the cache under a quarter of its share.
+		{100, 1_100_000, 75 * mib / 4, true},
+		{4, 70_000, 3 * mib / 4, true},
+	} {
+		bound, starved := cacheBound(tc.budgetMB, tc.indexed)
+		if bound != tc.bound || starved != tc.starved {
+			t.Errorf("cacheBound(%d MiB, %d records) = %d, %v; want %d, %v", tc.budgetMB, tc.indexed, bound, starved, tc.bound, tc.starved)
+		}
+	}
+}
+
+// The node shares its memory budget between the cache and the change log's
+// index: as the index grows the cache's bound shrinks and the cache evicts
+// down to it, and an index too large for the budget leaves the cache a
+// quarter of its share and is reported.
+func TestCacheShareShrinksAsTheIndexGrows(t *testing.T) {
+	c := startCompNode(t, map[string]string{"CACHE_MAX_MEMORY_MB": "4", "CACHE_MAX_SIZE": "100000"})
+	share := cacheBytes(4)
+	body := []byte(`{"tmdb_id":1,"title":"` + strings.Repeat("x", 2000) + `"}`)
+	for id := range int64(1200) {
+		c.cacheSet(id+1, entry{version: 1, body: body})
+	}
+	if got := c.cache.Bytes(); got < share*3/4 {
+		t.Fatalf("the cache holds %d bytes, want it near its share %d", got, share)
+	}
+	waitBound := func(want int64) {
+		t.Helper()
+		if err := procs.Eventually(10*time.Second, 10*time.Millisecond, func() error {
+			if st := c.cache.Stats(); st.MaxBytes != want || st.MemoryUsageBytes > want {
+				return fmt.Errorf("cache bound %d holding %d bytes, want the bound %d", st.MaxBytes, st.MemoryUsageBytes, want)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	index := func(from, to int64) {
+		for id := from; id < to; id++ {
+			c.changes.observe(id, 1, false, 0)
+		}
+	}
+
+	index(1_000_000, 1_030_000)
+	indexed := int64(c.changes.keys())
+	waitBound(share - indexed*indexEntryBytes)
+	if ev := c.cache.Stats().Evictions; ev == 0 {
+		t.Error("the cache evicted nothing to fit its smaller bound")
+	}
+	if lines := c.logs.with("too small for the change log's index"); len(lines) != 0 {
+		t.Errorf("reported starved with %d records indexed: %v", indexed, lines)
+	}
+
+	index(1_030_000, 1_070_000)
+	waitBound(share / 4)
+	if err := procs.Eventually(5*time.Second, 10*time.Millisecond, func() error {
+		if len(c.logs.with("too small for the change log's index", "suggested_mb")) != 1 {
+			return errors.New("no warning that the budget is too small for the index")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -212,6 +212,8 @@ func nodeCollectors(n *Node, m *metrics) []prometheus.Collector {
 			func() float64 { return float64(n.logBatch.batched.Load()) }),
 		gauge("anivault_cache_entries", "Entries in the cache.", func() float64 { return float64(n.cache.Len()) }),
 		gauge("anivault_cache_bytes", "Bytes of encoded records in the cache.", func() float64 { return float64(n.cache.Bytes()) }),
+		gauge("anivault_cache_max_bytes", "The cache's byte bound: three quarters of CACHE_MAX_MEMORY_MB less the change log's index.",
+			func() float64 { return float64(n.cache.Stats().MaxBytes) }),
 		counter("anivault_cache_hits_total", "Cache lookups that found the record.", func() float64 { return float64(n.cache.Stats().Hits) }),
 		counter("anivault_cache_misses_total", "Cache lookups that did not find the record.", func() float64 { return float64(n.cache.Stats().Misses) }),
 		counter("anivault_cache_evictions_total", "Cache entries dropped to respect CACHE_MAX_SIZE or CACHE_MAX_MEMORY_MB.", func() float64 { return float64(n.cache.Stats().Evictions) }),

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,41 +74,6 @@ const entryOverhead = 176
 // entry's bookkeeping.
 func (e entry) size() int64 { return int64(cap(e.body)) + entryOverhead }
 
-// CACHE_MAX_MEMORY_MB is the node's memory budget, not only the cache's:
-// an operator sets it to what the node may use. The cache holds at most
-// three quarters of it (cacheBytes, counted with entry.size, an upper bound
-// of what the entries cost the heap); the rest is for the idle process
-// (runtime, NATS and PostgreSQL clients, HTTP server, metrics: about 12 MiB),
-// requests in flight, group-commit batches and the garbage made between two
-// collections. Unless GOMEMLIMIT is set, the Go memory limit is the budget
-// itself (memoryLimit), so the collector keeps the process near it where
-// GOGC=100 alone would let the heap grow to twice the live heap.
-func cacheBytes(budgetMB int) int64 { return int64(budgetMB) << 20 * 3 / 4 }
-
-// minHeadroom is the least the memory limit leaves beyond a full cache: a
-// small budget cannot hold the idle process, and a limit below the live heap
-// would only make the collector run without end.
-const minHeadroom = 24 << 20
-
-// memoryLimit is the soft memory limit (runtime/debug.SetMemoryLimit) a node
-// sets when GOMEMLIMIT is unset.
-func memoryLimit(budgetMB int) int64 {
-	return max(int64(budgetMB)<<20, cacheBytes(budgetMB)+minHeadroom)
-}
-
-// applyMemoryLimit sets the soft memory limit unless GOMEMLIMIT set one, and logs it.
-func applyMemoryLimit(cfg Config, log *slog.Logger) {
-	if cfg.GoMemLimit != "" {
-		log.Info("memory limit from GOMEMLIMIT", "gomemlimit", cfg.GoMemLimit, "memory_limit_bytes", debug.SetMemoryLimit(-1),
-			"cache_max_bytes", cacheBytes(cfg.CacheMaxMemoryMB))
-		return
-	}
-	limit := memoryLimit(cfg.CacheMaxMemoryMB)
-	debug.SetMemoryLimit(limit)
-	log.Info("memory budget: cache bound and Go memory limit from CACHE_MAX_MEMORY_MB (GOMEMLIMIT unset)", "memory_limit_bytes", limit,
-		"cache_max_bytes", cacheBytes(cfg.CacheMaxMemoryMB), "cache_max_memory_mb", cfg.CacheMaxMemoryMB)
-}
-
 // Node is one cache-node process.
 type Node struct {
 	cfg   Config
@@ -130,6 +94,9 @@ type Node struct {
 	pendingLog unlogged
 	// backfillDone is set once the whole table is known to be in the change log.
 	backfillDone atomic.Bool
+	// budgetStarved is set while the change log's index leaves the cache
+	// only its floor (fitBudget).
+	budgetStarved atomic.Bool
 
 	// Set up in Run.
 	db      *bun.DB
@@ -388,7 +355,7 @@ func (n *Node) serve(ctx context.Context, t transports) error {
 		return nil
 	})
 	loops := []func(context.Context){
-		n.migrateLoop, n.buffer.run, n.watchMode, n.statusLoop, n.drainLoop, n.trimLoop,
+		n.migrateLoop, n.buffer.run, n.watchMode, n.statusLoop, n.drainLoop, n.trimLoop, n.budgetLoop,
 		n.changes.run, n.logBatch.run, n.relogLoop, n.syncLog, n.expireLoop,
 	}
 	if n.committer != nil {
