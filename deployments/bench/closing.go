@@ -138,8 +138,8 @@ func closingNote(rep *Report) string {
 	}
 	if mm := rep.Memory; mm != nil && len(mm.Runs) > 0 {
 		r0 := mm.Runs[0]
-		p("- **Memory.** With %s records of %d bytes offered and `CACHE_MAX_MEMORY_MB=100` (the node's budget: the cache may hold three quarters of it, counted with each entry's bookkeeping, and the Go memory limit is the budget), the cache held %s MiB accounted in %s entries (%s evictions) and the node's RSS was **%s MiB** (peak %s MiB; goal ≤ 110 MiB, %s)",
-			commas(int64(mm.Records)), mm.RecordBytes, mibf(float64(r0.CacheBytes)), commas(r0.CacheSize), commas(r0.Evictions), mib(r0.RSS), mib(r0.HWM), metWord(r0.WithinBound))
+		p("- **Memory.** With %s records of %d bytes offered and `CACHE_MAX_MEMORY_MB=100` (the node's budget: the cache may hold three quarters of it less the change log's index, here %s records, so a bound of %s MiB, counted with each entry's bookkeeping, and the Go memory limit is the budget), the cache held %s MiB accounted in %s entries (%s evictions) and the node's RSS was **%s MiB** (peak %s MiB; goal ≤ 110 MiB, %s)",
+			commas(int64(mm.Records)), mm.RecordBytes, commas(r0.Indexed), mibf(r0.CacheBound), mibf(float64(r0.CacheBytes)), commas(r0.CacheSize), commas(r0.Evictions), mib(r0.RSS), mib(r0.HWM), metWord(r0.WithinBound))
 		for _, r := range mm.Runs[1:] {
 			p("; with %s it was **%s MiB** (%.0f GC cycles instead of %.0f, %.1f s of node CPU instead of %.1f s)", r.Label, mib(r.RSS), r.GCCycles, r0.GCCycles, r.CPU, r0.CPU)
 		}

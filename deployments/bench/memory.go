@@ -33,15 +33,22 @@ type memoryRun struct {
 	Evictions      int64
 	RSS, HWM       int64 // VmRSS, VmHWM after offering
 	RSSIdle        int64 // VmRSS before offering
-	HeapAlloc      float64
-	HeapInuse      float64
-	HeapSys        float64
-	NextGC         float64
-	GoSys          float64
-	GCCycles       float64
-	CPU            float64 // the node's CPU seconds since its start
-	WithinBound    bool    // RSS <= bound + 10 %
-	CacheWithin    bool    // accounted bytes <= bound
+	// Backfill is how long the fresh node took to put the table in its
+	// change log (its own SUBJECT_PREFIX: a log of its own, on the shared
+	// table) before the offering began; Indexed is the records its change
+	// log index held after the offering.
+	Backfill    time.Duration
+	Indexed     int64
+	CacheBound  float64 // anivault_cache_max_bytes after the offering
+	HeapAlloc   float64
+	HeapInuse   float64
+	HeapSys     float64
+	NextGC      float64
+	GoSys       float64
+	GCCycles    float64
+	CPU         float64 // the node's CPU seconds since its start
+	WithinBound bool    // RSS <= bound + 10 %
+	CacheWithin bool    // accounted bytes <= bound
 }
 
 const memBase = 40_000_000
@@ -88,8 +95,15 @@ func (r *runner) phaseMemory(ctx context.Context) error {
 		nodes = append(nodes, node)
 		res.Runs = append(res.Runs, memoryRun{Label: c.label, Env: label})
 	}
-	time.Sleep(500 * time.Millisecond)
+	// A fresh node backfills its change log from the table (every row the
+	// earlier phases left, here in a log of its own): measure the steady
+	// state, after it, not the backfill.
+	t0 := time.Now()
+	if err := r.waitBackfilled(ctx, nodes, 10*time.Minute); err != nil {
+		return err
+	}
 	for i, node := range nodes {
+		res.Runs[i].Backfill = time.Since(t0)
 		res.Runs[i].RSSIdle, _ = procStatus(node.Pid(), "VmRSS")
 	}
 	r.say("memory: offering %d records of %d bytes as metadata.changed events to %d nodes", n, res.RecordBytes, len(nodes))
@@ -108,7 +122,7 @@ func (r *runner) phaseMemory(ctx context.Context) error {
 		}
 		return least
 	}
-	t0 := time.Now()
+	t0 = time.Now()
 	const chunk = 1000
 	for i := 0; i < n; i += chunk {
 		for j := i; j < min(i+chunk, n); j++ {
@@ -150,6 +164,9 @@ func (r *runner) phaseMemory(ctx context.Context) error {
 			return err
 		}
 		mr.CacheSize, mr.CacheBytes, mr.Evictions = st.CacheStatistics.CacheSize, st.CacheStatistics.MemoryUsageBytes, st.CacheStatistics.Evictions
+		if st.ChangeLog != nil {
+			mr.Indexed = st.ChangeLog.IndexedRecords
+		}
 		mr.Served = mr.CacheSize + mr.Evictions
 		mr.Errors = int64(n) - mr.Served
 		mr.RSS, _ = procStatus(node.Pid(), "VmRSS")
@@ -157,12 +174,13 @@ func (r *runner) phaseMemory(ctx context.Context) error {
 		m := r.metrics(node)
 		mr.HeapAlloc, mr.HeapInuse, mr.HeapSys = m["go_memstats_heap_alloc_bytes"], m["go_memstats_heap_inuse_bytes"], m["go_memstats_heap_sys_bytes"]
 		mr.NextGC, mr.GoSys, mr.GCCycles = m["go_memstats_next_gc_bytes"], m["go_memstats_sys_bytes"], m["go_gc_duration_seconds_count"]
+		mr.CacheBound = m["anivault_cache_max_bytes"]
 		mr.CPU = procCPU(node.Pid())
 		bound := int64(100 << 20)
 		mr.WithinBound = mr.RSS <= bound+bound/10
 		mr.CacheWithin = mr.CacheBytes <= bound
-		r.say("  %s: %v; cached %d of %d; cache %d entries %d bytes; RSS %d MiB (peak %d MiB); heap in use %.0f MiB; GC cycles %.0f; CPU %.1f s",
-			mr.Label, offer.Round(time.Millisecond), mr.Served, n, mr.CacheSize, mr.CacheBytes, mr.RSS>>20, mr.HWM>>20, mr.HeapInuse/(1<<20), mr.GCCycles, mr.CPU)
+		r.say("  %s: %v; cached %d of %d; cache %d entries %d bytes; change log index %d records (backfilled in %v); RSS %d MiB (peak %d MiB); heap in use %.0f MiB; GC cycles %.0f; CPU %.1f s",
+			mr.Label, offer.Round(time.Millisecond), mr.Served, n, mr.CacheSize, mr.CacheBytes, mr.Indexed, mr.Backfill.Round(time.Millisecond), mr.RSS>>20, mr.HWM>>20, mr.HeapInuse/(1<<20), mr.GCCycles, mr.CPU)
 	}
 	return nil
 }
@@ -220,4 +238,26 @@ func (r *runner) metrics(n *launch.Node) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// waitBackfilled waits until every node reports its change log backfill done.
+func (r *runner) waitBackfilled(ctx context.Context, nodes []*launch.Node, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, node := range nodes {
+		for {
+			st, err := r.nodeStatus(node)
+			if err == nil && st.ChangeLog != nil && st.ChangeLog.BackfillDone {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: change log backfill not done within %v (%v)", node.Name, timeout, err)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }

@@ -438,12 +438,13 @@ func renderReport(rep *Report) string {
 	}
 	if mm := rep.Memory; mm != nil {
 		p("## 5. Memory\n\n")
-		p("%s records of %d bytes each as served (a fixture record with a `raw_data` payload), %s MiB in all, are offered to two fresh cache-nodes at once, each with `CACHE_MAX_MEMORY_MB=100` (the node's memory budget: a 75 MiB cache bound and, unless `GOMEMLIMIT` is set, a 100 MiB Go memory limit) and `CACHE_MAX_SIZE=1000000` and its own `SUBJECT_PREFIX`, as `metadata.changed` events carrying the record (the way a peer's write reaches a node; the node decodes the event, encodes the record and caches it, exactly as after a read from PostgreSQL). Publishing is paced to the slower node, so none is dropped. RSS is `VmRSS` (peak `VmHWM`) from `/proc/<pid>/status`; the Go figures come from each node's `/metrics`.\n\n",
+		p("%s records of %d bytes each as served (a fixture record with a `raw_data` payload), %s MiB in all, are offered to two fresh cache-nodes at once, each with `CACHE_MAX_MEMORY_MB=100` (the node's memory budget: a cache bound of 75 MiB less the node's change log index, 64 bytes a record, and, unless `GOMEMLIMIT` is set, a 100 MiB Go memory limit) and `CACHE_MAX_SIZE=1000000` and its own `SUBJECT_PREFIX` (a change log of its own, which the node first backfills from the table the earlier phases left: the offering starts once it is done), as `metadata.changed` events carrying the record (the way a peer's write reaches a node; the node decodes the event, encodes the record and caches it, exactly as after a read from PostgreSQL). Publishing is paced to the slower node, so none is dropped. RSS is `VmRSS` (peak `VmHWM`) from `/proc/<pid>/status`; the Go figures come from each node's `/metrics`.\n\n",
 			commas(int64(mm.Records)), mm.RecordBytes, mibf(float64(mm.Records)*float64(mm.RecordBytes)))
-		p("| run | keys taken | cache entries | cache accounted (memory_usage_bytes) | evictions | RSS idle | **RSS after** | peak RSS | Go heap alloc | heap in use | next GC target | Go sys | GC cycles | node CPU | RSS ≤ 110 MiB |\n")
-		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
+		p("| run | backfill before | change log index | cache bound | keys taken | cache entries | cache accounted (memory_usage_bytes) | evictions | RSS idle | **RSS after** | peak RSS | Go heap alloc | heap in use | next GC target | Go sys | GC cycles | node CPU | RSS ≤ 110 MiB |\n")
+		p("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
 		for _, r := range mm.Runs {
-			p("| %s | %s | %s | %s MiB | %s | %s MiB | **%s MiB** | %s MiB | %s MiB | %s MiB | %s MiB | %s MiB | %.0f | %.1f s | %s |\n", r.Label, commas(r.Served), commas(r.CacheSize),
+			p("| %s | %s | %s records | %s MiB | %s | %s | %s MiB | %s | %s MiB | **%s MiB** | %s MiB | %s MiB | %s MiB | %s MiB | %s MiB | %.0f | %.1f s | %s |\n", r.Label, secs(r.Backfill), commas(r.Indexed), mibf(r.CacheBound),
+				commas(r.Served), commas(r.CacheSize),
 				mibf(float64(r.CacheBytes)), commas(r.Evictions), mib(r.RSSIdle), mib(r.RSS), mib(r.HWM), mibf(r.HeapAlloc), mibf(r.HeapInuse), mibf(r.NextGC), mibf(r.GoSys), r.GCCycles, r.CPU, verdict(r.WithinBound))
 		}
 		if len(mm.Runs) > 0 {
