@@ -154,15 +154,20 @@ func (c *Cache[K, V]) setLocked(k K, v V, size int64) bool {
 	c.bytes += size
 	// The new entry is the most recent and fits alone, so eviction stops
 	// before reaching it.
+	c.evictLocked()
+	return true
+}
+
+// evictLocked evicts least recently used entries until both bounds hold.
+func (c *Cache[K, V]) evictLocked() {
 	for c.lru.Len() > c.maxEntries || c.bytes > c.maxBytes {
 		_, old, ok := c.lru.RemoveOldest()
 		if !ok {
-			break
+			return
 		}
 		c.bytes -= old.size
 		c.evictions++
 	}
-	return true
 }
 
 // SetMaxBytes changes the byte bound (>= 1) and evicts least recently used
@@ -174,14 +179,7 @@ func (c *Cache[K, V]) SetMaxBytes(n int64) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.maxBytes = n
-	for c.bytes > c.maxBytes {
-		_, old, ok := c.lru.RemoveOldest()
-		if !ok {
-			break
-		}
-		c.bytes -= old.size
-		c.evictions++
-	}
+	c.evictLocked()
 	return nil
 }
 
