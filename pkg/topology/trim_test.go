@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/anivault/anivault/events"
+	"github.com/anivault/anivault/pkg/procs"
 	"github.com/anivault/anivault/pkg/testutil/natstest"
 	"github.com/anivault/anivault/pkg/topology"
 )
@@ -80,7 +81,7 @@ func TestTrimAcknowledged(t *testing.T) {
 	if err := msgs[4].TermWithReason("poison"); err != nil {
 		t.Fatal(err)
 	}
-	if err := eventually(ctx, func() error {
+	if err := procs.Eventually(10*time.Second, 20*time.Millisecond, func() error {
 		ci, err := c.Info(ctx)
 		if err != nil || ci.AckFloor.Stream != 6 {
 			return fmt.Errorf("ack floor %v (%v)", ci, err)
@@ -145,20 +146,5 @@ func TestWorkQueueWriteStreamIsKept(t *testing.T) {
 	}
 	if st, err = js.Stream(ctx, name); err != nil || st.CachedInfo().Config.Retention != jetstream.LimitsPolicy {
 		t.Fatalf("new stream: %v, want limits retention", err)
-	}
-}
-
-// eventually polls f every 20 ms until it returns nil or ctx ends.
-func eventually(ctx context.Context, f func() error) error {
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ctx.Err(), err)
-		case <-time.After(20 * time.Millisecond):
-		}
 	}
 }

@@ -29,7 +29,7 @@ func TestProducerClientThroughNodeRestart(t *testing.T) {
 	defer cancel()
 	upsertWhileNodeRestarts(t, ctx, c, n1, total)
 	waitRowCount(t, s, total)
-	checkWriteStreamEmpty(t, ctx, s)
+	checkWriteStreamEmpty(t, s)
 	checkEveryRowInsertedOnce(t, ctx, s, total)
 }
 

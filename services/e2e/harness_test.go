@@ -510,6 +510,22 @@ func (e Event) Mode() events.ModeChanged {
 // streamName is the name of one of the system's streams under its prefix.
 func (s *System) streamName(base string) string { return events.NewSubjects(s.opts.Prefix).Name(base) }
 
+// streamEmpty returns the state of the stream named name, and an error while
+// it holds messages: a condition for procs.Eventually.
+func (s *System) streamEmpty(name string) (jetstream.StreamState, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.JS.Stream(ctx, name)
+	if err != nil {
+		return jetstream.StreamState{}, err
+	}
+	state := st.CachedInfo().State
+	if state.Msgs != 0 {
+		return state, fmt.Errorf("stream %s still holds %d messages", name, state.Msgs)
+	}
+	return state, nil
+}
+
 // EnterMaintenance asks the manager for cache-only mode (planned
 // maintenance) and waits until every node given knows it.
 func (s *System) EnterMaintenance(reason string, nodes ...*Node) events.ModeReply {

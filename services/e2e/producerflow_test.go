@@ -188,18 +188,9 @@ func (p *producerLog) check(t *testing.T, ids []int64) {
 func waitBufferDrained(t *testing.T, s *System) (messages uint64) {
 	t.Helper()
 	if err := procs.Eventually(time.Minute, 50*time.Millisecond, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		st, err := s.JS.Stream(ctx, s.streamName(events.StreamBuffer))
-		if err != nil {
-			return err
-		}
-		info := st.CachedInfo().State
-		if info.Msgs > 0 {
-			return fmt.Errorf("the write buffer holds %d messages", info.Msgs)
-		}
-		messages = info.LastSeq
-		return nil
+		st, err := s.streamEmpty(s.streamName(events.StreamBuffer))
+		messages = st.LastSeq
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
